@@ -1,0 +1,141 @@
+"""Configuration as pydantic models: validated on construction, hashable into cache keys.
+
+A *profile* bundles every size and schedule that trades time for fidelity: ``smoke`` (seconds,
+for tests), ``cpu`` (minutes on two cores) and ``paper`` (the paper's 256x256, 100 FADeR epochs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def digest(self) -> str:
+        """Stable short hash of every field: the cache key of whatever this config produces."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class UNetConfig(_Frozen):
+    """EAR U-Net (Sec. 4.1): D = len(widths) encoder and decoder blocks."""
+
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    in_channels: int = 3
+    negative_slope: float = 0.2
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or any(w <= 0 for w in v):
+            raise ValueError(f"widths must hold at least two positive ints, got {v}")
+        return v
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+
+Schedule = Literal["fixed", "warmup", "sgdr"]
+
+
+class TrainConfig(_Frozen):
+    """One optimisation run (EAR reconstructor or FADeR head)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    schedule: Schedule = "fixed"
+    warmup_epochs: int = Field(1, ge=0)
+    sgdr_period: int = Field(10, ge=1, description="epochs of the first SGDR cycle (T_0)")
+    decoder_lr_factor: float = Field(0.1, ge=0, description="FADeR: decoder fine-tune lr = factor * lr")
+    random_blobs: bool = Field(True, description="unite masker masks with random blobs while training")
+    blob_coverage: float = Field(0.15, gt=0, lt=1, description="target fraction of pixels per blob mask")
+    ranking_pairs: int | None = Field(
+        4096, ge=1, description="FADeR: patch pairs sampled per image for Eq. 3 (None = all pairs)"
+    )
+
+
+class FaderConfig(_Frozen):
+    """The FADeR head and how its prediction becomes skip-connection gates (Sec. 3)."""
+
+    patch_size: int = Field(8, ge=1, description="m: mosaic scale = FADeR patch size (Sec. 3.2)")
+    hidden: int = Field(128, ge=1)
+    activation: Literal["relu", "gelu"] = "relu"
+    head: Literal["mlp", "vit"] = "mlp"
+    vit_dim: int = Field(64, ge=8)
+    vit_depth: int = Field(2, ge=1)
+    vit_heads: int = Field(4, ge=1)
+    margin: float = Field(0.01, ge=0, description="xi of the ranking loss (Eq. 3)")
+    masking: Literal["soft", "hard"] = "soft"
+    hard_threshold: float = Field(0.5, gt=0, lt=1, description="hard masking: gate 0 where norm(l_hat) > t")
+    normaliser: Literal["minmax", "sigmoid"] = "minmax"
+    theta: Literal["nearest", "bilinear"] = "nearest"
+
+    @model_validator(mode="after")
+    def _vit(self) -> "FaderConfig":
+        if self.head == "vit" and self.vit_dim % self.vit_heads:
+            raise ValueError(f"vit_dim {self.vit_dim} must be divisible by vit_heads {self.vit_heads}")
+        return self
+
+
+class Profile(_Frozen):
+    """Everything that trades run time for fidelity, under one name."""
+
+    name: str
+    image_size: int = Field(ge=32)
+    unet: UNetConfig
+    ear: TrainConfig
+    fader: TrainConfig
+    fader_head: FaderConfig = FaderConfig()
+    eval_batch_size: int = 8
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "Profile":
+        down = 2 ** self.unet.depth
+        if self.image_size % down:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2**depth = {down}")
+        if self.image_size % self.fader_head.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by patch_size {self.fader_head.patch_size}"
+            )
+        return self
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        image_size=64,
+        unet=UNetConfig(widths=(8, 16, 16, 32, 32)),
+        ear=TrainConfig(epochs=2, batch_size=8, lr=2e-3),
+        fader=TrainConfig(epochs=2, batch_size=8, lr=1e-3, ranking_pairs=512),
+        fader_head=FaderConfig(patch_size=8, hidden=32),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        image_size=128,
+        unet=UNetConfig(widths=(16, 32, 64, 128, 128)),
+        ear=TrainConfig(epochs=30, batch_size=8, lr=2e-3, schedule="warmup"),
+        fader=TrainConfig(epochs=10, batch_size=8, lr=1e-3, ranking_pairs=2048),
+        fader_head=FaderConfig(patch_size=8, hidden=64),
+    ),
+    "paper": Profile(
+        name="paper",
+        image_size=256,
+        unet=UNetConfig(widths=(64, 128, 256, 512, 512)),
+        ear=TrainConfig(epochs=300, batch_size=16, lr=1e-3, schedule="warmup"),
+        fader=TrainConfig(epochs=100, batch_size=16, lr=1e-4, schedule="sgdr", ranking_pairs=None),
+        fader_head=FaderConfig(patch_size=8, hidden=256),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,321 @@
+"""FADeR: predict patch-wise reconstruction error and attenuate skip connections (paper Sec. 3).
+
+The head sees the obfuscated image I' cut into m x m patches (m = the mosaic scale, Sec. 3.2),
+predicts each patch's error l_hat (Eq. 2), and the soft mask M_S = 1 - normalise(l_hat)
+(Sec. 3.3) multiplies every skip connection of depth 1..D-1 after the resize Theta (Eq. 4).
+Patches the head expects to reconstruct badly -- likely defects the binary mask missed --
+reach the decoder attenuated, so the decoder paints normal patterns there.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import FaderConfig, TrainConfig, UNetConfig
+from .interfaces import Masker, Reconstructor, check_images
+from .obfuscation import obfuscate
+from .scoring import anomaly_map as riad_anomaly_map
+from .scoring import image_score
+
+
+# -- tokens and targets ---------------------------------------------------------------------------
+def patchify(images: Tensor, m: int) -> Tensor:
+    """Non-overlapping m x m patches as tokens ``[B, N, 3*m*m]``, row-major over the patch grid."""
+    h, w = images.shape[-2:]
+    if h % m or w % m:
+        raise ValueError(f"image size {h}x{w} is not divisible by the patch size m={m}")
+    return F.unfold(images, kernel_size=m, stride=m).transpose(1, 2)
+
+
+def patch_errors(images: Tensor, reconstruction: Tensor, m: int) -> Tensor:
+    """Ground truth l_i of Eq. 1: mean squared error per m x m patch, ``[B, N]``."""
+    err = ((images - reconstruction) ** 2).mean(dim=1, keepdim=True)
+    return F.avg_pool2d(err, m).flatten(1)
+
+
+# -- heads ----------------------------------------------------------------------------------------
+def _activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU(), "gelu": nn.GELU()}[name]
+
+
+class FaderHead(nn.Module):
+    """Phi_FADeR: Linear(3 m^2, h) -> activation -> Linear(h, 1), applied to each token alone."""
+
+    def __init__(self, config: FaderConfig) -> None:
+        super().__init__()
+        dim = 3 * config.patch_size**2
+        self.net = nn.Sequential(nn.Linear(dim, config.hidden), _activation(config.activation), nn.Linear(config.hidden, 1))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.net(tokens).squeeze(-1)
+
+
+def sincos_position_embedding(grid_h: int, grid_w: int, dim: int, device: torch.device) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding ``[grid_h * grid_w, dim]`` (works for any grid)."""
+    if dim % 4:
+        raise ValueError(f"position embedding dim must be divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, device=device, dtype=torch.float32),
+        torch.arange(grid_w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    out_y = ys.flatten()[:, None] * omega[None]
+    out_x = xs.flatten()[:, None] * omega[None]
+    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)
+
+
+class ViTHead(nn.Module):
+    """Ablation head (Table 3): a small transformer over the patch tokens, so each prediction
+    can use the other patches, at the cost of attention's quadratic work."""
+
+    def __init__(self, config: FaderConfig) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3 * config.patch_size**2, config.vit_dim)
+        layer = nn.TransformerEncoderLayer(
+            config.vit_dim, config.vit_heads, dim_feedforward=2 * config.vit_dim, dropout=0.0,
+            activation=config.activation, batch_first=True, norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, config.vit_depth, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(config.vit_dim), nn.Linear(config.vit_dim, 1))
+        self.grid: tuple[int, int] | None = None
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        n = tokens.shape[1]
+        gh, gw = grid or (int(math.isqrt(n)), n // max(int(math.isqrt(n)), 1))
+        x = self.embed(tokens) + sincos_position_embedding(gh, gw, self.embed.out_features, tokens.device)
+        return self.out(self.blocks(x)).squeeze(-1)
+
+
+def build_head(config: FaderConfig) -> nn.Module:
+    return ViTHead(config) if config.head == "vit" else FaderHead(config)
+
+
+# -- loss and masks -------------------------------------------------------------------------------
+def ranking_loss(
+    pred: Tensor, target: Tensor, margin: float, pairs: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """Eq. 3 over pairs (i, j) of patches of the same image, averaged.
+
+    ``max(0, -sign(l_i - l_j) * (l_hat_i - l_hat_j) + xi)`` with sign = +1 if l_i > l_j else -1.
+    ``pairs=None`` uses every unordered pair i < j; an int samples that many pairs per image
+    (``generator`` makes the sample reproducible), which keeps large grids affordable.
+    """
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"pred and target must both be [B, N], got {list(pred.shape)} and {list(target.shape)}")
+    b, n = pred.shape
+    if n < 2:
+        raise ValueError("ranking loss needs at least two patches per image")
+    if pairs is None:
+        i, j = torch.triu_indices(n, n, offset=1, device=pred.device)
+        i, j = i.expand(b, -1), j.expand(b, -1)
+    else:
+        i = torch.randint(0, n, (b, pairs), generator=generator, device="cpu").to(pred.device)
+        j = (i + torch.randint(1, n, (b, pairs), generator=generator, device="cpu").to(pred.device)) % n
+    li, lj = target.gather(1, i), target.gather(1, j)
+    pi, pj = pred.gather(1, i), pred.gather(1, j)
+    sign = torch.where(li > lj, 1.0, -1.0).to(pred.dtype)
+    return F.relu(-sign * (pi - pj) + margin).mean()
+
+
+def normalise(pred: Tensor, how: str = "minmax", eps: float = 1e-8) -> Tensor:
+    """Per-image normalisation of l_hat to (0, 1): min-max (paper) or sigmoid of the z-score."""
+    if how == "minmax":
+        lo = pred.amin(dim=1, keepdim=True)
+        hi = pred.amax(dim=1, keepdim=True)
+        return (pred - lo) / (hi - lo + eps)
+    if how == "sigmoid":
+        mu = pred.mean(dim=1, keepdim=True)
+        sd = pred.std(dim=1, keepdim=True)
+        return torch.sigmoid((pred - mu) / (sd + eps))
+    raise ValueError(f"unknown normaliser {how!r}; use 'minmax' or 'sigmoid'")
+
+
+def soft_mask(pred: Tensor, how: str = "minmax") -> Tensor:
+    """M_S = 1 - normalise(l_hat): 0 at the patch most expected to be defective, 1 at the least."""
+    return 1.0 - normalise(pred, how)
+
+
+def hard_mask(pred: Tensor, threshold: float = 0.5, how: str = "minmax") -> Tensor:
+    """Ablation: binary gate, 0 where normalise(l_hat) > threshold, else 1."""
+    return (normalise(pred, how) <= threshold).to(pred.dtype)
+
+
+def theta(gate_grid: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
+    """Resize the patch-grid gate ``[B, 1, gh, gw]`` to a skip feature's ``size``.
+
+    ``nearest``: upsampling repeats each patch's gate over the feature cells it covers.  Where
+    a skip map is coarser than the patch grid, plain nearest sampling would drop patches
+    (and with them a suspected defect), so each feature cell takes the smallest gate -- the
+    strongest attenuation -- of the patches it covers.  ``bilinear`` (the ablation) smooths.
+    """
+    gh, gw = gate_grid.shape[-2:]
+    h, w = size
+    if mode == "nearest":
+        if h < gh or w < gw:
+            return -F.adaptive_max_pool2d(-gate_grid, (h, w))
+        return F.interpolate(gate_grid, size=(h, w), mode="nearest")
+    if mode == "bilinear":
+        return F.interpolate(gate_grid, size=(h, w), mode="bilinear", align_corners=False, antialias=h < gh)
+    raise ValueError(f"unknown theta mode {mode!r}; use 'nearest' or 'bilinear'")
+
+
+# -- the wrapped model ----------------------------------------------------------------------------
+class FaderOutput(NamedTuple):
+    reconstruction: Tensor          # I_hat [B, 3, H, W]
+    soft_mask: Tensor | None        # gate on the patch grid [B, 1, H/m, W/m] (None for plain EAR)
+    binary_mask: Tensor             # M_B [B, 1, H, W] bool
+    obfuscated: Tensor              # I'  [B, 3, H, W]
+    predicted_error: Tensor | None  # l_hat [B, N]
+
+
+class FaderModel(nn.Module):
+    """A reconstructor with the FADeR head on its skip connections.
+
+    ``head=None`` gives plain EAR on the same reconstructor and masks, which is how every
+    benchmark row compares the two.  Masks come from ``masker`` unless passed to ``forward``
+    (benchmarks compute them once and reuse them).
+    """
+
+    def __init__(
+        self,
+        reconstructor: Reconstructor,
+        masker: Masker | None = None,
+        config: FaderConfig | None = None,
+        head: nn.Module | None | str = "auto",
+    ) -> None:
+        super().__init__()
+        if not isinstance(reconstructor, Reconstructor):
+            raise TypeError(
+                f"wrap_with_fader needs a fader_kit Reconstructor (encode/decode), got {type(reconstructor).__name__}"
+            )
+        self.reconstructor = reconstructor
+        self.masker = masker
+        self.config = config or FaderConfig()
+        self.head = build_head(self.config) if head == "auto" else head
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    def without_head(self) -> "FaderModel":
+        """Plain EAR sharing this reconstructor and masker (no gates)."""
+        return FaderModel(self.reconstructor, self.masker, self.config, head=None)
+
+    def binary_mask(self, images: Tensor) -> Tensor:
+        if self.masker is None:
+            return torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.bool, device=images.device)
+        return self.masker.mask(images).to(images.device)
+
+    def predict_errors(self, obfuscated: Tensor) -> Tensor:
+        """l_hat ``[B, N]`` for the patches of the obfuscated image."""
+        if self.head is None:
+            raise RuntimeError("this FaderModel has no head (plain EAR)")
+        tokens = patchify(obfuscated, self.patch_size)
+        grid = (obfuscated.shape[-2] // self.patch_size, obfuscated.shape[-1] // self.patch_size)
+        if isinstance(self.head, ViTHead):
+            return self.head(tokens, grid)
+        return self.head(tokens)
+
+    def gate_grid(self, pred: Tensor, grid: tuple[int, int]) -> Tensor:
+        """M_S (or the hard ablation gate) on the patch grid, ``[B, 1, gh, gw]``."""
+        if self.config.masking == "hard":
+            g = hard_mask(pred, self.config.hard_threshold, self.config.normaliser)
+        else:
+            g = soft_mask(pred, self.config.normaliser)
+        return g.reshape(pred.shape[0], 1, *grid)
+
+    def skip_gates(self, gate_grid: Tensor, feats: list[Tensor]) -> list[Tensor]:
+        """Theta(M_S) at the resolution of each skip feature of depth 1..D-1 (Eq. 4)."""
+        return [theta(gate_grid, tuple(f.shape[-2:]), self.config.theta) for f in feats[:-1]]
+
+    def forward(self, images: Tensor, binary_mask: Tensor | None = None, detach_gates: bool = False) -> FaderOutput:
+        check_images(images)
+        m = self.patch_size
+        mask = self.binary_mask(images) if binary_mask is None else binary_mask.to(images.device).bool()
+        obf = obfuscate(images, mask, m)
+        feats = self.reconstructor.encode(obf)
+        if self.head is None:
+            return FaderOutput(self.reconstructor.decode(feats), None, mask, obf, None)
+        pred = self.predict_errors(obf)
+        grid = (images.shape[-2] // m, images.shape[-1] // m)
+        gates_grid = self.gate_grid(pred, grid)
+        gates = self.skip_gates(gates_grid.detach() if detach_gates else gates_grid, feats)
+        return FaderOutput(self.reconstructor.decode(feats, gates), gates_grid, mask, obf, pred)
+
+    @torch.no_grad()
+    def anomaly_map(self, images: Tensor, binary_mask: Tensor | None = None, kernel_size: int = 21) -> Tensor:
+        """Smoothed MSGMS map between the input and its reconstruction, ``[B, 1, H, W]``."""
+        out = self.forward(images, binary_mask)
+        return riad_anomaly_map(images, out.reconstruction, kernel_size)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, binary_mask: Tensor | None = None) -> Tensor:
+        """Image-level anomaly score ``[B]`` (max of the anomaly map)."""
+        return image_score(self.anomaly_map(images, binary_mask))
+
+    def fit(
+        self,
+        images: Tensor,
+        masks: Tensor | None = None,
+        train_config: TrainConfig | None = None,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> list[dict[str, float]]:
+        """Train the head (and fine-tune the decoder) on normal images; see training.train_fader."""
+        from .training import train_fader
+
+        return train_fader(self, images, masks, train_config or TrainConfig(), seed=seed, device=device, progress=progress)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        unet_cfg = getattr(self.reconstructor, "config", None)
+        return {
+            "format": "fader-kit/fader-model/1",
+            "fader_config": self.config.model_dump(mode="json"),
+            "unet_config": unet_cfg.model_dump(mode="json") if isinstance(unet_cfg, UNetConfig) else None,
+            "has_head": self.head is not None,
+            "state_dict": self.state_dict(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the reconstructor, head and configs atomically (a crash never leaves half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.checkpoint(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, masker: Masker | None = None, reconstructor: Reconstructor | None = None) -> "FaderModel":
+        """Rebuild a saved model; an EARUNet is recreated from its config, other reconstructors
+        must be passed in (same architecture)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"FADeR checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != "fader-kit/fader-model/1":
+            raise ValueError(f"{path} is not a fader-kit FaderModel checkpoint")
+        if reconstructor is None:
+            if ckpt["unet_config"] is None:
+                raise ValueError(f"{path} holds a custom reconstructor: pass reconstructor= to load it")
+            from .unet import EARUNet
+
+            reconstructor = EARUNet(UNetConfig(**ckpt["unet_config"]))
+        model = cls(reconstructor, masker, FaderConfig(**ckpt["fader_config"]), head="auto" if ckpt["has_head"] else None)
+        model.load_state_dict(ckpt["state_dict"])
+        return model
+
+
+def wrap_with_fader(model: Reconstructor, masker: Masker | None, config: FaderConfig | None = None) -> FaderModel:
+    """Attach a fresh FADeR head to ``model``'s skip connections, fed by ``masker``'s masks."""
+    return FaderModel(model, masker, config)

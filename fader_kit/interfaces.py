@@ -1,0 +1,153 @@
+"""The two contracts of fader-kit: what a masker gives and what a reconstructor must offer.
+
+Everything else in the toolkit is written against these: any model that implements
+:class:`Reconstructor` can be wrapped by FADeR, and any :class:`Masker` (built in or installed as
+a plugin) can feed the obfuscation step.  Images are always ``[B, 3, H, W]`` float tensors with
+values in ``[0, 1]``, RGB.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+
+class MaskerInfo(BaseModel):
+    """What a masker is and where its weights came from.
+
+    ``weights`` is printed in every result row so that a number measured with randomly
+    initialised weights can never pass for a pretrained one.  Conventional values:
+    ``hub:<model-name>``, ``file:/path``, ``random-init``, ``trained-here``, ``none``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    weights: str = "none"
+    input_size: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+def check_images(images: Tensor, argument: str = "images") -> Tensor:
+    """Validate an image batch and return it; raise a ValueError naming ``argument`` otherwise."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{argument} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{argument} must have shape [B, 3, H, W], got {list(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{argument} must be a float tensor with values in [0, 1], got {images.dtype}")
+    return images
+
+
+class Masker(abc.ABC):
+    """Produces the binary mask M_B of suspected defects for an image batch.
+
+    Subclasses implement :meth:`score_map` (higher = more suspicious) and either override
+    :meth:`mask` or set ``self.threshold`` so that the default ``score_map > threshold`` applies.
+    Trained maskers learn in :meth:`fit` from normal images only and calibrate their threshold
+    there (a quantile of the normal scores); zero-shot maskers keep the no-op default.
+    Fitted state goes through :meth:`state_dict` / :meth:`load_state_dict` so that
+    :meth:`save` and :meth:`load` work for every masker.
+    """
+
+    threshold: float | None = None
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> MaskerInfo:
+        """Name and weights source of this masker."""
+
+    def fit(self, images: Tensor, *, seed: int = 0, progress: bool = False) -> "Masker":
+        """Learn from normal images ``[N, 3, H, W]``.  Zero-shot maskers need nothing."""
+        return self
+
+    @abc.abstractmethod
+    def score_map(self, images: Tensor) -> Tensor:
+        """Per-pixel suspicion ``[B, 1, H, W]`` (float) at the input's resolution."""
+
+    def mask(self, images: Tensor) -> Tensor:
+        """Binary mask M_B ``[B, 1, H, W]`` (bool): True where the masker suspects a defect."""
+        if self.threshold is None:
+            raise RuntimeError(
+                f"masker {self.info.name!r} has no threshold: call fit() on normal images first"
+            )
+        return self.score_map(images) > self.threshold
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "Masker":
+        """Move the masker's networks to ``device``; maskers without networks ignore it."""
+        for value in vars(self).values():
+            if isinstance(value, nn.Module):
+                value.to(device)
+        return self
+
+    # -- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Fitted state: every nn.Module attribute plus the threshold."""
+        state: dict[str, Any] = {"threshold": self.threshold}
+        for key, value in vars(self).items():
+            if isinstance(value, nn.Module):
+                state[f"module:{key}"] = value.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.threshold = state.get("threshold")
+        for key, value in state.items():
+            if key.startswith("module:"):
+                getattr(self, key.split(":", 1)[1]).load_state_dict(value)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"info": self.info.model_dump(), "state": self.state_dict()}, tmp)
+        tmp.replace(path)
+        return path
+
+    def load(self, path: str | Path) -> "Masker":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"masker state file not found: {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        saved = payload.get("info", {}).get("name")
+        if saved != self.info.name:
+            raise ValueError(f"{path} holds a {saved!r} masker, not {self.info.name!r}")
+        self.load_state_dict(payload["state"])
+        return self
+
+
+class Reconstructor(nn.Module, abc.ABC):
+    """An encoder-decoder with skip connections that FADeR can gate.
+
+    ``encode`` returns features of depth 1..D, shallow to deep; ``decode`` rebuilds the image
+    from them.  ``skip_gates`` (length D-1, each ``[B, 1, h_d, w_d]`` at the resolution of
+    ``feats[d]``) multiply the skip connections of depths 1..D-1; the deepest feature is never
+    gated because it has no skip connection.
+    """
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> list[Tensor]:
+        ...
+
+    @abc.abstractmethod
+    def decode(self, feats: list[Tensor], skip_gates: list[Tensor] | None = None) -> Tensor:
+        ...
+
+    @property
+    def depth(self) -> int:
+        """D, the number of encoder blocks."""
+        raise NotImplementedError
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters fine-tuned during FADeR training (the encoder stays frozen)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, skip_gates: list[Tensor] | None = None) -> Tensor:
+        return self.decode(self.encode(x), skip_gates)

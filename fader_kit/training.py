@@ -1,0 +1,235 @@
+"""Training loops: the EAR reconstructor and the FADeR head (paper Sec. 3.2 and 4.1).
+
+Both are pure functions of (model, images, masks, config, seed): the seed drives one
+``torch.Generator`` for shuffling, random blobs and pair sampling, so the same call gives the
+same numbers.  Inputs are normal images; masks are the masker's M_B for those images (or None),
+optionally united with random blobs so the U-Net always has something to inpaint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .fader import FaderModel, patch_errors, ranking_loss
+from .interfaces import Reconstructor, check_images
+from .obfuscation import obfuscate
+from .scoring import msgms_loss
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def _gaussian_window(size: int, sigma: float, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean structural similarity (Gaussian window, data range 1), as in RIAD's loss."""
+    c = a.shape[1]
+    w = _gaussian_window(window, sigma, c, a.device, a.dtype)
+    pad = window // 2
+    mu_a = F.conv2d(a, w, padding=pad, groups=c)
+    mu_b = F.conv2d(b, w, padding=pad, groups=c)
+    saa = F.conv2d(a * a, w, padding=pad, groups=c) - mu_a**2
+    sbb = F.conv2d(b * b, w, padding=pad, groups=c) - mu_b**2
+    sab = F.conv2d(a * b, w, padding=pad, groups=c) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return s.mean()
+
+
+def reconstruction_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """RIAD's objective: L2 + (1 - SSIM) + MSGMS."""
+    return F.mse_loss(pred, target) + (1 - ssim(pred, target)) + msgms_loss(pred, target)
+
+
+# -- masks ----------------------------------------------------------------------------------------
+def random_blobs(n: int, size: tuple[int, int], coverage: float, generator: torch.Generator) -> Tensor:
+    """Smooth random blob masks ``[n, 1, H, W]`` (bool), each covering about ``coverage``.
+
+    Low-resolution noise upsampled bilinearly and thresholded at a per-image quantile gives
+    irregular, connected shapes -- closer to real defects than rectangles.
+    """
+    h, w = size
+    cells = int(torch.randint(3, 9, (1,), generator=generator))
+    noise = torch.rand(n, 1, cells, cells, generator=generator)
+    smooth = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)
+    frac = coverage * (0.5 + torch.rand(n, generator=generator))  # vary the amount per image
+    q = torch.stack([torch.quantile(smooth[i].flatten(), 1 - float(frac[i])) for i in range(n)])
+    return smooth > q.view(n, 1, 1, 1)
+
+
+def training_masks(
+    masks: Tensor | None, idx: Tensor, shape: tuple[int, ...], config: TrainConfig, generator: torch.Generator
+) -> Tensor:
+    """M_B for a batch: the masker's masks for these images united with random blobs."""
+    b, _, h, w = shape
+    out = torch.zeros(b, 1, h, w, dtype=torch.bool)
+    if masks is not None:
+        out |= masks[idx].bool()
+    if config.random_blobs:
+        out |= random_blobs(b, (h, w), config.blob_coverage, generator)
+    return out
+
+
+# -- schedules ------------------------------------------------------------------------------------
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Fixed lr, linear warm-up (Goyal et al.) or SGDR (Loshchilov & Hutter), stepped per batch."""
+    total_warm = config.warmup_epochs * steps_per_epoch
+    if config.schedule == "fixed":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if config.schedule == "warmup":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / max(total_warm, 1))
+        )
+    if config.schedule == "sgdr":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=max(config.sgdr_period * steps_per_epoch, 1), T_mult=2
+        )
+    raise ValueError(f"unknown schedule {config.schedule!r}")
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _check_inputs(images: Tensor, masks: Tensor | None) -> None:
+    check_images(images)
+    if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
+        raise ValueError(f"masks {list(masks.shape)} do not match images {list(images.shape)}")
+
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def train_reconstructor(
+    model: Reconstructor,
+    images: Tensor,
+    masks: Tensor | None,
+    config: TrainConfig,
+    *,
+    patch_size: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """EAR training: obfuscated normal images in, the originals as target (L2 + SSIM + MSGMS)."""
+    _check_inputs(images, masks)
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps = math.ceil(images.shape[0] / config.batch_size)
+    sched = make_scheduler(opt, config, steps)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(config.epochs), desc="EAR U-Net", disable=not progress, leave=False)
+    for epoch in bar:
+        t0, total = time.perf_counter(), 0.0
+        for idx in _batches(images.shape[0], config.batch_size, gen):
+            x = images[idx]
+            mb = training_masks(masks, idx, x.shape, config, gen)
+            x, mb = x.to(device), mb.to(device)
+            pred = model(obfuscate(x, mb, patch_size))
+            loss = reconstruction_loss(pred, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        row = {"epoch": epoch + 1, "loss": total / images.shape[0], "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if on_epoch:
+            on_epoch(row)
+    model.eval()
+    return history
+
+
+def train_fader(
+    model: FaderModel,
+    images: Tensor,
+    masks: Tensor | None,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """FADeR training with the active-learning loop of Fig. 4.
+
+    Each step: forward through the gated U-Net; the ground truth l (Eq. 1) is the patch MSE
+    between I and the *current* reconstruction, detached; the head learns it through the
+    ranking loss (Eq. 3) alone.  The decoder is fine-tuned at ``decoder_lr_factor * lr`` on the
+    reconstruction loss with the gates detached, so the decoder cannot push the head towards
+    opening every skip; the encoder is frozen.
+    """
+    if model.head is None:
+        raise ValueError("train_fader needs a FaderModel with a head")
+    _check_inputs(images, masks)
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    rec = model.reconstructor
+    model.to(device).train()
+    encoder_params = {id(p) for p in rec.parameters()} - {id(p) for p in rec.decoder_parameters()}
+    for p in rec.parameters():
+        p.requires_grad_(id(p) not in encoder_params)
+    for name, module in rec.named_children():  # frozen encoder: keep BN statistics fixed too
+        if any(id(p) in encoder_params for p in module.parameters()):
+            module.eval()
+    groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
+    if config.decoder_lr_factor > 0:
+        groups.append({"params": rec.decoder_parameters(), "lr": config.lr * config.decoder_lr_factor})
+    opt = torch.optim.Adam(groups)
+    steps = math.ceil(images.shape[0] / config.batch_size)
+    sched = make_scheduler(opt, config, steps)
+    m = model.patch_size
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(config.epochs), desc="FADeR head", disable=not progress, leave=False)
+    try:
+        for epoch in bar:
+            t0, tot_rank, tot_rec = time.perf_counter(), 0.0, 0.0
+            for idx in _batches(images.shape[0], config.batch_size, gen):
+                x = images[idx]
+                mb = training_masks(masks, idx, x.shape, config, gen)
+                x, mb = x.to(device), mb.to(device)
+                out = model(x, mb, detach_gates=True)
+                target = patch_errors(x, out.reconstruction, m).detach()
+                l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen)
+                l_rec = reconstruction_loss(out.reconstruction, x) if config.decoder_lr_factor > 0 else torch.zeros(())
+                opt.zero_grad(set_to_none=True)
+                (l_rank + l_rec).backward()
+                opt.step()
+                sched.step()
+                tot_rank += float(l_rank.detach()) * len(idx)
+                tot_rec += float(l_rec.detach()) * len(idx)
+            n = images.shape[0]
+            row = {"epoch": epoch + 1, "ranking_loss": tot_rank / n, "reconstruction_loss": tot_rec / n,
+                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            history.append(row)
+            bar.set_postfix(rank=f"{row['ranking_loss']:.4f}")
+            if on_epoch:
+                on_epoch(row)
+    finally:
+        for p in rec.parameters():
+            p.requires_grad_(True)
+        model.eval()
+    return history
+
+
+def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a module with its initial weights drawn from ``seed``, leaving global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()

@@ -1,0 +1,95 @@
+"""The `fader-kit` command end to end on generated data (smoke profile), and its error paths."""
+import json
+import shutil
+
+import pytest
+
+from fader_kit.cli import main, parse_options
+from fader_kit.data import generate_synthetic
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    code = main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"])
+    return code, out
+
+
+def test_evaluate_writes_metrics_for_ear_and_fader(evaluated, capsys):
+    code, out = evaluated
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("ear", "fader"):
+        for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"):
+            assert 0.0 <= metrics[model][key] <= 1.0
+    assert metrics["masker"]["name"] == "patch_stats" and metrics["profile"] == "smoke"
+    assert (out / "fader.pt").is_file() and (out / "masker.pt").is_file()
+    assert len(list(out.glob("ear-*.pt"))) == 1
+
+
+def test_rerun_reuses_the_trained_ear_unet(evaluated, capsys):
+    _, out = evaluated
+    before = json.loads((out / "metrics.json").read_text())
+    assert main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    assert "EAR U-Net: reused" in capsys.readouterr().out
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["ear"] == before["ear"]  # same U-Net, same masks -> same numbers
+
+
+def test_unknown_masker_is_one_clear_error(tmp_path, capsys):
+    code = main(["evaluate", "--category", "washer", "--masker", "nope", "--profile", "smoke", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown masker 'nope'" in err and "patch_stats" in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "mvtec:/does/not/exist", "--category", "bottle"], "/does/not/exist"),
+        (["--category", "no_such_category"], "no_such_category"),
+        (["--category", "washer", "--profile", "huge"], "unknown profile 'huge'"),
+        (["--category", "washer", "--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_arguments_name_the_culprit(tmp_path, capsys, args, needle):
+    code = main(["evaluate", *args, "--out", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_corrupt_image_names_the_file_and_leaves_no_metrics(tmp_path, capsys):
+    root = tmp_path / "data"
+    generate_synthetic(root, categories=["washer"], seed=0)
+    victim = sorted((root / "washer" / "test").rglob("*.png"))[0]
+    victim.write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    code = main(["evaluate", "--data", f"mvtec:{root}", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"])
+    assert code == 2
+    assert victim.name in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+
+
+def test_stale_metrics_are_removed_when_a_rerun_fails(evaluated, tmp_path, capsys):
+    _, out = evaluated
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert main(["evaluate", "--category", "washer", "--masker", "nope", "--profile", "smoke", "--out", str(copy)]) == 2
+    assert (copy / "metrics.json").exists()  # masker creation fails before anything is touched
+    assert main(["evaluate", "--data", "mvtec:/nope", "--category", "washer", "--profile", "smoke", "--out", str(copy)]) == 2
+    assert not (copy / "metrics.json").exists()  # a started-then-failed run leaves no stale result
+
+
+def test_maskers_lists_builtin_with_weights_source(capsys):
+    assert main(["maskers"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("patch_stats"))
+    assert " none " in line
+
+
+def test_parse_options():
+    assert parse_options(["a=1", "b=true", "c=x", "d=[1,2]"]) == {"a": 1, "b": True, "c": "x", "d": [1, 2]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_options(["novalue"])

@@ -1,0 +1,121 @@
+import math
+
+import pytest
+import torch
+
+from fader_kit.config import FaderConfig, UNetConfig
+from fader_kit.fader import (
+    FaderHead, FaderModel, ViTHead, hard_mask, patch_errors, patchify, ranking_loss, soft_mask, theta, wrap_with_fader,
+)
+from fader_kit.unet import EARUNet
+
+
+def test_patchify_orders_tokens_row_major():
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, :, 0:2, 2:4] = 1.0  # top-right patch of a 2x2 grid
+    tokens = patchify(x, 2)
+    assert tokens.shape == (1, 4, 12)
+    assert tokens.sum(dim=2).tolist() == [[0.0, 12.0, 0.0, 0.0]]
+
+
+def test_patch_errors_are_patch_mse():
+    a = torch.zeros(1, 3, 4, 4)
+    b = torch.zeros(1, 3, 4, 4)
+    b[0, 0, 3, 3] = 2.0  # one pixel, one channel of the bottom-right patch: (4/3)/4 = 1/3
+    assert torch.allclose(patch_errors(a, b, 2), torch.tensor([[0.0, 0.0, 0.0, 1 / 3]]))
+
+
+def test_ranking_loss_hand_values():
+    pred = torch.tensor([[0.5, 0.1, 0.3]])
+    target = torch.tensor([[3.0, 1.0, 2.0]])
+    # pairs (0,1): relu(-0.4+0.3)=0; (0,2): relu(-0.2+0.3)=0.1; (1,2): l1<l2 -> relu(+(0.1-0.3)+0.3)=0.1
+    assert math.isclose(float(ranking_loss(pred, target, margin=0.3)), 0.2 / 3, rel_tol=1e-6)
+    # reversed predictions are punished: every pair contributes |diff| + margin
+    assert math.isclose(float(ranking_loss(-pred, target, margin=0.0)), (0.4 + 0.2 + 0.2) / 3, rel_tol=1e-6)
+    # equal ground truth counts as "otherwise" (-1): wants l_hat_i < l_hat_j
+    assert math.isclose(float(ranking_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]), 0.0)), 1.0)
+
+
+def test_sampled_ranking_loss_is_reproducible_and_avoids_self_pairs():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 50, generator=g), torch.rand(2, 50, generator=g)
+    a = ranking_loss(pred, target, 0.1, pairs=64, generator=torch.Generator().manual_seed(3))
+    b = ranking_loss(pred, target, 0.1, pairs=64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    # self-pairs would add exactly `margin` each; with identical pred, every pair gives margin
+    same = ranking_loss(torch.zeros(1, 5), torch.arange(5.0)[None], 0.2, pairs=100, generator=g)
+    assert math.isclose(float(same), 0.2, rel_tol=1e-6)
+
+
+def test_soft_mask_extremes_and_hard_mask():
+    pred = torch.tensor([[0.1, 0.9, 0.5, 0.3]])
+    pred_hard = torch.tensor([[0.1, 0.9, 0.45, 0.3]])
+    ms = soft_mask(pred)
+    assert torch.allclose(ms, torch.tensor([[1.0, 0.0, 0.5, 0.75]]), atol=1e-6)
+    assert int(ms.argmin()) == int(pred.argmax()) and int(ms.argmax()) == int(pred.argmin())
+    sig = soft_mask(pred, "sigmoid")
+    assert torch.equal(sig.argsort(), ms.argsort()) and float(sig.min()) > 0 and float(sig.max()) < 1
+    assert hard_mask(pred_hard, 0.5).tolist() == [[1.0, 0.0, 1.0, 1.0]]  # norm .4375 stays open
+
+
+def test_theta_nearest_and_bilinear():
+    grid = torch.tensor([[[[1.0, 0.0], [0.5, 1.0]]]])
+    up = theta(grid, (4, 4), "nearest")
+    assert torch.equal(up[0, 0, :2, 2:], torch.zeros(2, 2)) and torch.equal(up[0, 0, 2:, :2], torch.full((2, 2), 0.5))
+    down = theta(torch.ones(1, 1, 4, 4).index_put_((torch.tensor([0]), torch.tensor([0]), torch.tensor([3]), torch.tensor([1])), torch.tensor(0.0)), (2, 2), "nearest")
+    assert down[0, 0, 1, 0] == 0.0 and down.sum() == 3.0  # a suspected patch is never dropped
+    bil = theta(grid, (4, 4), "bilinear")
+    assert 0.0 < float(bil[0, 0, 1, 1]) < 1.0  # smoothed border
+
+
+def _small(head: str = "mlp") -> FaderModel:
+    torch.manual_seed(0)
+    cfg = FaderConfig(patch_size=8, hidden=8, head=head, vit_dim=16, vit_depth=1, vit_heads=2)
+    return wrap_with_fader(EARUNet(UNetConfig(widths=(4, 8, 8, 8, 8))), None, cfg).eval()
+
+
+@pytest.mark.parametrize("head", ["mlp", "vit"])
+def test_fader_forward_shapes_and_gradient_reaches_head(head):
+    model = _small(head)
+    assert isinstance(model.head, FaderHead if head == "mlp" else ViTHead)
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert out.soft_mask.shape == (2, 1, 8, 8) and out.predicted_error.shape == (2, 64)
+    assert torch.equal(out.obfuscated, x)  # no masker: nothing obfuscated
+    out.reconstruction.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters() if p.ndim > 1)
+
+
+def test_plain_ear_shares_reconstructor_and_has_no_gates():
+    model = _small()
+    ear = model.without_head()
+    x = torch.rand(1, 3, 64, 64)
+    out = ear(x)
+    assert out.soft_mask is None and out.predicted_error is None
+    assert torch.allclose(out.reconstruction, model.reconstructor(x))
+
+
+def test_binary_mask_is_applied_before_everything():
+    model = _small()
+    x = torch.rand(1, 3, 64, 64)
+    mask = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
+    mask[..., :8, :8] = True
+    out = model(x, mask)
+    assert torch.allclose(out.obfuscated[..., :8, :8], x[..., :8, :8].mean(dim=(-1, -2), keepdim=True).expand(1, 3, 8, 8))
+    assert torch.equal(out.obfuscated[..., 8:, :], x[..., 8:, :])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _small()
+    x = torch.rand(2, 3, 64, 64)
+    path = model.save(tmp_path / "m.pt")
+    again = FaderModel.load(path).eval()
+    assert torch.equal(model.score(x), again.score(x))
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        FaderModel.load(tmp_path / "nothing.pt")
+
+
+def test_wrap_rejects_non_reconstructors():
+    with pytest.raises(TypeError, match="Reconstructor"):
+        wrap_with_fader(torch.nn.Linear(2, 2), None)
