@@ -8,7 +8,6 @@ reach the decoder attenuated, so the decoder paints normal patterns there.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -84,11 +83,11 @@ class ViTHead(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, config.vit_depth, enable_nested_tensor=False)
         self.out = nn.Sequential(nn.LayerNorm(config.vit_dim), nn.Linear(config.vit_dim, 1))
-        self.grid: tuple[int, int] | None = None
 
-    def forward(self, tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        n = tokens.shape[1]
-        gh, gw = grid or (int(math.isqrt(n)), n // max(int(math.isqrt(n)), 1))
+    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        gh, gw = grid
+        if gh * gw != tokens.shape[1]:
+            raise ValueError(f"grid {grid} does not hold {tokens.shape[1]} tokens")
         x = self.embed(tokens) + sincos_position_embedding(gh, gw, self.embed.out_features, tokens.device)
         return self.out(self.blocks(x)).squeeze(-1)
 

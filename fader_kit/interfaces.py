@@ -77,10 +77,6 @@ class Masker(abc.ABC):
             )
         return self.score_map(images) > self.threshold
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
     def to(self, device: str | torch.device) -> "Masker":
         """Move the masker's networks to ``device``; maskers without networks ignore it."""
         for value in vars(self).values():

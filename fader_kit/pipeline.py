@@ -184,7 +184,7 @@ def evaluate_category(
 
     t = time.perf_counter()
     masker.to(device)
-    masker.fit(split.train.to(device) if split.train.shape[0] <= 4096 else split.train, seed=seed, progress=progress)
+    masker.fit(split.train.to(device), seed=seed, progress=progress)
     masker.save(out / "masker.pt")
     train_masks = compute_masks(masker, split.train, batch_size=profile.eval_batch_size, device=device, progress=progress, desc="masks (train)")
     test_masks = compute_masks(masker, split.test, batch_size=profile.eval_batch_size, device=device, progress=progress, desc="masks (test)")

@@ -1,0 +1,1 @@
+"""Benchmarks of fader-kit: the paper's tables, speed, and their reports."""

@@ -1,0 +1,61 @@
+"""How much time FADeR adds to the EAR U-Net's inference (issue target: under 5 %).
+
+Both paths get the same obfuscated-input work (binary mask given); FADeR adds patch tokens,
+the two-layer MLP, the soft mask, Theta and the gate products.  Run::
+
+    python -m benchmarks.fader_overhead --size 256 --batch 8 --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from fader_kit.config import FaderConfig, UNetConfig
+from fader_kit.devices import resolve_device
+from fader_kit.fader import wrap_with_fader
+from fader_kit.training import seeded_init
+from fader_kit.unet import EARUNet
+
+from .timing import interleaved_medians
+
+
+def measure_overhead(
+    *, size: int = 256, batch: int = 8, device: str = "cpu", unet: UNetConfig | None = None,
+    head: FaderConfig | None = None, repeats: int = 10, seed: int = 0,
+) -> dict[str, float]:
+    dev = resolve_device(device)
+    fader = seeded_init(lambda: wrap_with_fader(EARUNet(unet or UNetConfig()), None, head or FaderConfig()), seed)
+    fader = fader.to(dev).eval()
+    ear = fader.without_head()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(dev)
+    mask = (torch.rand(batch, 1, size, size, generator=gen) > 0.9).to(dev)
+    med = interleaved_medians(
+        {"ear": lambda: ear(x, mask).reconstruction, "fader": lambda: fader(x, mask).reconstruction}, dev, repeats=repeats
+    )
+    return {
+        "size": size, "batch": batch, "device": str(dev), "ear_seconds": med["ear"], "fader_seconds": med["fader"],
+        "overhead_ratio": med["fader"] / med["ear"] - 1.0,
+        "head_parameters": sum(p.numel() for p in fader.head.parameters()),
+        "unet_parameters": sum(p.numel() for p in fader.reconstructor.parameters()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args(argv)
+    r = measure_overhead(size=args.size, batch=args.batch, device=args.device, repeats=args.repeats)
+    print(json.dumps(r, indent=2))
+    print(f"FADeR adds {100 * r['overhead_ratio']:.2f} % to EAR inference "
+          f"({r['ear_seconds'] * 1000:.1f} ms -> {r['fader_seconds'] * 1000:.1f} ms per batch of {r['batch']} at {r['size']}px, {r['device']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
