@@ -16,7 +16,9 @@ and the three ways to provide them.  Random weights are used only when the calle
 Checkpoint formats: timm ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` (a plain state dict, or one
 wrapped under ``state_dict`` / ``model``; original-release files such as DINO's ``.pth`` go
 through timm's own key conversion), and open_clip checkpoints (loaded by open_clip, which
-converts its older layouts).
+converts its older layouts).  Loads are strict: a checkpoint that leaves any layer of the model
+unset is an error, never a half-random model.  (Big-vision ``.npz`` files are not read; timm's
+hub copies of those models are ``.safetensors``.)
 """
 from __future__ import annotations
 
@@ -203,6 +205,19 @@ def find_in_hub_cache(repo_id: str, filenames: Iterable[str], cache_dir: str | P
     return None
 
 
+def _hub_download(repo_id: str, filenames: Iterable[str], cache_dir: str | Path | None = None) -> Path:
+    """Download the first of ``filenames`` that hub repository ``repo_id`` has, into the cache."""
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for filename in filenames:
+        try:
+            return Path(hf_hub_download(repo_id.strip("/"), filename, cache_dir=_hub_cache_dir(cache_dir)))
+        except Exception as exc:  # try the next file name; report all if none works
+            errors.append(f"{filename}: {type(exc).__name__}")
+    raise FileNotFoundError(f"{repo_id} has none of {', '.join(errors)}")
+
+
 def _cache_description(repo_id: str, filenames: Iterable[str], cache_dir: str | Path | None) -> str:
     folder = "models--" + repo_id.strip("/").replace("/", "--")
     return f"{Path(_hub_cache_dir(cache_dir)) / folder}/snapshots/*/{'|'.join(filenames)}"
@@ -249,26 +264,50 @@ def _url_name(url: str | None) -> list[str]:
     return [os.path.basename(urlparse(url).path)] if url else []
 
 
-def _create_timm_from_file(name: str, path: Path, create_kwargs: dict[str, Any]) -> nn.Module:
-    """Build ``name`` from a checkpoint file: strict load first, then timm's own converter.
+def _converted_timm_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint as timm itself would prepare it, minus the classifier when the model has none.
 
-    The strict load takes checkpoints saved from a timm model as they are; timm's file route
-    (``pretrained_cfg_overlay=dict(file=...)``) applies the model's checkpoint filter, which maps
-    original-release layouts (DINO's ``.pth``, resized position embeddings) onto timm's.
+    timm's loader unwraps ``state_dict``/``model`` and strips ``module.``; the model family's
+    ``checkpoint_filter_fn`` maps original-release layouts (DINO's ``.pth``) and resizes position
+    embeddings.  timm's own pretrained route would then load *non-strictly* whenever the class
+    count differs, silently keeping random layers; here only the classifier is dropped, and only
+    for a head-less model, so the load that follows can stay strict.
     """
-    import timm
+    import sys
 
-    model = timm.create_model(name, pretrained=False, **create_kwargs)
+    from timm.models import load_state_dict as timm_load_state_dict
+
+    try:
+        state = timm_load_state_dict(str(path), weights_only=False)
+    except Exception as exc:
+        raise MissingWeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if convert is not None:
+        state = convert(state, model)
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if getattr(model, "num_classes", None) == 0 and classifier:
+        for name in (classifier,) if isinstance(classifier, str) else classifier:
+            state.pop(f"{name}.weight", None)
+            state.pop(f"{name}.bias", None)
+    return state
+
+
+def load_timm_checkpoint(model: nn.Module, path: Path, name: str = "") -> nn.Module:
+    """Load checkpoint ``path`` into timm ``model`` strictly; one readable error otherwise.
+
+    First as it is (a file saved from a timm model of this shape), then through
+    :func:`_converted_timm_state`.  Never a partial load.
+    """
     try:
         load_state_into(model, read_checkpoint(path), source=str(path))
         return model
-    except MissingWeightsError as strict_error:
+    except MissingWeightsError as as_is:
         try:
-            return timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **create_kwargs
-            )
+            state = _converted_timm_state(model, path)
+            load_state_into(model, state, source=str(path))
+            return model
         except Exception:
-            raise MissingWeightsError(str(strict_error), model=name, looked_for=[str(path)]) from strict_error
+            raise MissingWeightsError(str(as_is), model=name, looked_for=[str(path)]) from as_is
 
 
 def load_timm_model(
@@ -298,25 +337,28 @@ def load_timm_model(
     url_names = _url_name(getattr(cfg, "url", None))
     local = find_local_weights(name, weights, extra_names=url_names, folder_names=_timm_hub_files(cfg) if cfg else ())
     if local is not None:
-        return _create_timm_from_file(name, local, create_kwargs).eval(), f"file:{local.resolve()}"
+        model = timm.create_model(name, pretrained=False, **create_kwargs)
+        return load_timm_checkpoint(model, local, name).eval(), f"file:{local.resolve()}"
 
-    looked = [f"weights=: not given"] + _looked_for_local(name, url_names)
+    looked = ["--weights / weights=: not given"] + _looked_for_local(name, url_names)
     hub_id = getattr(cfg, "hf_hub_id", None)
     if hub_id:
         hub_files = _timm_hub_files(cfg)
         cached = find_in_hub_cache(hub_id, hub_files, cache_dir)
         if cached is not None:
-            model = timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **create_kwargs
-            )
-            return model.eval(), f"hub:{name}"
+            model = timm.create_model(name, pretrained=False, **create_kwargs)
+            return load_timm_checkpoint(model, cached, name).eval(), f"hub:{name}"
         looked.append(f"Hugging Face cache: {_cache_description(hub_id, hub_files, cache_dir)} (not there)")
     stay_offline, why = resolve_offline(offline)
     if stay_offline:
         looked.append(f"Hugging Face hub: not tried ({why})")
     else:
         try:
-            model = timm.create_model(name, pretrained=True, **create_kwargs)
+            model = timm.create_model(name, pretrained=False, **create_kwargs)
+            if hub_id:  # download into the cache, then the same strict load as a cached file
+                downloaded = _hub_download(hub_id, _timm_hub_files(cfg), cache_dir)
+                return load_timm_checkpoint(model, downloaded, name).eval(), f"hub:{name}"
+            model = timm.create_model(name, pretrained=True, **create_kwargs)  # URL-only weights
             return model.eval(), f"hub:{name}"
         except Exception as exc:  # unreachable hub, missing file: fall through to the loud error
             looked.append(f"Hugging Face hub: download failed ({type(exc).__name__}: {str(exc)[:160]})")
@@ -387,7 +429,7 @@ def load_open_clip_model(
 
     if local is not None:
         return from_file(local), f"file:{local.resolve()}"
-    looked = ["weights=: not given"] + _looked_for_local(name, url_names)
+    looked = ["--weights / weights=: not given"] + _looked_for_local(name, url_names)
     if repo_id:
         cached = find_in_hub_cache(repo_id, hub_files, cache_dir)
         if cached is not None:
