@@ -1,0 +1,13 @@
+"""``python -m benchmarks bench ...`` / ``python -m benchmarks report DIR``: the same commands as
+``fader-kit bench`` and ``fader-kit report`` (one parser, one error handling)."""
+from __future__ import annotations
+
+import sys
+
+from fader_kit.cli import main
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if argv and argv[0] not in ("bench", "report", "-h", "--help", "--version"):
+        argv = ["bench", *argv]  # `python -m benchmarks table3 ...` reads as `bench table3 ...`
+    raise SystemExit(main(argv))

@@ -1,0 +1,119 @@
+"""``fader-kit bench TABLE|speed`` and ``fader-kit report DIR`` (also ``python -m benchmarks ...``).
+
+``fader_kit.cli`` adds these sub-commands through :func:`add_commands` when this package is
+importable; errors a user can fix are reported there as one ``error:`` line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .tables import TABLES
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    return items or None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from fader_kit.cli import masker_options
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.table == "speed":
+        return _speed(args)
+    from .runner import BenchConfig, run_table
+
+    out = Path(args.out or f"runs/bench-{args.profile}")
+    cfg = BenchConfig(
+        table=args.table, out=out, data=args.data, categories=_csv(args.categories), maskers=_csv(args.maskers),
+        variants=_csv(args.variants), profile=args.profile, device=args.device or "cpu", seed=args.seed,
+        masker_options=masker_options(args), figures=args.figures,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    summary = run_table(cfg)
+    if not args.no_report:
+        from .report import build_report
+
+        text, paths = build_report(out, figures=args.figures > 0)
+        print("\n" + text)
+        print("written: " + ", ".join(str(p) for p in paths))
+    return 0 if summary.failed == 0 else 1
+
+
+def _speed(args: argparse.Namespace) -> int:
+    import torch
+
+    from fader_kit.cli import masker_options
+
+    from .speed import SpeedConfig, run_speed
+
+    if (args.device or "auto") == "auto":
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    else:
+        devices = _csv(args.device) or ("cpu",)
+    cfg = SpeedConfig(
+        out=Path(args.out or "runs/speed"), maskers=_csv(args.maskers), devices=devices, size=args.size,
+        batches=tuple(int(b) for b in _csv(args.batches) or (1, 8)),
+        repeats=args.repeats, masker_options=masker_options(args), seed=args.seed, model_profile=args.model_profile,
+    )
+    run_speed(cfg)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    text, paths = build_report(Path(args.folder), figures=not args.no_figures)
+    print(text)
+    print("written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench`` and ``report`` on the ``fader-kit`` parser."""
+    from fader_kit.cli import add_masker_arguments
+
+    tables = ", ".join(TABLES)
+    p = sub.add_parser(
+        "bench", help="reproduce a table of the paper (table2..table5) or measure speed",
+        description=f"Run a benchmark table ({tables}) into a results folder (SQLite; a rerun skips finished "
+                    "rows), then print its report; or 'speed' for latency, throughput, parameters and FLOPs. "
+                    "--masker-option NAME.KEY=VALUE reaches masker NAME only; a plain KEY=VALUE reaches every masker.",
+    )
+    p.add_argument("table", choices=[*TABLES, "speed"])
+    p.add_argument("--data", default="synthetic", help="synthetic | mvtec:PATH | visa:PATH (default: synthetic)")
+    p.add_argument("--categories", default=None, help="comma-separated categories (default: all of the data)")
+    p.add_argument("--maskers", default=None,
+                   help="comma-separated masker names, any registered one (default: the table's maskers; "
+                        "speed: every registered masker)")
+    p.add_argument("--variants", default=None, help="comma-separated variants of the table (default: all)")
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N | auto (tables, default: cpu); speed: a comma list, default auto = "
+                        "cpu and cuda when present")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="results folder (default: runs/bench-PROFILE, speed: runs/speed)")
+    add_masker_arguments(p)
+    p.add_argument("--figures", type=int, default=2, help="anomalous images per figure panel, 0 = no figures (default: 2)")
+    p.add_argument("--no-report", action="store_true", help="do not print the report after the run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (unit lines are always printed)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--size", type=int, default=256, help="image side (default: 256)")
+    g.add_argument("--batches", default="1,8", help="batch sizes (default: 1,8)")
+    g.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement, median (default: 3)")
+    g.add_argument("--model-profile", default="paper",
+                   help="profile whose EAR U-Net and FADeR head are timed (default: paper, the paper's sizes)")
+    p.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="Markdown/CSV/PNG report of a bench results folder, with the paper's numbers")
+    r.add_argument("folder", help="the --out folder of fader-kit bench")
+    r.add_argument("--no-figures", action="store_true", help="skip the bar charts")
+    r.set_defaults(func=cmd_report)

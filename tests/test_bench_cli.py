@@ -1,0 +1,98 @@
+"""``fader-kit bench`` / ``python -m benchmarks`` end to end (smoke profile, one category), and
+``bench speed`` on tiny sizes."""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+import pytest
+
+from benchmarks.speed import SpeedConfig, count_parameters, flops_per_image, run_speed
+from fader_kit.cli import main
+from fader_kit.hookspecs import hookimpl
+from fader_kit.registry import MaskerRegistry
+from fader_kit.weights import MissingWeightsError
+
+import torch
+
+
+def test_bench_table_runs_prints_the_table_and_resumes(tmp_path, capsys):
+    argv = ["bench", "table3", "--profile", "smoke", "--categories", "washer", "--variants", "ear,ours",
+            "--out", str(tmp_path), "--figures", "1", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "table3 on synthetic (smoke profile, 64px, device cpu, seed 0): 2 units, 0 already finished, 2 to run" in out
+    assert "[1/2] patch_stats/ear on washer" in out and "[2/2] patch_stats/ours on washer" in out
+    assert "| Category | EAR (hard, image) | paper | +MLP, soft, nearest (ours) | paper |" in out
+    assert any(line.startswith("| washer | ") for line in out.splitlines())
+    assert (tmp_path / "results.sqlite").is_file() and (tmp_path / "report.md").is_file()
+    assert list((tmp_path / "figures" / "table3").rglob("patch_stats-ours-washer-seed0.png"))
+
+    assert main(argv) == 0  # a rerun finds everything finished
+    assert "2 units, 2 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_python_m_benchmarks_uses_the_same_commands(tmp_path, monkeypatch, capsys):
+    def run_module(*argv):
+        monkeypatch.setattr(sys, "argv", ["benchmarks", *argv])
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_module("benchmarks", run_name="__main__", alter_sys=False)
+        return exc.value.code
+
+    assert run_module("report", str(tmp_path)) == 2
+    assert "error: no benchmark results in" in capsys.readouterr().err
+    assert run_module("table9") == 2  # read as `bench table9`
+    assert "invalid choice: 'table9'" in capsys.readouterr().err
+
+
+def test_bad_bench_arguments_are_one_clear_error(tmp_path, capsys):
+    assert main(["bench", "table3", "--profile", "smoke", "--maskers", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown masker(s) nope" in err and "patch_stats" in err and "Traceback" not in err
+    assert main(["bench", "table3", "--profile", "smoke", "--categories", "bottle", "--out", str(tmp_path)]) == 2
+    assert "--categories: bottle not in synthetic" in capsys.readouterr().err
+
+
+class _Broken:
+    @hookimpl
+    def register_maskers(self, register):
+        def broken(**options):
+            raise MissingWeightsError("no weights for broken_vit")
+        register("broken", broken)
+
+
+def test_speed_measures_models_and_maskers_and_records_failures(tmp_path):
+    from fader_kit.registry import default_registry
+
+    patch_stats = next(e for e in default_registry().list() if e.name == "patch_stats")
+
+    class _PatchStats:
+        @hookimpl
+        def register_maskers(self, register):
+            register("patch_stats", patch_stats.factory)
+
+    reg = MaskerRegistry(entry_points=[], extra_plugins=[_PatchStats(), _Broken()])
+    cfg = SpeedConfig(out=tmp_path, size=64, batches=(1, 2), repeats=1, warmup=0, model_profile="smoke", fit_images=4)
+    result = run_speed(cfg, registry=reg, log=lambda _m: None)
+    recs = {r["model"].split(" ")[0]: r for r in result["records"]}
+    assert set(recs) == {"EAR", "FADeR_EAR", "patch_stats", "broken"}
+    assert recs["broken"]["status"] == "failed" and "MissingWeightsError: no weights for broken_vit" in recs["broken"]["reason"]
+    for name in ("EAR", "FADeR_EAR", "patch_stats"):
+        r = recs[name]
+        assert r["status"] == "ok" and set(r["latency_ms"]) == {"1", "2"} and r["throughput"] > 0
+    # FADeR = EAR + its head: more parameters and more FLOPs, in the same run
+    assert recs["FADeR_EAR"]["parameters"] > recs["EAR"]["parameters"] > 0
+    assert recs["FADeR_EAR"]["gflops_per_image"] > recs["EAR"]["gflops_per_image"] > 0
+    assert set(result["fader_overhead"]["cpu"]) == {"1", "2"}
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert len(saved["records"]) == 4
+    md = (tmp_path / "speed.md").read_text()
+    assert "FADeR's overhead over EAR on cpu (same run, interleaved): batch 1:" in md
+    assert "| cpu | broken | -- | failed: MissingWeightsError" in md
+
+
+def test_flop_counter_and_parameter_count_by_hand():
+    lin = torch.nn.Linear(10, 4)  # 44 parameters; a [1,10] x [10,4] matmul = 2*10*4 FLOPs
+    assert count_parameters(lin) == 44
+    assert flops_per_image(lambda x: lin(x), torch.zeros(1, 10)) == 80.0
