@@ -201,7 +201,7 @@ def speed_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['device']} | {r['model']} | {r['weights'] or '--'} | failed: {r['reason']} |" + " |" * (len(head) - 4))
             continue
         cells = [r["device"], r["model"], r["weights"] or "--", f"{r['parameters'] / 1e6:.2f}",
-                 f"{r['gflops_per_image']:.2f}"]
+                 _num(r["gflops_per_image"])]
         cells += [f"{r['latency_ms'][b]:.1f}" if b in r["latency_ms"] else "--" for b in batches]
         cells.append(f"{r['throughput']:.1f}" if r["throughput"] else "--")
         lines.append("| " + " | ".join(cells) + " |")
@@ -211,3 +211,10 @@ def speed_markdown(result: dict[str, Any]) -> str:
         lines.append(f"FADeR's overhead over EAR on {dev} (same run, interleaved): {parts}")
     lines.append("GFLOPs count matmuls and convolutions (torch.utils.flop_counter); random-init maskers run at full size.")
     return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    """Two decimals, or three significant digits for small values (patch_stats' 0.0048 GFLOPs)."""
+    if x is None:
+        return "--"
+    return f"{x:.2f}" if abs(x) >= 0.1 or x == 0 else f"{x:.2g}"

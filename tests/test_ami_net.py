@@ -101,3 +101,22 @@ def test_ami_net_size_check():
     masker = create_masker("ami_net", epochs=1, image_size=60)
     with pytest.raises(ValueError, match="divisible by"):
         masker.fit(torch.rand(2, 3, 60, 60))
+
+
+def test_centres_start_from_kmeans_of_the_tokens():
+    from fader_kit_plugins.ami_net import AMINet, AMINetConfig
+
+    net = AMINet(2, AMINetConfig(num_centres=2, patch_size=1))
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([5.0, 1.0]) + 0.1 * torch.randn(50, 2, generator=g)
+    b = torch.tensor([1.0, 5.0]) + 0.1 * torch.randn(50, 2, generator=g)
+    net.init_centres(torch.cat([a, b]), iters=5, generator=g)
+    found = sorted(net.centres[0].tolist())
+    assert found[0] == pytest.approx(b.mean(0).tolist(), abs=1e-5)
+    assert found[1] == pytest.approx(a.mean(0).tolist(), abs=1e-5)
+    feats = torch.tensor([5.0, 1.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2).clone()
+    feats[0, :, 1, 1] = torch.tensor([1.0, 5.0])
+    dist, assign = net.cluster_distances(feats)
+    first, *rest = assign[0].tolist()
+    assert rest[:2] == [first, first] and rest[2] != first  # three tokens of one kind, one of the other
+    assert dist.max() < 0.05  # every token sits next to its centre
