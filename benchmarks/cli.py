@@ -34,7 +34,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         table=args.table, out=out, data=args.data, categories=_csv(args.categories), maskers=_csv(args.maskers),
         variants=_csv(args.variants), profile=args.profile, device=args.device or "cpu", seed=args.seed,
-        masker_options=masker_options(args), figures=args.figures,
+        masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     summary = run_table(cfg)
@@ -101,6 +101,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="results folder (default: runs/bench-PROFILE, speed: runs/speed)")
     add_masker_arguments(p)
+    p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
+                   help="train the EAR U-Net on random blobs only, one per category shared by every masker and "
+                        "variant (default), or on each masker's masks united with blobs (one per masker)")
     p.add_argument("--figures", type=int, default=2, help="anomalous images per figure panel, 0 = no figures (default: 2)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +54,10 @@ class BenchConfig(BaseModel):
     masker_options: dict[str, Any] = Field(default_factory=dict)
     figures: int = Field(2, ge=0, description="anomalous test images per figure panel (0 = no panels)")
     synthetic: SyntheticConfig | None = Field(None, description="override the synthetic generator's counts")
+    ear_masks: Literal["blobs", "masker"] = Field(
+        "blobs", description="train the EAR U-Net on random blobs only (one U-Net per category, shared by every "
+        "masker) or on each masker's masks united with blobs (one U-Net per category and masker, as "
+        "`fader-kit evaluate` does by default)")
     progress: bool = False
 
 
@@ -86,7 +90,7 @@ class _CategoryWork:
         self.runner = runner
         self.category = category
         self._split: CategorySplit | None = None
-        self._unet: torch.nn.Module | None = None
+        self._unet: tuple[str, torch.nn.Module] | None = None  # (ear key, U-Net): the last one used
         self.timings: dict[str, float] = {}
 
     def split(self) -> CategorySplit:
@@ -98,17 +102,20 @@ class _CategoryWork:
             self.timings["load_data"] = time.perf_counter() - t
         return self._split
 
-    def unet(self, ear_key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def unet(self, ear_key: str, masks: torch.Tensor | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The EAR U-Net of ``ear_key``: in memory, from the cache file, or trained (on ``masks``
+        united with random blobs; ``None`` = blobs only)."""
         r = self.runner
-        if self._unet is not None:
-            return self._unet, {"reused": True}
+        if self._unet is not None and self._unet[0] == ear_key:
+            return self._unet[1], {"reused": True}
         split = self.split()
-        unet, info = pipeline.train_ear(split.train, None, r.profile, seed=r.config.seed, device=r.device,
+        unet, info = pipeline.train_ear(split.train, masks, r.profile, seed=r.config.seed, device=r.device,
                                         progress=r.config.progress, cache=r.cache.ear_path(ear_key))
         if not info["reused"]:
             r.summary.ear_trained += 1
-            r.log(f"    EAR U-Net ({self.category}): trained in {info['seconds']:.1f}s (blobs only; shared by every masker)")
-        self._unet = unet
+            how = "blobs only; shared by every masker" if masks is None else "masker's masks + blobs"
+            r.log(f"    EAR U-Net ({self.category}): trained in {info['seconds']:.1f}s ({how})")
+        self._unet = (ear_key, unet)
         return unet, info
 
 
@@ -176,10 +183,12 @@ class BenchRunner:
         units = []
         variants = self.variants()
         for category in self.categories():
-            ek = keys.ear_key(self.data_key, category, self.profile, self.config.seed)
+            shared_ek = keys.ear_key(self.data_key, category, self.profile, self.config.seed)
             for masker in self.maskers():
                 mk = keys.masker_key(masker, self.masker_options(masker), self.data_key, category,
                                      self.profile.image_size, self.config.seed)
+                # trained on the masker's masks, the U-Net depends on them: the masker key stands for them
+                ek = shared_ek if self.config.ear_masks == "blobs" else keys.digest({"ear": shared_ek, "masks": mk})
                 for v in variants:
                     fader_cfg = v.fader_config(self.profile.fader_head)
                     wk = keys.work_key(ear=ek, masker=mk, fader=fader_cfg, profile=self.profile, seed=self.config.seed)
@@ -255,7 +264,7 @@ class BenchRunner:
         timings["load_data"] = cat.timings.pop("load_data", 0.0)
         masks, fresh = self._get_masks(pu, split)
         timings["masker"] = masks.seconds if fresh else 0.0
-        unet, ear_info = cat.unet(pu.ear_key)
+        unet, ear_info = cat.unet(pu.ear_key, masks.train if self.config.ear_masks == "masker" else None)
         timings["ear_train"] = float(ear_info.get("seconds", 0.0)) if not ear_info["reused"] else 0.0
         fader_cfg = pu.variant.fader_config(self.profile.fader_head)
         if fader_cfg is None:
@@ -284,6 +293,7 @@ class BenchRunner:
             "fader": fader_cfg.model_dump(mode="json") if fader_cfg is not None else None,
             "fader_train": self.profile.fader.model_dump(mode="json") if fader_cfg is not None else None,
             "profile_digest": self.profile.digest(), "image_size": self.profile.image_size,
+            "ear_masks": self.config.ear_masks,
             "masked_fraction_test": float(masks.test.float().mean()),
             "figure": str(figure.relative_to(self.out)) if figure is not None else None,
         }

@@ -183,6 +183,24 @@ def test_one_ear_unet_serves_every_masker(tmp_path, counting):
     assert len({r.config["ear_key"] for r in rows}) == 1 and len({r.config["masker_key"] for r in rows}) == 2
 
 
+def test_ear_on_masker_masks_trains_one_unet_per_masker(tmp_path, monkeypatch):
+    seen = []
+    real = runner_mod.pipeline.train_ear
+
+    def train_ear(images, masks, *a, **k):
+        seen.append(masks)
+        return real(images, masks, *a, **k)
+
+    monkeypatch.setattr(runner_mod.pipeline, "train_ear", train_ear)
+    cfg = config(tmp_path, table="table2", maskers=("diff_a", "diff_b"), variants=("ear",), ear_masks="masker")
+    s = run_table(cfg, registry=registry(), log=_quiet)
+    assert s.ear_trained == 2 and len(seen) == 2 and all(m is not None and m.dtype == torch.bool for m in seen)
+    rows = ResultStore(tmp_path).rows()
+    assert len({r.config["ear_key"] for r in rows}) == 2 and {r.config["ear_masks"] for r in rows} == {"masker"}
+    blobs = BenchRunner(config(tmp_path, table="table2", maskers=("diff_a",), variants=("ear",)), registry=registry())
+    assert blobs.plan()[0].ear_key not in {r.config["ear_key"] for r in rows}  # a different U-Net, a different key
+
+
 def test_same_settings_in_another_table_are_copied_not_recomputed(tmp_path, counting):
     run_table(config(tmp_path, variants=("ours",)), registry=registry(), log=_quiet)
     assert counting["train_fader_on"] == 1
