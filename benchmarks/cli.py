@@ -1,4 +1,4 @@
-"""``fader-kit bench TABLE|speed`` and ``fader-kit report DIR`` (also ``python -m benchmarks ...``).
+"""``fader-kit bench TABLE|speed`` and ``fader-kit report DIR`` (also ``python -m fader_kit_bench ...``).
 
 ``fader_kit.cli`` adds these sub-commands through :func:`add_commands` when this package is
 importable; errors a user can fix are reported there as one ``error:`` line.

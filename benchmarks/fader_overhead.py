@@ -3,7 +3,7 @@
 Both paths get the same obfuscated-input work (binary mask given); FADeR adds patch tokens,
 the two-layer MLP, the soft mask, Theta and the gate products.  Run::
 
-    python -m benchmarks.fader_overhead --size 256 --batch 8 --device cpu
+    python -m fader_kit_bench.fader_overhead --size 256 --batch 8 --device cpu
 """
 from __future__ import annotations
 

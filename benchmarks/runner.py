@@ -4,7 +4,7 @@ Work is shared, never repeated: per (data, category, profile, seed) one EAR U-Ne
 training, so it serves every masker and variant); per masker one fit and one set of binary
 masks; per (masker, variant) one FADeR training.  All of them go through the pipeline stages of
 :mod:`fader_kit.pipeline` -- the same code as ``fader-kit evaluate`` -- and are cached under
-``<out>/cache`` by configuration digests (see :mod:`benchmarks.cache`).
+``<out>/cache`` by configuration digests (see :mod:`fader_kit_bench.cache`).
 
 A unit that fails (missing weights, an unknown or broken masker, bad data) is recorded as
 ``failed`` with its reason and the rest of the table runs; ``KeyboardInterrupt`` stops the run and

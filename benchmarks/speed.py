@@ -2,7 +2,7 @@
 
 Per model and device: per-image latency at batch 1 and batch 8 (256x256 by default), throughput
 at the largest batch, parameter count and FLOPs per image (``torch.utils.flop_counter``).  EAR and
-FADeR are timed interleaved in the same run by :func:`benchmarks.fader_overhead.measure_overhead`,
+FADeR are timed interleaved in the same run by :func:`fader_kit_bench.fader_overhead.measure_overhead`,
 so FADeR's overhead is a ratio of two numbers measured under the same load.  The EAR U-Net is the
 paper's (the ``paper`` profile's widths and head), whatever profile the tables use.
 

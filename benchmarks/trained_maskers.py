@@ -13,8 +13,8 @@ images, and then
 
 ::
 
-    python -m benchmarks.trained_maskers --threads 2
-    python -m benchmarks.trained_maskers --maskers msflow --category washer --json out.json
+    python -m fader_kit_bench.trained_maskers --threads 2
+    python -m fader_kit_bench.trained_maskers --maskers msflow --category washer --json out.json
 
 Timings depend on what else runs on the machine: report the load next to them.  On a shared
 machine prefer ``--threads 1``: with two OpenMP threads and a busy second core every small
@@ -101,7 +101,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.trained_maskers", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fader_kit_bench.trained_maskers", description=__doc__.split("\n\n")[0])
     p.add_argument("--maskers", nargs="+", default=list(DEFAULT_MASKERS))
     p.add_argument("--data", default="synthetic")
     p.add_argument("--category", default=None, help="default: the first category of --data")

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Sub-commands contributed by the benchmarks package, when it is installed."""
     try:
-        from benchmarks.cli import add_commands
+        from fader_kit_bench.cli import add_commands
     except ImportError:
         return []
     return [add_commands]

@@ -1,4 +1,4 @@
-"""``fader-kit bench`` / ``python -m benchmarks`` end to end (smoke profile, one category), and
+"""``fader-kit bench`` / ``python -m fader_kit_bench`` end to end (smoke profile, one category), and
 ``bench speed`` on tiny sizes."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks.speed import SpeedConfig, count_parameters, flops_per_image, run_speed
+from fader_kit_bench.speed import SpeedConfig, count_parameters, flops_per_image, run_speed
 from fader_kit.cli import main
 from fader_kit.hookspecs import hookimpl
 from fader_kit.registry import MaskerRegistry
@@ -35,9 +35,9 @@ def test_bench_table_runs_prints_the_table_and_resumes(tmp_path, capsys):
 
 def test_python_m_benchmarks_uses_the_same_commands(tmp_path, monkeypatch, capsys):
     def run_module(*argv):
-        monkeypatch.setattr(sys, "argv", ["benchmarks", *argv])
+        monkeypatch.setattr(sys, "argv", ["fader_kit_bench", *argv])
         with pytest.raises(SystemExit) as exc:
-            runpy.run_module("benchmarks", run_name="__main__", alter_sys=False)
+            runpy.run_module("fader_kit_bench", run_name="__main__", alter_sys=False)
         return exc.value.code
 
     assert run_module("report", str(tmp_path)) == 2

@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from benchmarks import paper_numbers as P
+from fader_kit_bench import paper_numbers as P
 
 # The paper prints three decimals: each value is off by up to 0.0005, so is their mean, and the
 # printed average is rounded once more -- a column is consistent within 0.001.

@@ -5,8 +5,8 @@ import csv
 
 import pytest
 
-from benchmarks.report import build_report
-from benchmarks.store import ResultRow, ResultStore, UnitId
+from fader_kit_bench.report import build_report
+from fader_kit_bench.store import ResultRow, ResultStore, UnitId
 from fader_kit.cli import main
 
 

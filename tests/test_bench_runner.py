@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import benchmarks.runner as runner_mod
-from benchmarks import cache as keys
-from benchmarks.runner import BenchConfig, BenchRunner, run_table
-from benchmarks.store import ResultStore
+import fader_kit_bench.runner as runner_mod
+from fader_kit_bench import cache as keys
+from fader_kit_bench.runner import BenchConfig, BenchRunner, run_table
+from fader_kit_bench.store import ResultStore
 from fader_kit.config import get_profile
 from fader_kit.data import SyntheticConfig
 from fader_kit.hookspecs import hookimpl
