@@ -1,13 +1,16 @@
 """``fader-kit bench TABLE|speed`` and ``fader-kit report DIR`` (also ``python -m fader_kit_bench ...``).
 
-``fader_kit.cli`` adds these sub-commands through :func:`add_commands` when this package is
-importable; errors a user can fix are reported there as one ``error:`` line.
+This module is a fader-kit plugin (entry point ``bench`` in the ``fader_kit`` group): its
+``register_commands`` hook adds the two sub-commands to the ``fader-kit`` parser, so ``fader_kit``
+never imports this package; errors a user can fix are reported there as one ``error:`` line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from fader_kit.hookspecs import hookimpl
 
 from .tables import TABLES
 
@@ -74,6 +77,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(text)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
+
+
+@hookimpl
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """fader-kit hook: add ``bench`` and ``report``."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

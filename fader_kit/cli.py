@@ -1,4 +1,7 @@
-"""The ``fader-kit`` command: ``maskers``, ``evaluate`` (and ``bench`` / ``report`` from benchmarks).
+"""The ``fader-kit`` command: ``maskers``, ``plugins``, ``evaluate``, ``export``, and plugins' commands.
+
+``bench`` / ``report`` come from the ``fader_kit_bench`` plugin through the ``register_commands`` hook,
+so this module imports neither ``fader_kit_bench`` nor ``fader_kit_plugins``.
 
 Errors a user can fix (a missing folder, an unknown masker, missing weights, a bad option) are
 printed as one ``error:`` line and exit with status 2 (``FADER_KIT_DEBUG=1`` shows the traceback);
@@ -11,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from . import __version__
 
@@ -74,13 +77,33 @@ def cmd_maskers(args: argparse.Namespace) -> int:
                 weights = reg.create(entry.name, **masker_options(args)).info.weights
             except Exception as exc:  # report and go on: one masker's missing weights is not fatal here
                 weights = f"UNAVAILABLE ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        rows.append((entry.name, entry.plugin, weights, entry.summary))
-    width = max([len(r[0]) for r in rows] + [6])
-    print(f"{'masker':<{width}}  {'plugin':<12}  weights  --  summary")
-    for name, plugin, weights, summary in rows:
-        print(f"{name:<{width}}  {plugin:<12}  {weights}  --  {summary}")
+        dist = entry.distribution.replace(" ", "==") or "-"
+        rows.append((entry.name, entry.plugin, dist, weights, entry.summary))
+    widths = [max([len(r[i]) for r in rows] + [len(h)]) for i, h in enumerate(("masker", "plugin", "distribution"))]
+    head = ("masker", "plugin", "distribution")
+    print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths)) + "  weights  --  summary")
+    for name, plugin, dist, weights, summary in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip((name, plugin, dist), widths)) + f"  {weights}  --  {summary}")
     for err in reg.errors():
-        print(f"plugin {err.plugin!r} failed at {err.stage}: {err.error}", file=sys.stderr)
+        print(err, file=sys.stderr)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import DISABLE_ENV, LOAD_ENV, default_registry
+
+    reg = default_registry()
+    rows = [(p.name, p.distribution.replace(" ", "==") or "-", p.status, ",".join(p.hooks) or "-",
+             ", ".join(p.maskers) or "-") for p in reg.plugins()]
+    head = ("plugin", "distribution", "status", "hooks", "maskers")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    for row in [head, *rows]:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:4], widths)) + f"  {row[4]}")
+    for key in (LOAD_ENV, DISABLE_ENV):
+        if key in os.environ:
+            print(f"{key}={os.environ[key]!r}")
+    for err in reg.errors():
+        print(err, file=sys.stderr)
     return 0
 
 
@@ -90,25 +113,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import get_profile
     from .devices import resolve_device
     from .pipeline import evaluate_category
-    from .registry import create_masker
+    from .registry import default_registry
 
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
-    masker = create_masker(args.masker, **masker_options(args, str(device)))
+    options = {"category": args.category, **masker_options(args, str(device))}
+    registry = default_registry()
+    registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
     result = evaluate_category(
-        args.data, args.category, masker, profile, out=Path(args.out), device=device, seed=args.seed,
+        args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
+        masker_options=options, create_masker=lambda: registry.create(args.masker, **options),
         ear_masks=args.ear_masks, progress=not args.quiet,
     )
-    d = result.delta()
-    print(f"\n{args.category} ({result.masker.name}, weights {result.masker.weights}, profile {profile.name})")
-    print(f"{'':8} {'image AUROC':>12} {'pixel AUROC':>12}")
-    print(f"{'EAR':8} {result.ear.image_auroc:12.3f} {result.ear.pixel_auroc:12.3f}")
-    print(f"{'FADeR':8} {result.fader.image_auroc:12.3f} {result.fader.pixel_auroc:12.3f}")
-    print(f"{'change':8} {d['image_auroc']:+12.3f} {d['pixel_auroc']:+12.3f}")
+    print_evaluation(result)
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
     return 0
+
+
+def parse_seeds(text: str, argument: str = "--seeds") -> tuple[int, ...]:
+    """``0,1,2`` -> (0, 1, 2); ``0-4`` -> (0, 1, 2, 3, 4)."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    except ValueError:
+        raise ValueError(f"argument {argument} {text!r}: expected comma-separated integers or ranges, e.g. 0,1,2 or 0-2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"argument {argument} {text!r}: expected distinct seeds")
+    return tuple(seeds)
+
+
+def print_evaluation(result: "EvaluationResult") -> None:
+    """The before -> after table of ``fader-kit evaluate``, with the seeds' spread and the verdict."""
+    n = len(result.seeds)
+    print(f"\n{result.category} ({result.masker.name}, weights {result.masker.weights}, profile {result.profile}, "
+          f"seed{'s' if n > 1 else ''} {','.join(map(str, result.seeds))})")
+    print(f"{'':14} {'image AUROC':>16} {'pixel AUROC':>16}")
+    for name, label in (("masker_alone", "masker alone"), ("ear", "EAR"), ("fader", "FADeR")):
+        spread = result.spread.get(name)
+        if spread is None:
+            continue
+        print(f"{label:14} {spread['image_auroc'].text():>16} {spread['pixel_auroc'].text():>16}")
+    for c in result.comparison.values():
+        print("FADeR - EAR   " + c.text())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,26 +178,49 @@ def build_parser() -> argparse.ArgumentParser:
     add_masker_arguments(p)
     p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", default="0",
+                   help="training seeds, e.g. 0,1,2 or 0-2: every row reports mean, spread and a paired bootstrap "
+                        "interval of FADeR - EAR over them (default: 0)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
-    p.add_argument("--ear-masks", choices=("masker", "blobs"), default="masker",
-                   help="train the EAR U-Net on the masker's masks united with random blobs (default) or on blobs only")
+    p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
+                   help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
+                        "masker, as in the paper) or on the masker's masks united with blobs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    for extend in _extensions():
-        extend(sub)
+    p = sub.add_parser("plugins", help="list the installed plugins: distribution, hooks, maskers and problems")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser(
+        "export", help="export a trained FADeR model (U-Net, head, gates, MSGMS map and score) as one ONNX graph",
+        description="Write RUN_DIR/fader.pt (or a FaderModel checkpoint) as an ONNX graph with inputs images "
+                    "[B,3,S,S] float in [0,1] and binary_mask [B,1,S,S] bool, and outputs anomaly_map [B,1,S,S] "
+                    "and score [B]. Needs the [export] extra (onnx, onnxruntime).",
+    )
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
+    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a fader-kit evaluate --out folder (its fader.pt) or a FaderModel checkpoint file")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side the graph is built for (default: the run's profile image size)")
+    p.add_argument("--no-head", action="store_true", help="export plain EAR (the same U-Net without FADeR's gates)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check after export")
+    p.set_defaults(func=cmd_export)
+
+    from .registry import default_registry
+
+    default_registry().register_commands(sub)  # plugins' sub-commands, e.g. fader_kit_bench's bench / report
     return parser
 
 
-def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands contributed by the benchmarks package, when it is installed."""
-    try:
-        from fader_kit_bench.cli import add_commands
-    except ImportError:
-        return []
-    return [add_commands]
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    report = export_onnx(args.source, args.onnx, size=args.size, head=not args.no_head, opset=args.opset,
+                         check=not args.no_check)
+    print(report.summary())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

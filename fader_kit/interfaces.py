@@ -8,8 +8,10 @@ values in ``[0, 1]``, RGB.
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,14 +57,36 @@ class Masker(abc.ABC):
     """
 
     threshold: float | None = None
+    #: Set by the registry on every masker it creates (the registered name and ``weights=``);
+    #: the default :attr:`info` is built from it, so a plugin need not repeat its registration.
+    registration: MaskerInfo | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass may write ``fit(self, images)`` (or take only one of seed / progress): it
+        # is wrapped here, once, so every caller can keep calling fit(images, seed=, progress=).
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None:
+            cls.fit = _forgiving_fit(cls, fit)  # type: ignore[method-assign]
 
     @property
-    @abc.abstractmethod
     def info(self) -> MaskerInfo:
-        """Name and weights source of this masker."""
+        """Name and weights source of this masker.
+
+        Default: the registration (``register(name, factory, weights=...)``), or the class name
+        with weights ``unknown`` for a masker built outside the registry.  Override it to report
+        what was really loaded (e.g. ``random-init``) or details.
+        """
+        if self.registration is not None:
+            return self.registration
+        return MaskerInfo(name=type(self).__name__, weights="unknown")
 
     def fit(self, images: Tensor, *, seed: int = 0, progress: bool = False) -> "Masker":
-        """Learn from normal images ``[N, 3, H, W]``.  Zero-shot maskers need nothing."""
+        """Learn from normal images ``[N, 3, H, W]``.  Zero-shot maskers need nothing.
+
+        Subclasses may accept any subset of ``seed`` / ``progress`` and may return None:
+        the class wraps such a ``fit`` so it still answers this signature and returns ``self``.
+        """
         return self
 
     @abc.abstractmethod
@@ -117,6 +141,46 @@ class Masker(abc.ABC):
             raise ValueError(f"{path} holds a {saved!r} masker, not {self.info.name!r}")
         self.load_state_dict(payload["state"])
         return self
+
+
+FIT_KEYWORDS = ("seed", "progress")
+
+
+def keyword_parameters(fn: Callable[..., Any]) -> tuple[frozenset[str], bool]:
+    """The names ``fn`` (a function or a class) takes as keywords, and whether it also takes
+    ``**kwargs`` (a callable without a readable signature is assumed to take anything)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset(), True
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _forgiving_fit(cls: type, fit: Callable[..., Any]) -> Callable[..., Any]:
+    """``fit`` adapted to ``fit(images, *, seed=0, progress=False) -> self`` (see Masker.fit) when
+    it takes fewer keywords; a ``fit`` that already takes both is returned unchanged."""
+    params = list(inspect.signature(fit).parameters.values())[2:]  # after self, images
+    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                and p.name not in FIT_KEYWORDS]
+    if required:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__}.fit: fader-kit calls fit(images, *, seed=0, progress=False); "
+            f"parameter(s) {', '.join(required)} need a default"
+        )
+    accepted, any_keyword = keyword_parameters(fit)
+    if any_keyword or set(FIT_KEYWORDS) <= accepted:
+        return fit  # already the full contract (extra keywords of its own stay visible)
+    passed = tuple(k for k in FIT_KEYWORDS if k in accepted)
+
+    @functools.wraps(fit)
+    def wrapper(self: "Masker", images: Tensor, *, seed: int = 0, progress: bool = False) -> "Masker":
+        given = {"seed": seed, "progress": progress}
+        result = fit(self, images, **{k: given[k] for k in passed})
+        return self if result is None else result
+
+    del wrapper.__wrapped__  # inspect.signature must show the adapted signature
+    return wrapper
 
 
 class Reconstructor(nn.Module, abc.ABC):

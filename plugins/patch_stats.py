@@ -130,4 +130,5 @@ def register_maskers(register) -> None:
         PatchStatsMasker,
         summary="Mahalanobis distance of m x m patches to normal patch statistics (weight-free)",
         weights="none",
+        options=PatchStatsConfig,
     )

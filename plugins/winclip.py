@@ -31,11 +31,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.registry import masker_config
 from fader_kit.weights import load_open_clip_model
 
 ARCHITECTURE = "ViT-B-16-plus-240"
@@ -76,6 +77,32 @@ TEMPLATES = (
     "a photo of the {} for anomaly detection.",
     "a photo of a {} for anomaly detection.",
 )
+
+# Category folder names of MVTec AD, VisA and MPDD that are not already plain words.  Anything
+# else becomes words by dropping a trailing number and splitting on underscores.
+CATEGORY_WORDS = {
+    "metal_nut": "metal nut",
+    "chewinggum": "chewing gum",
+    "pipe_fryum": "pipe fryum",
+    "pcb": "printed circuit board",
+    "macaroni": "macaroni",
+    "bracket_black": "black bracket",
+    "bracket_brown": "brown bracket",
+    "bracket_white": "white bracket",
+}
+
+
+def category_object_name(category: str) -> str:
+    """The noun WinCLIP puts into its prompts for a dataset category folder.
+
+    ``metal_nut`` -> ``metal nut``, ``pcb1`` .. ``pcb4`` -> ``printed circuit board``,
+    ``macaroni2`` -> ``macaroni``, ``chewinggum`` -> ``chewing gum``, ``bottle`` -> ``bottle``.
+    """
+    key = category.strip().lower()
+    if key in CATEGORY_WORDS:
+        return CATEGORY_WORDS[key]
+    stem = key.rstrip("0123456789").rstrip("_") or key
+    return CATEGORY_WORDS.get(stem, stem.replace("_", " ").replace("-", " ").strip() or "object")
 
 
 def prompt_ensemble(object_name: str = "object") -> tuple[list[str], list[str]]:
@@ -400,8 +427,11 @@ def build_winclip(config: WinClipConfig) -> WinClipMasker:
     return WinClipMasker(config, encoder=encoder, text_embeddings=text, weights_source=source)
 
 
-def make_winclip(**options: Any) -> WinClipMasker:
-    """Factory registered as ``winclip``; options are :class:`WinClipConfig` fields."""
+def make_winclip(category: str | None = None, **options: Any) -> WinClipMasker:
+    """Factory registered as ``winclip``; options are :class:`WinClipConfig` fields.
+
+    ``category`` (offered by the host: the dataset category being evaluated) sets the prompts'
+    ``object_name`` through :func:`category_object_name` unless ``object_name`` is given."""
     options = dict(options)
     options.pop("seed", None)  # deterministic: nothing to seed
     for key in ("weights", "device"):
@@ -409,17 +439,9 @@ def make_winclip(**options: Any) -> WinClipMasker:
             options[key] = str(options[key])
     if isinstance(options.get("scales"), list):
         options["scales"] = tuple(options["scales"])
-    unknown = sorted(set(options) - set(WinClipConfig.model_fields))
-    if unknown:  # like any Python callable given an unexpected keyword: TypeError
-        raise TypeError(
-            f"masker 'winclip': unexpected option(s) {', '.join(unknown)}; known: {', '.join(WinClipConfig.model_fields)}"
-        )
-    try:
-        config = WinClipConfig(**options)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"masker 'winclip': bad option(s): {problems}") from None
-    return build_winclip(config)
+    if category is not None and options.get("object_name") is None:
+        options["object_name"] = category_object_name(category)
+    return build_winclip(masker_config(WinClipConfig, "winclip", options))
 
 
 @hookimpl
@@ -429,4 +451,5 @@ def register_maskers(register) -> None:
         make_winclip,
         summary="WinCLIP zero-shot window scores (scales 2, 3 + image), prompt ensemble, harmonic mean",
         weights=f"hub:{ARCHITECTURE}/{PRETRAINED}",
+        options=[*WinClipConfig.model_fields, "category", "seed"],
     )

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fader_kit.registry import MaskerRegistry
+from fader_kit.registry import MaskerOptionError, MaskerRegistry
 from fader_kit.weights import RANDOM_INIT
 from fader_kit_plugins.winclip import (
     ANOMALOUS_STATES,
@@ -24,6 +24,7 @@ from fader_kit_plugins.winclip import (
     WinClipConfig,
     WinClipMasker,
     anomaly_probability,
+    category_object_name,
     class_text_embeddings,
     encode_text_trimmed,
     harmonic_aggregation,
@@ -181,9 +182,9 @@ def test_threshold_calibration_and_persistence(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError):
         WinClipConfig(scales=(0,))
-    with pytest.raises(ValueError, match="bad option"):
+    with pytest.raises(MaskerOptionError, match="invalid options for masker 'winclip': threshold: .*less than 1"):
         make_winclip(threshold=2.0)
-    with pytest.raises(TypeError, match="unexpected option.*epochs"):
+    with pytest.raises(MaskerOptionError, match="unexpected option.*epochs; accepted: .*object_name"):
         make_winclip(epochs=1)
     with pytest.raises(ValueError, match="text_embeddings"):
         WinClipMasker(WinClipConfig(), encoder=StandInEncoder(0.1, [0.1] * 4), text_embeddings=torch.zeros(3, 2))
@@ -281,3 +282,29 @@ def test_cuda_matches_cpu(tiny_clip):
     masker.to("cuda")
     assert masker.device.type == "cuda"
     torch.testing.assert_close(masker.score_map(images.cuda()).cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+# -- category names in the prompts -------------------------------------------------------------------
+@pytest.mark.parametrize("category, words", [
+    ("metal_nut", "metal nut"), ("pcb1", "printed circuit board"), ("pcb4", "printed circuit board"),
+    ("macaroni2", "macaroni"), ("chewinggum", "chewing gum"), ("pipe_fryum", "pipe fryum"),
+    ("bracket_black", "black bracket"), ("metal_plate", "metal plate"), ("bottle", "bottle"),
+    ("capsules", "capsules"), ("Toothbrush", "toothbrush"),
+])
+def test_category_object_name(category, words):
+    assert category_object_name(category) == words
+
+
+def test_the_registry_passes_the_category_to_winclip_only(monkeypatch):
+    """``category`` is a host keyword: winclip turns it into its prompts' noun (unless
+    object_name is given); a factory that does not take it never sees it."""
+    monkeypatch.setattr("fader_kit_plugins.winclip.build_winclip", lambda config: config)
+    from fader_kit_plugins import patch_stats, winclip
+
+    reg = MaskerRegistry(entry_points=[], extra_plugins=[winclip, patch_stats])
+    offered = {"category": "metal_nut", "device": "cpu"}
+    assert reg.factory_options("winclip", offered) == offered
+    assert reg.factory_options("patch_stats", offered) == {}
+    assert reg.get("winclip").factory(**offered).object_name == "metal nut"
+    assert winclip.make_winclip(category="pcb2").object_name == "printed circuit board"
+    assert winclip.make_winclip(category="pcb2", object_name="board").object_name == "board"

@@ -1,10 +1,13 @@
-"""``mean_diff``: an example third-party masker for fader-kit.
+"""``mean_diff``: an example third-party masker for fader-kit, written as plainly as possible.
 
 The score of a pixel is its colour distance to the mean normal image; the mask keeps what lies
 above a quantile of the normal images' scores.  Crude (it only suits aligned objects), but it
-shows everything a plugin needs: a :class:`fader_kit.Masker` subclass and one hook that
-registers its factory.  Installed with ``pip install .``, it appears in ``fader-kit maskers``
-and runs with ``fader-kit evaluate --masker mean_diff``.
+shows the whole contract: a :class:`fader_kit.Masker` subclass with ``score_map`` (and here a
+``fit``) and one hook that registers it.  Nothing else is needed: ``info`` comes from the
+registration (name ``mean_diff``, weights ``none``), ``fit`` may take just the images (fader-kit
+passes ``seed`` / ``progress`` only to a ``fit`` that names them), and the factory -- the class
+itself -- gets only the options its ``__init__`` names.  Installed with ``pip install .``, it
+appears in ``fader-kit maskers`` and runs with ``fader-kit evaluate --masker mean_diff``.
 """
 from __future__ import annotations
 
@@ -13,26 +16,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.interfaces import Masker, check_images
 
 
 class MeanDiffMasker(Masker):
-    def __init__(self, quantile: float = 0.99, **_cli_options: object) -> None:
-        # The CLI passes weights= / allow_random_weights= / device= to every masker: no weights here.
+    def __init__(self, quantile: float = 0.99) -> None:
         self.quantile = quantile
         self.mean: Tensor | None = None
-        self.threshold = None
 
-    @property
-    def info(self) -> MaskerInfo:
-        return MaskerInfo(name="mean_diff", weights="none", details={"quantile": self.quantile})
-
-    def fit(self, images: Tensor, *, seed: int = 0, progress: bool = False) -> "MeanDiffMasker":
+    def fit(self, images: Tensor) -> None:
         self.mean = check_images(images).mean(dim=0, keepdim=True)
         scores = self.score_map(images)
         sample = scores.flatten()[:: max(1, scores.numel() // 1_000_000)]  # torch.quantile size limit
         self.threshold = float(torch.quantile(sample.double(), self.quantile))
-        return self
 
     def score_map(self, images: Tensor) -> Tensor:
         if self.mean is None:
@@ -40,6 +36,7 @@ class MeanDiffMasker(Masker):
         mean = F.interpolate(self.mean.to(images.device), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return (check_images(images) - mean).abs().mean(dim=1, keepdim=True)
 
+    # The mean is a plain tensor, not an nn.Module, so it is saved explicitly.
     def state_dict(self) -> dict:
         return {"threshold": self.threshold, "mean": self.mean, "quantile": self.quantile}
 
