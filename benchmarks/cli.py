@@ -25,7 +25,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from fader_kit.cli import masker_options
+    from fader_kit.cli import masker_options, parse_seeds
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -36,7 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/bench-{args.profile}")
     cfg = BenchConfig(
         table=args.table, out=out, data=args.data, categories=_csv(args.categories), maskers=_csv(args.maskers),
-        variants=_csv(args.variants), profile=args.profile, device=args.device or "cpu", seed=args.seed,
+        variants=_csv(args.variants), profile=args.profile, device=args.device or "cpu", seeds=parse_seeds(args.seeds),
         masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks,
         progress=not args.quiet and sys.stderr.isatty(),
     )
@@ -53,7 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _speed(args: argparse.Namespace) -> int:
     import torch
 
-    from fader_kit.cli import masker_options
+    from fader_kit.cli import masker_options, parse_seeds
 
     from .speed import SpeedConfig, run_speed
 
@@ -64,7 +64,8 @@ def _speed(args: argparse.Namespace) -> int:
     cfg = SpeedConfig(
         out=Path(args.out or "runs/speed"), maskers=_csv(args.maskers), devices=devices, size=args.size,
         batches=tuple(int(b) for b in _csv(args.batches) or (1, 8)),
-        repeats=args.repeats, masker_options=masker_options(args), seed=args.seed, model_profile=args.model_profile,
+        repeats=args.repeats, masker_options=masker_options(args), seed=parse_seeds(args.seeds)[0], model_profile=args.model_profile,
+        onnx=not args.no_onnx,
     )
     run_speed(cfg)
     return 0
@@ -107,7 +108,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N | auto (tables, default: cpu); speed: a comma list, default auto = "
                         "cpu and cuda when present")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", default="0",
+                   help="training seeds, e.g. 0,1,2 or 0-2; the report gives mean, spread and a paired bootstrap "
+                        "interval of FADeR - EAR over them (default: 0)")
     p.add_argument("--out", default=None, help="results folder (default: runs/bench-PROFILE, speed: runs/speed)")
     add_masker_arguments(p)
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
@@ -123,6 +126,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement, median (default: 3)")
     g.add_argument("--model-profile", default="paper",
                    help="profile whose EAR U-Net and FADeR head are timed (default: paper, the paper's sizes)")
+    g.add_argument("--no-onnx", action="store_true",
+                   help="skip the onnxruntime timing of the exported graph (default: on CPU, when the [export] extra is installed)")
     p.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("report", help="Markdown/CSV/PNG report of a bench results folder, with the paper's numbers")

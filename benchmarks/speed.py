@@ -6,26 +6,33 @@ FADeR are timed interleaved in the same run by :func:`fader_kit_bench.fader_over
 so FADeR's overhead is a ratio of two numbers measured under the same load.  The EAR U-Net is the
 paper's (the ``paper`` profile's widths and head), whatever profile the tables use.
 
+On a CPU device the same two models are also exported to ONNX (:mod:`fader_kit.export`, needs the
+``[export]`` extra) and timed with onnxruntime beside torch running the very same computation --
+reconstruction, MSGMS anomaly map and image score, the exported graph -- all four interleaved,
+with onnxruntime given as many threads as torch; FADeR's overhead is reported under both.
+
 Maskers are built like everywhere else (registry, ``--weights`` / ``--allow-random-weights``);
 one that cannot be built is reported with its reason, and the rest are measured.  Trained maskers
-are fitted first on a few generated images (with ``epochs=1`` when they take that option): fitting
-quality does not change how long a forward pass takes.
+are fitted first on a few generated images, with ``epochs=1`` where the masker's registration says
+its factory takes ``epochs`` (``MaskerRegistry.accepts``): fitting quality does not change how long
+a forward pass takes.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.flop_counter import FlopCounterMode
 
 from fader_kit.config import get_profile
 from fader_kit.devices import resolve_device
-from fader_kit.fader import wrap_with_fader
+from fader_kit.fader import FaderModel, wrap_with_fader
 from fader_kit.interfaces import Masker
 from fader_kit.registry import MaskerRegistry, default_registry
 from fader_kit.training import seeded_init
@@ -51,6 +58,7 @@ class SpeedConfig(BaseModel):
     masker_options: dict[str, Any] = Field(default_factory=dict)
     fit_images: int = Field(8, ge=2)
     seed: int = 0
+    onnx: bool = Field(True, description="on CPU, also time the exported ONNX graph with onnxruntime beside torch")
 
 
 class SpeedRecord(BaseModel):
@@ -101,10 +109,9 @@ def sample_images(n: int, size: int, seed: int) -> torch.Tensor:
 
 def _build_masker(registry: MaskerRegistry, name: str, options: dict[str, Any], device: torch.device) -> Masker:
     opts = {**options, "device": str(device)}
-    try:
-        return registry.create(name, **{"epochs": 1, **opts})
-    except (TypeError, ValidationError):  # no `epochs` option: a zero-shot masker
-        return registry.create(name, **opts)
+    if registry.accepts(name, "epochs"):  # a trained masker: one epoch is enough to time it
+        opts.setdefault("epochs", 1)
+    return registry.create(name, **opts)
 
 
 def measure_masker(name: str, cfg: SpeedConfig, device: torch.device, registry: MaskerRegistry) -> SpeedRecord:
@@ -156,6 +163,43 @@ def measure_models(cfg: SpeedConfig, device: torch.device) -> tuple[list[SpeedRe
     return list(recs.values()), overhead
 
 
+def measure_onnx(cfg: SpeedConfig, fader: FaderModel) -> tuple[list[SpeedRecord], dict[str, dict[str, float]]]:
+    """The exported graph (reconstruction + MSGMS map + score) of EAR and FADeR_EAR, in torch and in
+    onnxruntime (CPU, as many threads as torch), all four interleaved per batch size."""
+    from fader_kit.export import ExportError, ScoringGraph, export_model, onnx_session, run_onnx
+
+    models = {"ear": fader.without_head(), "fader": fader}
+    names = {"ear": "EAR U-Net + MSGMS map", "fader": "FADeR_EAR + MSGMS map"}
+    recs = {f"{k}/{rt}": SpeedRecord(device="cpu", model=f"{names[k]} [{rt}]", kind=f"{k}-graph", weights="n/a (timing only)",
+                                     parameters=count_parameters(models[k]))
+            for k in models for rt in ("torch", "onnxruntime")}
+    overhead: dict[str, dict[str, float]] = {"torch": {}, "onnxruntime": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sessions = {k: onnx_session(export_model(m, Path(tmp) / f"{k}.onnx", cfg.size, check=False).path,
+                                        threads=torch.get_num_threads()) for k, m in models.items()}
+        except ExportError as exc:  # the [export] extra is missing: torch numbers stand alone
+            for key, rec in recs.items():
+                if key.endswith("onnxruntime"):
+                    rec.status, rec.reason = "failed", str(exc)
+            return list(recs.values()), {}
+        graphs = {k: ScoringGraph(m, cfg.size).eval() for k, m in models.items()}
+        for b in cfg.batches:
+            x = sample_images(b, cfg.size, cfg.seed + 3)
+            mask = torch.rand(b, 1, cfg.size, cfg.size, generator=torch.Generator().manual_seed(cfg.seed)) > 0.9
+            fns: dict[str, Callable[[], object]] = {}
+            for k in models:
+                fns[f"{k}/torch"] = (lambda g: lambda: g(x, mask))(graphs[k])
+                fns[f"{k}/onnxruntime"] = (lambda s: lambda: run_onnx(s, x, mask))(sessions[k])
+            t = interleaved_medians(fns, torch.device("cpu"), warmup=cfg.warmup, repeats=cfg.repeats)
+            for key, seconds in t.items():
+                recs[key].latency_ms[str(b)] = 1000 * seconds / b
+                recs[key].throughput = b / seconds
+            for rt in overhead:
+                overhead[rt][str(b)] = t[f"fader/{rt}"] / t[f"ear/{rt}"] - 1.0
+    return list(recs.values()), overhead
+
+
 def run_speed(cfg: SpeedConfig, *, registry: MaskerRegistry | None = None, log: Log = print) -> dict[str, Any]:
     registry = registry or default_registry()
     names = list(cfg.maskers) if cfg.maskers is not None else [e.name for e in registry.list()]
@@ -170,6 +214,13 @@ def run_speed(cfg: SpeedConfig, *, registry: MaskerRegistry | None = None, log: 
         recs, overhead = measure_models(cfg, device)
         result["records"] += [r.model_dump() for r in recs]
         result["fader_overhead"][str(device)] = overhead
+        if device.type == "cpu" and cfg.onnx:
+            log("  EAR and FADeR_EAR with the MSGMS map: torch vs onnxruntime (interleaved) ...")
+            prof = get_profile(cfg.model_profile)
+            fader = seeded_init(lambda: wrap_with_fader(EARUNet(prof.unet), None, prof.fader_head), cfg.seed).eval()
+            onnx_recs, onnx_overhead = measure_onnx(cfg, fader)
+            result["records"] += [r.model_dump() for r in onnx_recs]
+            result["fader_overhead_graph"] = onnx_overhead
         for name in names:
             log(f"  masker {name} ...")
             rec = measure_masker(name, cfg, device, registry)
@@ -209,6 +260,9 @@ def speed_markdown(result: dict[str, Any]) -> str:
     for dev, ov in result["fader_overhead"].items():
         parts = ", ".join(f"batch {b}: {100 * v:+.1f} %" for b, v in ov.items())
         lines.append(f"FADeR's overhead over EAR on {dev} (same run, interleaved): {parts}")
+    for runtime, ov in result.get("fader_overhead_graph", {}).items():
+        parts = ", ".join(f"batch {b}: {100 * v:+.1f} %" for b, v in ov.items())
+        lines.append(f"FADeR's overhead over EAR with the MSGMS map on cpu, {runtime} (interleaved with the other runtime): {parts}")
     lines.append("GFLOPs count matmuls and convolutions (torch.utils.flop_counter); random-init maskers run at full size.")
     return "\n".join(lines) + "\n"
 

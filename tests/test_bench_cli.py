@@ -2,13 +2,14 @@
 ``bench speed`` on tiny sizes."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import runpy
 import sys
 
 import pytest
 
-from fader_kit_bench.speed import SpeedConfig, count_parameters, flops_per_image, run_speed
+from fader_kit_bench.speed import SpeedConfig, count_parameters, flops_per_image, measure_masker, run_speed
 from fader_kit.cli import main
 from fader_kit.hookspecs import hookimpl
 from fader_kit.registry import MaskerRegistry
@@ -75,21 +76,62 @@ def test_speed_measures_models_and_maskers_and_records_failures(tmp_path):
     reg = MaskerRegistry(entry_points=[], extra_plugins=[_PatchStats(), _Broken()])
     cfg = SpeedConfig(out=tmp_path, size=64, batches=(1, 2), repeats=1, warmup=0, model_profile="smoke", fit_images=4)
     result = run_speed(cfg, registry=reg, log=lambda _m: None)
-    recs = {r["model"].split(" ")[0]: r for r in result["records"]}
-    assert set(recs) == {"EAR", "FADeR_EAR", "patch_stats", "broken"}
+    recs = {r["model"]: r for r in result["records"]}
+    recs = {(k.split(" ")[0] if r["kind"] in ("ear", "fader", "masker") else k): r for k, r in recs.items()}
+    graph = ["EAR U-Net + MSGMS map [torch]", "EAR U-Net + MSGMS map [onnxruntime]",
+             "FADeR_EAR + MSGMS map [torch]", "FADeR_EAR + MSGMS map [onnxruntime]"]
+    assert set(recs) == {"EAR", "FADeR_EAR", "patch_stats", "broken", *graph}
     assert recs["broken"]["status"] == "failed" and "MissingWeightsError: no weights for broken_vit" in recs["broken"]["reason"]
-    for name in ("EAR", "FADeR_EAR", "patch_stats"):
+    onnx_missing = importlib.util.find_spec("onnxruntime") is None
+    for name in ("EAR", "FADeR_EAR", "patch_stats", *graph):
         r = recs[name]
+        if onnx_missing and name.endswith("[onnxruntime]"):
+            assert r["status"] == "failed" and "[export] extra" in r["reason"]
+            continue
         assert r["status"] == "ok" and set(r["latency_ms"]) == {"1", "2"} and r["throughput"] > 0
     # FADeR = EAR + its head: more parameters and more FLOPs, in the same run
     assert recs["FADeR_EAR"]["parameters"] > recs["EAR"]["parameters"] > 0
     assert recs["FADeR_EAR"]["gflops_per_image"] > recs["EAR"]["gflops_per_image"] > 0
     assert set(result["fader_overhead"]["cpu"]) == {"1", "2"}
     saved = json.loads((tmp_path / "speed.json").read_text())
-    assert len(saved["records"]) == 4
+    assert len(saved["records"]) == 8
     md = (tmp_path / "speed.md").read_text()
     assert "FADeR's overhead over EAR on cpu (same run, interleaved): batch 1:" in md
     assert "| cpu | broken | -- | failed: MissingWeightsError" in md
+    if not onnx_missing:
+        assert set(result["fader_overhead_graph"]) == {"torch", "onnxruntime"}
+        assert "FADeR's overhead over EAR with the MSGMS map on cpu, onnxruntime (interleaved with the other runtime): batch 1:" in md
+
+
+def test_speed_fits_with_one_epoch_only_where_the_registration_says_so(tmp_path):
+    from fader_kit.interfaces import Masker
+
+    seen = []
+
+    class Trained(Masker):
+        def __init__(self, epochs=10):
+            seen.append(epochs)
+            self.threshold = 0.5
+
+        def score_map(self, images):
+            return images[:, :1]
+
+    class ZeroShot(Trained):
+        def __init__(self):
+            seen.append("zero-shot")
+            self.threshold = 0.5
+
+    class _Plugin:
+        @hookimpl
+        def register_maskers(self, register):
+            register("trained", Trained)
+            register("zero_shot", ZeroShot)
+
+    reg = MaskerRegistry(entry_points=[], extra_plugins=[_Plugin()])
+    cfg = SpeedConfig(out=tmp_path, size=32, batches=(1,), repeats=1, warmup=0, fit_images=2)
+    for name in ("trained", "zero_shot"):
+        assert measure_masker(name, cfg, torch.device("cpu"), reg).status == "ok"
+    assert seen == [1, "zero-shot"]
 
 
 def test_flop_counter_and_parameter_count_by_hand():
