@@ -66,7 +66,7 @@ class Masker(abc.ABC):
         # is wrapped here, once, so every caller can keep calling fit(images, seed=, progress=).
         super().__init_subclass__(**kwargs)
         fit = cls.__dict__.get("fit")
-        if fit is not None:
+        if inspect.isfunction(fit):
             cls.fit = _forgiving_fit(cls, fit)  # type: ignore[method-assign]
 
     @property
