@@ -64,15 +64,29 @@ class AMINetConfig(TrainedMaskerConfig, BackboneOptions):
     kmeans_iters: int = Field(10, ge=0, description="Lloyd iterations that initialise the centres at fit time")
     heads: int = Field(4, ge=1)
     num_centres: int = Field(8, ge=1)
-    k_sigma: float = Field(0.5, description="token masked when distance >= mean + k_sigma * std of its cluster")
+    centres: Literal["adaptive", "kmeans"] = Field(
+        "adaptive",
+        description="adaptive = per-image centres: learned queries attend to the image's tokens and each "
+        "centre is the attention-weighted mean of those feature tokens (AMI-Net's design, distances in the "
+        "fixed feature-token space so no learned embedding can collapse); kmeans = one fixed set of centres "
+        "for every image (k-means start, then AMI-Net's loss; the earlier variant)",
+    )
+    query_dim: int = Field(64, ge=4, description="adaptive centres: width of the query / key space")
+    k_sigma: float = Field(
+        2.0, description="token masked when distance >= mean + k_sigma * std of its cluster in its image "
+        "(paper code: 0.5 in the config, 2 as the model default; 2 gives tight masks on MPDD, see README)",
+    )
     jitter: float = Field(20.0, ge=0, description="training noise scale relative to |token| / dim")
     dir_weight: float = Field(5.0, ge=0)
     diversity_weight: float = Field(0.1, ge=0)
     score: Literal["inpaint", "inpaint_distance"] = Field(
         "inpaint", description="inpaint = MSE * (1 - cos); inpaint_distance also multiplies the centre distance"
     )
-    mask_rule: Literal["tokens", "quantile"] = Field(
-        "tokens", description="binary mask: the outlier-token mask, or score map > fitted quantile threshold"
+    mask_rule: Literal["tokens", "score_tokens", "quantile"] = Field(
+        "score_tokens",
+        description="binary mask: tokens = AMI-Net's outlier-token mask (centre distance >= mean + k_sigma std "
+        "per image and cluster); score_tokens = the same per-image, per-cluster rule on each token's "
+        "inpainting score instead of its centre distance; quantile = score map > fitted quantile threshold",
     )
     feature_norm: Literal["standardize", "l2", "none"] = Field(
         "standardize",
@@ -140,6 +154,10 @@ class AMINet(nn.Module):
         self.patch, self.channels, self.num_centres = p, channels, cfg.num_centres
         self.embed = nn.Conv2d(channels, d, p, stride=p)
         self.centres = nn.Parameter(torch.randn(1, cfg.num_centres, p * p * channels))
+        self.adaptive = cfg.centres == "adaptive"
+        # adaptive centres: queries [K, q] attend to keys LN(W token); values are the tokens themselves
+        self.key = nn.Sequential(nn.Linear(p * p * channels, cfg.query_dim), nn.LayerNorm(cfg.query_dim))
+        self.queries = nn.Parameter(torch.zeros(1, cfg.num_centres, cfg.query_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.inpaint = transformer(d, cfg.depth, cfg.heads)
         self.head = nn.Linear(d, p * p * channels)
@@ -175,12 +193,26 @@ class AMINet(nn.Module):
         norm = tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1]
         return tokens + torch.randn_like(tokens) * norm * scale
 
-    def cluster_distances(self, feats: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest-centre distance ``[B, N]`` of every feature token, and the centre's index ``[B, N]``."""
+    def image_centres(self, tokens: Tensor, jitter: float = 0.0) -> Tensor:
+        """Per-image centres ``[B, K, D]``: softmax(queries . keys / sqrt(q)) over the image's tokens,
+        times the tokens.  Each centre is a convex combination of that image's own feature tokens,
+        so it adapts to the image (lighting, pose) and cannot leave the feature space."""
+        keys = self.key(self._jitter(tokens, jitter) if jitter else tokens)
+        attn = torch.softmax(self.queries @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5, dim=-1)  # [B, K, N]
+        return attn @ tokens
+
+    def centres_for(self, tokens: Tensor, jitter: float = 0.0) -> Tensor:
+        if self.adaptive:
+            return self.image_centres(tokens, jitter)
+        return self.centres.expand(tokens.shape[0], -1, -1)
+
+    def cluster_distances(self, feats: Tensor, jitter: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Nearest-centre distance ``[B, N]`` of every feature token, the centre's index ``[B, N]``
+        and the centres ``[B, K, D]`` (per image when adaptive)."""
         tokens = self.patchify(feats)
-        centres = self.centres.expand(tokens.shape[0], -1, -1)
+        centres = self.centres_for(tokens, jitter)
         dist, assign = centre_distance(tokens, centres).min(dim=-1)
-        return dist, assign
+        return dist, assign, centres
 
     @torch.no_grad()
     def init_centres(self, tokens: Tensor, iters: int, generator: torch.Generator) -> None:
@@ -196,6 +228,8 @@ class AMINet(nn.Module):
                 if len(members):
                     centres[j] = members.mean(0)
         self.centres.copy_(centres[None])
+        # adaptive start: query k looks for the tokens whose keys resemble centre k's key
+        self.queries.copy_(self.key(centres)[None])
 
     def inpaint_tokens(self, feats: Tensor, masked: Tensor, jitter: float = 0.0) -> Tensor:
         """Predicted feature patches ``[B, N, p*p*C]`` with ``masked`` ``[B, N]`` tokens hidden."""
@@ -224,8 +258,8 @@ class AMINetMasker(TrainedMasker):
     @property
     def info(self) -> MaskerInfo:
         return self._info(
-            self.weights_source, backbone=self.config.backbone, k_sigma=self.config.k_sigma,
-            mask_rule=self.config.mask_rule,
+            self.weights_source, backbone=self.config.backbone, centres=self.config.centres,
+            k_sigma=self.config.k_sigma, mask_rule=self.config.mask_rule,
         )
 
     def _build(self) -> None:
@@ -276,9 +310,9 @@ class AMINetMasker(TrainedMasker):
                 ratio = torch.rand(b, 1, generator=generator)  # share of tokens hidden, U(0, 1)
                 rank = torch.rand(b, n, generator=generator).argsort(1).argsort(1)
                 masked = (rank < (ratio * n).long()).to(self.device)
-                dist, _ = self.net.cluster_distances(f)
+                dist, _, centres = self.net.cluster_distances(f, jitter=cfg.jitter)
                 pred = self.net.inpaint_tokens(f, masked, jitter=cfg.jitter)
-                spread = centre_distance(self.net.centres, self.net.centres)[:, off_diag].mean()
+                spread = centre_distance(centres, centres)[:, off_diag].mean()
                 loss = (
                     cfg.dir_weight * (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
                     + F.mse_loss(pred, target)
@@ -296,13 +330,22 @@ class AMINetMasker(TrainedMasker):
         """Feature map, token distances / outlier mask and the inpainted features of a batch."""
         cfg = self.config
         f = self._features(images)
-        dist, assign = self.net.cluster_distances(f)
+        dist, assign, _ = self.net.cluster_distances(f)
         masked = outlier_token_mask(dist, assign, cfg.num_centres, cfg.k_sigma)
         rows, cols = f.shape[-2] // cfg.patch_size, f.shape[-1] // cfg.patch_size
-        recon = self.net.unpatchify(self.net.inpaint_tokens(f, masked), rows, cols)
+        pred = self.net.inpaint_tokens(f, masked)
+        recon = self.net.unpatchify(pred, rows, cols)
+        target = self.net.patchify(f)
+        c = self.net.channels
+        shape = (*pred.shape[:2], cfg.patch_size**2, c)  # per token: its p*p feature vectors
+        mse = (pred - target).pow(2).view(shape).mean(-1)
+        cos_gap = 1 - F.cosine_similarity(pred.view(shape), target.view(shape), dim=-1)
+        token_score = (mse * cos_gap).mean(-1)  # [B, N]: the score map's rule, per token
+        score_masked = outlier_token_mask(token_score, assign, cfg.num_centres, cfg.k_sigma)
         return {
             "features": f, "recon": recon,
             "distance": dist.view(-1, 1, rows, cols), "token_mask": masked.view(-1, 1, rows, cols),
+            "score_token_mask": score_masked.view(-1, 1, rows, cols),
         }
 
     def _score(self, images: Tensor) -> Tensor:
@@ -322,8 +365,9 @@ class AMINetMasker(TrainedMasker):
         return score
 
     @torch.no_grad()
-    def token_mask(self, images: Tensor) -> Tensor:
-        """The outlier-token mask ``[B, 1, H, W]`` (bool), nearest-upsampled to the input size."""
+    def token_mask(self, images: Tensor, rule: Literal["tokens", "score_tokens"] = "tokens") -> Tensor:
+        """The outlier-token mask ``[B, 1, H, W]`` (bool), nearest-upsampled to the input size: by
+        centre distance (``tokens``, AMI-Net's) or by inpainting score (``score_tokens``)."""
         images = check_images(images, "images")
         if not self.fitted:
             raise RuntimeError(f"masker {NAME!r} is not fitted: call fit() on normal images or load()")
@@ -331,13 +375,13 @@ class AMINetMasker(TrainedMasker):
         out = []
         for idx in batches(images.shape[0], self.config.eval_batch_size):
             batch = resize(images[idx].float().to(self.device), self.work_size)
-            tokens = self._analyse(batch)["token_mask"].float()
+            tokens = self._analyse(batch)["token_mask" if rule == "tokens" else "score_token_mask"].float()
             out.append(F.interpolate(tokens, size=images.shape[-2:], mode="nearest").bool().cpu())
         return torch.cat(out)
 
     def mask(self, images: Tensor) -> Tensor:
-        if self.config.mask_rule == "tokens":
-            return self.token_mask(images)
+        if self.config.mask_rule != "quantile":
+            return self.token_mask(images, self.config.mask_rule)
         return super().mask(images)
 
 

