@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -224,7 +225,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .registry import default_registry
+
+    with warnings.catch_warnings():
+        # plugin problems are printed once each, below or by maskers / plugins, not as warnings too
+        warnings.filterwarnings("ignore", message="fader-kit plugin", category=RuntimeWarning)
+        args = build_parser().parse_args(argv)
+    if args.command not in ("maskers", "plugins"):
+        for err in default_registry().errors():
+            print(f"warning: {err}", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except user_errors() as exc:
