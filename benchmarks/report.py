@@ -349,7 +349,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
         csv_rows += g.csv_rows
         if figures and g.bars and g.categories:
             from .figures import before_after_bars
-            from .cache import _safe
+            from fader_kit.cache import safe_name as _safe
 
             bar_path = folder / "figures" / key[0] / _safe(f"{key[1]}-{key[2]}") / "before_after.png"
             before_after_bars(bar_path, [category_label(key[1], c) for c in g.categories],

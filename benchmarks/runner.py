@@ -2,9 +2,11 @@
 
 Work is shared, never repeated: per (data, category, profile, seed) one EAR U-Net (random-blob
 training, so it serves every masker and variant); per masker one fit and one set of binary
-masks; per (masker, variant) one FADeR training.  All of them go through the pipeline stages of
-:mod:`fader_kit.pipeline` -- the same code as ``fader-kit evaluate`` -- and are cached under
-``<out>/cache`` by configuration digests (see :mod:`fader_kit_bench.cache`).
+masks; per (masker, variant) one FADeR training.  All of them go through
+:class:`fader_kit.pipeline.CategoryWorkbench` -- the same orchestrator as ``fader-kit evaluate``
+-- and are cached under ``<out>/cache`` by configuration digests (see :mod:`fader_kit.cache`).
+Seeds (``--seeds 0,1,2``) are units of their own; the report pairs them (see
+:mod:`fader_kit.stats`).
 
 A unit that fails (missing weights, an unknown or broken masker, bad data) is recorded as
 ``failed`` with its reason and the rest of the table runs; ``KeyboardInterrupt`` stops the run and
@@ -21,16 +23,17 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fader_kit import cache as keys
 from fader_kit import pipeline
+from fader_kit.cache import WorkCache
 from fader_kit.config import Profile, get_profile
-from fader_kit.data import CategorySplit, SyntheticConfig, list_categories, load_category
+from fader_kit.data import SyntheticConfig, list_categories
 from fader_kit.devices import resolve_device
 from fader_kit.fader import FaderModel
 from fader_kit.interfaces import Masker
+from fader_kit.pipeline import CategoryWorkbench, WorkbenchSettings
 from fader_kit.registry import MaskerRegistry, UnknownMaskerError, default_registry
 
-from . import cache as keys
-from .cache import MaskSet, WorkCache
 from .store import ResultRow, ResultStore, UnitId
 from .tables import TableSpec, Variant, get_table
 
@@ -50,7 +53,7 @@ class BenchConfig(BaseModel):
     variants: tuple[str, ...] | None = Field(None, description="None = every variant of the table")
     profile: str = "cpu"
     device: str = "cpu"
-    seed: int = 0
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="training seeds; each is a unit of its own")
     masker_options: dict[str, Any] = Field(default_factory=dict)
     figures: int = Field(2, ge=0, description="anomalous test images per figure panel (0 = no panels)")
     synthetic: SyntheticConfig | None = Field(None, description="override the synthetic generator's counts")
@@ -83,42 +86,6 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
 
-class _CategoryWork:
-    """Lazily loaded state of one category: its images and its EAR U-Net (loaded once)."""
-
-    def __init__(self, runner: "BenchRunner", category: str) -> None:
-        self.runner = runner
-        self.category = category
-        self._split: CategorySplit | None = None
-        self._unet: tuple[str, torch.nn.Module] | None = None  # (ear key, U-Net): the last one used
-        self.timings: dict[str, float] = {}
-
-    def split(self) -> CategorySplit:
-        if self._split is None:
-            r = self.runner
-            t = time.perf_counter()
-            self._split = load_category(r.config.data, self.category, r.profile.image_size, seed=r.config.seed,
-                                        progress=r.config.progress, synthetic=r.config.synthetic)
-            self.timings["load_data"] = time.perf_counter() - t
-        return self._split
-
-    def unet(self, ear_key: str, masks: torch.Tensor | None) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The EAR U-Net of ``ear_key``: in memory, from the cache file, or trained (on ``masks``
-        united with random blobs; ``None`` = blobs only)."""
-        r = self.runner
-        if self._unet is not None and self._unet[0] == ear_key:
-            return self._unet[1], {"reused": True}
-        split = self.split()
-        unet, info = pipeline.train_ear(split.train, masks, r.profile, seed=r.config.seed, device=r.device,
-                                        progress=r.config.progress, cache=r.cache.ear_path(ear_key))
-        if not info["reused"]:
-            r.summary.ear_trained += 1
-            how = "blobs only; shared by every masker" if masks is None else "masker's masks + blobs"
-            r.log(f"    EAR U-Net ({self.category}): trained in {info['seconds']:.1f}s ({how})")
-        self._unet = (ear_key, unet)
-        return unet, info
-
-
 class BenchRunner:
     """Runs one table; ``registry`` and ``log`` are injectable (tests, notebooks)."""
 
@@ -134,7 +101,7 @@ class BenchRunner:
         self.cache = WorkCache(self.out)
         self.data_key = keys.data_key(config.data, config.synthetic)
         self.summary = RunSummary()
-        self._masks: dict[tuple[str, str], MaskSet | BaseException] = {}
+        self._failed_maskers: dict[tuple[str, int, str], BaseException] = {}
 
     # -- planning ----------------------------------------------------------------------------
     def categories(self) -> list[str]:
@@ -178,23 +145,26 @@ class BenchRunner:
                 out[key] = value
         return {**out, **scoped}
 
+    def workbench_settings(self, category: str, seed: int) -> WorkbenchSettings:
+        c = self.config
+        return WorkbenchSettings(data=c.data, category=category, profile=self.profile, seed=seed, device=str(self.device),
+                                 ear_masks=c.ear_masks, synthetic=c.synthetic, progress=c.progress)
+
     def plan(self) -> list[PlannedUnit]:
-        """Every unit of the table, in the order that shares work best (category, masker, variant)."""
+        """Every unit of the table, in the order that shares work best (category, seed, masker, variant)."""
         units = []
         variants = self.variants()
         for category in self.categories():
-            shared_ek = keys.ear_key(self.data_key, category, self.profile, self.config.seed)
-            for masker in self.maskers():
-                mk = keys.masker_key(masker, self.masker_options(masker), self.data_key, category,
-                                     self.profile.image_size, self.config.seed)
-                # trained on the masker's masks, the U-Net depends on them: the masker key stands for them
-                ek = shared_ek if self.config.ear_masks == "blobs" else keys.digest({"ear": shared_ek, "masks": mk})
-                for v in variants:
-                    fader_cfg = v.fader_config(self.profile.fader_head)
-                    wk = keys.work_key(ear=ek, masker=mk, fader=fader_cfg, profile=self.profile, seed=self.config.seed)
-                    unit = UnitId(table=self.spec.name, data=self.config.data, profile=self.profile.name,
-                                  masker=masker, variant=v.name, category=category, seed=self.config.seed)
-                    units.append(PlannedUnit(unit, v, wk, mk, ek))
+            for seed in self.config.seeds:
+                bench = CategoryWorkbench(self.workbench_settings(category, seed), self.cache, log=self.log)
+                for masker in self.maskers():
+                    mk = bench.masker_key(masker, self.masker_options(masker))
+                    ek = bench.ear_key(mk)
+                    for v in variants:
+                        wk = bench.work_key(ek, mk, v.fader_config(self.profile.fader_head))
+                        unit = UnitId(table=self.spec.name, data=self.config.data, profile=self.profile.name,
+                                      masker=masker, variant=v.name, category=category, seed=seed)
+                        units.append(PlannedUnit(unit, v, wk, mk, ek))
         return units
 
     # -- running -----------------------------------------------------------------------------
@@ -204,23 +174,29 @@ class BenchRunner:
         todo = [u for u in units if not self.store.is_done(u.unit, u.work_key)]
         s = self.summary
         s.planned, s.skipped = len(units), len(units) - len(todo)
+        seeds = self.config.seeds
         self.log(f"{self.spec.name} on {self.config.data} ({self.profile.name} profile, {self.profile.image_size}px, "
-                 f"device {self.device}, seed {self.config.seed}): {len(units)} units, {s.skipped} already finished, "
-                 f"{len(todo)} to run -> {self.store.path}")
-        work: dict[str, _CategoryWork] = {}
+                 f"device {self.device}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}): "
+                 f"{len(units)} units, {s.skipped} already finished, {len(todo)} to run -> {self.store.path}")
+        work: dict[tuple[str, int], CategoryWorkbench] = {}
         compute_seconds = 0.0
         for i, pu in enumerate(todo, 1):
-            cat = work.get(pu.unit.category)
+            wkey = (pu.unit.category, pu.unit.seed)
+            cat = work.get(wkey)
             if cat is None:
                 work.clear()  # one category's images and U-Net in memory at a time
-                cat = work[pu.unit.category] = _CategoryWork(self, pu.unit.category)
+                cat = work[wkey] = CategoryWorkbench(self.workbench_settings(*wkey), self.cache, log=self.log)
             eta = ""
             if s.computed:
                 eta = f", ETA ~{_minutes(compute_seconds / s.computed * (len(todo) - i + 1))}"
-            self.log(f"[{i}/{len(todo)}] {pu.unit.masker}/{pu.unit.variant} on {pu.unit.category}{eta}")
+            self.log(f"[{i}/{len(todo)}] {pu.unit.masker}/{pu.unit.variant} on {pu.unit.category} "
+                     f"(seed {pu.unit.seed}){eta}")
             t0 = time.perf_counter()
             row = self._run_unit(pu, cat)
             self.store.put(row)
+            s.ear_trained += cat.counts.pop("ear_trained", 0)
+            s.maskers_fitted += cat.counts.pop("maskers_fitted", 0)
+            cat.counts.update(ear_trained=0, maskers_fitted=0)
             dt = time.perf_counter() - t0
             if row.status == "ok":
                 if row.reused_from:
@@ -239,7 +215,7 @@ class BenchRunner:
                  f"in {_minutes(s.seconds)} (EAR U-Nets trained: {s.ear_trained}, maskers fitted: {s.maskers_fitted})")
         return s
 
-    def _run_unit(self, pu: PlannedUnit, cat: _CategoryWork) -> ResultRow:
+    def _run_unit(self, pu: PlannedUnit, cat: CategoryWorkbench) -> ResultRow:
         base = {"unit": pu.unit, "work_key": pu.work_key, "device": str(self.device),
                 "environment": pipeline.environment()}
         try:
@@ -251,113 +227,66 @@ class BenchRunner:
             raise
         except Exception as exc:  # recorded, and the rest of the table goes on
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            weights = None
-            cached = self._masks.get((pu.unit.category, pu.unit.masker))
-            if isinstance(cached, MaskSet):
-                weights = cached.info.weights
-            return ResultRow(**base, status="failed", reason=reason, weights=weights,
+            return ResultRow(**base, status="failed", reason=reason,
                              config={"masker_key": pu.masker_key, "ear_key": pu.ear_key})
 
-    def _compute(self, pu: PlannedUnit, cat: _CategoryWork, base: dict[str, Any]) -> ResultRow:
-        timings: dict[str, float] = {}
+    def _compute(self, pu: PlannedUnit, cat: CategoryWorkbench, base: dict[str, Any]) -> ResultRow:
         split = cat.split()
-        timings["load_data"] = cat.timings.pop("load_data", 0.0)
-        masks, fresh = self._get_masks(pu, split)
-        timings["masker"] = masks.seconds if fresh else 0.0
-        unet, ear_info = cat.unet(pu.ear_key, masks.train if self.config.ear_masks == "masker" else None)
-        timings["ear_train"] = float(ear_info.get("seconds", 0.0)) if not ear_info["reused"] else 0.0
+        timings: dict[str, float] = {"load_data": cat.timings.pop("load_data", 0.0)}
+        masks = self._get_masks(pu, cat)
         fader_cfg = pu.variant.fader_config(self.profile.fader_head)
-        if fader_cfg is None:
-            model = FaderModel(unet, None, self.profile.fader_head, head=None)
-            timings["fader_train"] = 0.0
-        else:
-            model, info = pipeline.train_fader_on(unet, split.train, masks.train, fader_cfg, self.profile.fader,
-                                                  seed=self.config.seed, device=self.device, progress=self.config.progress)
-            timings["fader_train"] = info["seconds"]
-        t = time.perf_counter()
-        maps = pipeline.anomaly_maps(model, split.test, masks.test, batch_size=self.profile.eval_batch_size,
-                                     device=self.device, progress=self.config.progress)
-        metrics = pipeline.metrics_from_maps(maps, split.labels, split.masks)
-        timings["evaluate"] = time.perf_counter() - t
+        ev = cat.evaluate(masks[0], pu.ear_key, fader_cfg, pu.work_key)
+        timings["masker"] = masks[0].seconds if masks[1] else 0.0
+        timings.update(ev.timings)
         figure = None
         if fader_cfg is not None and self.config.figures > 0:
             from .figures import unit_panel
 
+            unet, _ = cat.unet(pu.ear_key, masks[0])
             ear_model = FaderModel(unet, None, self.profile.fader_head, head=None)
-            figure = unit_panel(self.figure_path(pu.unit), ear_model, model, split, masks.test,
+            figure = unit_panel(self.figure_path(pu.unit), ear_model, ev.model, split, masks[0].test,
                                 n_images=self.config.figures, device=self.device,
-                                title=f"{pu.unit.masker} / {pu.variant.title} / {pu.unit.category}")
+                                title=f"{pu.unit.masker} / {pu.variant.title} / {pu.unit.category} / seed {pu.unit.seed}")
+        alone = cat.masker_alone(masks[0])
         config = {
             "masker_options": {k: v for k, v in self.masker_options(pu.unit.masker).items()},
-            "masker_info": masks.info.model_dump(mode="json"), "masker_key": pu.masker_key, "ear_key": pu.ear_key,
+            "masker_info": masks[0].info.model_dump(mode="json"), "masker_key": pu.masker_key, "ear_key": pu.ear_key,
             "fader": fader_cfg.model_dump(mode="json") if fader_cfg is not None else None,
             "fader_train": self.profile.fader.model_dump(mode="json") if fader_cfg is not None else None,
             "profile_digest": self.profile.digest(), "image_size": self.profile.image_size,
             "ear_masks": self.config.ear_masks,
-            "masked_fraction_test": float(masks.test.float().mean()),
+            "masked_fraction_test": float(masks[0].test.float().mean()),
+            "masker_alone": alone.model_dump(mode="json") if alone is not None else None,
             "figure": str(figure.relative_to(self.out)) if figure is not None else None,
         }
-        return ResultRow(**base, status="ok", weights=masks.info.weights, timings=timings, config=config,
-                         **metrics.model_dump())
+        return ResultRow(**base, status="ok", weights=masks[0].info.weights, timings=timings, config=config,
+                         **ev.metrics.model_dump())
 
     def figure_path(self, unit: UnitId) -> Path:
-        slug = keys._safe(f"{unit.data}-{unit.profile}")
-        return self.out / "figures" / unit.table / slug / keys._safe(f"{unit.masker}-{unit.variant}-{unit.category}-seed{unit.seed}.png")
+        slug = keys.safe_name(f"{unit.data}-{unit.profile}")
+        return self.out / "figures" / unit.table / slug / keys.safe_name(f"{unit.masker}-{unit.variant}-{unit.category}-seed{unit.seed}.png")
 
     # -- masks -------------------------------------------------------------------------------
-    def _get_masks(self, pu: PlannedUnit, split: CategorySplit) -> tuple[MaskSet, bool]:
-        """Binary masks of (category, masker) from memory, the cache, or a fresh fit (then
-        ``fresh`` is True, and the fit's time is charged to this unit).
-
-        A failure (missing weights, say) is remembered so that the masker's other variants in
-        this category fail with the same reason at once instead of retrying."""
-        mem_key = (pu.unit.category, pu.unit.masker)
-        cached = self._masks.get(mem_key)
-        if isinstance(cached, BaseException):
-            raise cached
-        if cached is not None:
-            return cached, False
-        fresh = False
+    def _get_masks(self, pu: PlannedUnit, cat: CategoryWorkbench):
+        """Masks of (category, seed, masker) through the workbench.  A failure (missing weights,
+        say) is remembered so that the masker's other variants fail with the same reason at once
+        instead of retrying."""
+        mem_key = (pu.unit.category, pu.unit.seed, pu.unit.masker)
+        if mem_key in self._failed_maskers:
+            raise self._failed_maskers[mem_key]
         try:
-            masks = self.cache.load_masks(pu.unit.masker, pu.masker_key)
-            if masks is None:
-                masks, fresh = self._fit_and_mask(pu, split), True
+            return cat.masks(pu.unit.masker, self.masker_options(pu.unit.masker),
+                             lambda: self._create_masker(pu.unit.masker))
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            self._masks[mem_key] = exc
+            self._failed_maskers[mem_key] = exc
             raise
-        self._masks[mem_key] = masks
-        return masks, fresh
 
     def _create_masker(self, name: str) -> Masker:
         options = self.masker_options(name)
         options.setdefault("device", str(self.device))
         return self.registry.create(name, **options)
-
-    def _fit_and_mask(self, pu: PlannedUnit, split: CategorySplit) -> MaskSet:
-        t = time.perf_counter()
-        name = pu.unit.masker
-        masker = self._create_masker(name)
-        masker.to(self.device)
-        state = self.cache.masker_path(name, pu.masker_key)
-        if state.is_file():
-            masker.load(state)
-        else:
-            masker.fit(split.train.to(self.device) if split.train.shape[0] <= 4096 else split.train,
-                       seed=self.config.seed, progress=self.config.progress)
-            masker.save(state)
-            self.summary.maskers_fitted += 1
-        bs = self.profile.eval_batch_size
-        train = pipeline.compute_masks(masker, split.train, batch_size=bs, device=self.device,
-                                       progress=self.config.progress, desc="masks (train)")
-        test = pipeline.compute_masks(masker, split.test, batch_size=bs, device=self.device,
-                                      progress=self.config.progress, desc="masks (test)")
-        masks = MaskSet(train=train, test=test, info=masker.info, seconds=time.perf_counter() - t)
-        self.cache.save_masks(name, pu.masker_key, masks)
-        self.log(f"    masker {name} (weights: {masker.info.weights}): fitted and masked in {masks.seconds:.1f}s; "
-                 f"masked fraction train {train.float().mean():.3f}, test {test.float().mean():.3f}")
-        return masks
 
 
 def _minutes(seconds: float) -> str:

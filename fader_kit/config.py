@@ -27,6 +27,8 @@ class UNetConfig(_Frozen):
     widths: tuple[int, ...] = (64, 128, 256, 512, 512)
     in_channels: int = 3
     negative_slope: float = 0.2
+    channels_last: bool = Field(
+        True, description="NHWC memory layout: ~1.4x faster convolutions on CPU (oneDNN), same numbers up to rounding")
 
     @field_validator("widths")
     @classmethod
@@ -40,7 +42,7 @@ class UNetConfig(_Frozen):
         return len(self.widths)
 
 
-Schedule = Literal["fixed", "warmup", "sgdr"]
+Schedule = Literal["fixed", "warmup", "sgdr", "cosine"]
 
 
 class TrainConfig(_Frozen):
@@ -52,6 +54,9 @@ class TrainConfig(_Frozen):
     schedule: Schedule = "fixed"
     warmup_epochs: int = Field(1, ge=0)
     sgdr_period: int = Field(10, ge=1, description="epochs of the first SGDR cycle (T_0)")
+    final_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine: lr at the last step = factor * lr")
+    recalibrate_bn: bool = Field(
+        True, description="re-estimate BatchNorm statistics over the training images after training")
     decoder_lr_factor: float = Field(0.1, ge=0, description="FADeR: decoder fine-tune lr = factor * lr")
     random_blobs: bool = Field(True, description="unite masker masks with random blobs while training")
     blob_coverage: float = Field(0.15, gt=0, lt=1, description="target fraction of pixels per blob mask")
@@ -119,7 +124,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu",
         image_size=128,
         unet=UNetConfig(widths=(16, 32, 64, 128, 128)),
-        ear=TrainConfig(epochs=30, batch_size=8, lr=2e-3, schedule="warmup"),
+        ear=TrainConfig(epochs=30, batch_size=8, lr=2e-3, schedule="cosine"),
         fader=TrainConfig(epochs=10, batch_size=8, lr=1e-3, ranking_pairs=2048),
         fader_head=FaderConfig(patch_size=8, hidden=64),
     ),
@@ -127,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         name="paper",
         image_size=256,
         unet=UNetConfig(widths=(64, 128, 256, 512, 512)),
-        ear=TrainConfig(epochs=300, batch_size=16, lr=1e-3, schedule="warmup"),
+        ear=TrainConfig(epochs=300, batch_size=16, lr=1e-3, schedule="cosine", warmup_epochs=5),
         fader=TrainConfig(epochs=100, batch_size=16, lr=1e-4, schedule="sgdr", ranking_pairs=None),
         fader_head=FaderConfig(patch_size=8, hidden=256),
     ),

@@ -250,8 +250,18 @@ class FaderModel(nn.Module):
 
     @torch.no_grad()
     def anomaly_map(self, images: Tensor, binary_mask: Tensor | None = None, kernel_size: int = 21) -> Tensor:
-        """Smoothed MSGMS map between the input and its reconstruction, ``[B, 1, H, W]``."""
-        out = self.forward(images, binary_mask)
+        """Smoothed MSGMS map between the input and its reconstruction, ``[B, 1, H, W]``.
+
+        Always computed in eval mode (running BatchNorm statistics): in train mode the batch
+        statistics would make one image's score depend on its batch and overwrite the running
+        statistics.  The module's previous mode is restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(images, binary_mask)
+        finally:
+            self.train(was_training)
         return riad_anomaly_map(images, out.reconstruction, kernel_size)
 
     @torch.no_grad()
@@ -312,7 +322,7 @@ class FaderModel(nn.Module):
             reconstructor = EARUNet(UNetConfig(**ckpt["unet_config"]))
         model = cls(reconstructor, masker, FaderConfig(**ckpt["fader_config"]), head="auto" if ckpt["has_head"] else None)
         model.load_state_dict(ckpt["state_dict"])
-        return model
+        return model.eval()  # ready to score: running statistics, never batch statistics
 
 
 def wrap_with_fader(model: Reconstructor, masker: Masker | None, config: FaderConfig | None = None) -> FaderModel:

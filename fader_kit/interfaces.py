@@ -205,9 +205,23 @@ class Reconstructor(nn.Module, abc.ABC):
         """D, the number of encoder blocks."""
         raise NotImplementedError
 
+    def encoder_modules(self) -> list[nn.Module]:
+        """The modules that make up ``encode``: FADeR training freezes them (weights *and*
+        BatchNorm statistics).  Declared explicitly so that freezing never depends on how a
+        custom reconstructor happens to lay out its children."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement encoder_modules() (the modules used by encode) "
+            "so that FADeR training can freeze the encoder"
+        )
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of :meth:`encoder_modules` (frozen during FADeR training)."""
+        return [p for m in self.encoder_modules() for p in m.parameters()]
+
     def decoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters fine-tuned during FADeR training (the encoder stays frozen)."""
-        raise NotImplementedError
+        """Parameters fine-tuned during FADeR training: everything that is not the encoder's."""
+        enc = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in enc]
 
     def forward(self, x: Tensor, skip_gates: list[Tensor] | None = None) -> Tensor:
         return self.decode(self.encode(x), skip_gates)

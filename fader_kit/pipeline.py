@@ -1,14 +1,16 @@
 """The main job as composable stages: masks -> EAR U-Net -> FADeR -> metrics.
 
-``evaluate_category`` is what ``fader-kit evaluate`` runs; the benchmark runner calls the same
-stages so that a number in a table and a number from the CLI come from one piece of code.
+:class:`CategoryWorkbench` is the one orchestrator of those stages for one (data, category,
+profile, seed): it loads the images once, fits each masker once, trains the EAR U-Net once, and
+evaluates any FADeR variant on them, with every artifact cached under one key scheme
+(:mod:`fader_kit.cache`).  ``fader-kit evaluate`` (:func:`evaluate_category`) and the benchmark
+runner both go through it, so the same settings give the same row whichever command asked.
 Plain EAR and FADeR are always measured on the same trained U-Net and the same masks; FADeR
 fine-tunes a *copy* of the decoder, so the EAR row is untouched by it.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import platform
@@ -21,10 +23,14 @@ from pydantic import BaseModel, Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import cache as keys
+from .cache import MaskSet, WorkCache
 from .config import FaderConfig, Profile, TrainConfig
+from .data import CategorySplit, SyntheticConfig, load_category
 from .fader import FaderModel, wrap_with_fader
 from .interfaces import Masker, MaskerInfo
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
+from .stats import Comparison, ScoreDetail, SeedSummary, paired_bootstrap
 from .training import seeded_init, train_fader, train_reconstructor
 from .unet import EARUNet
 
@@ -34,22 +40,6 @@ class Metrics(BaseModel):
     pixel_auroc: float
     pixel_aupro: float | None = None
     image_f1_max: float | None = None
-
-
-class EvaluationResult(BaseModel):
-    data: str
-    category: str
-    masker: MaskerInfo
-    profile: str
-    seed: int
-    device: str
-    ear: Metrics
-    fader: Metrics
-    timings: dict[str, float] = Field(default_factory=dict)
-    environment: dict[str, str] = Field(default_factory=dict)
-
-    def delta(self) -> dict[str, float]:
-        return {k: getattr(self.fader, k) - getattr(self.ear, k) for k in ("image_auroc", "pixel_auroc")}
 
 
 def environment() -> dict[str, str]:
@@ -148,94 +138,304 @@ def metrics_from_maps(maps: Tensor, labels: Tensor, gt_masks: Tensor, *, extra: 
     )
 
 
-# -- the main job ---------------------------------------------------------------------------------
+
+def masker_score_maps(
+    masker: Masker, images: Tensor, *, batch_size: int = 8, device: torch.device | str = "cpu", progress: bool = False,
+) -> Tensor:
+    """The masker's own score maps ``[N, 1, H, W]`` (float, CPU): the masker alone as a detector."""
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, images.shape[0], batch_size), desc="masker scores", disable=not progress, leave=False):
+            out.append(masker.score_map(images[i : i + batch_size].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+# -- the orchestrator -----------------------------------------------------------------------------
 EarMasks = Literal["masker", "blobs"]
+Log = Callable[[str], None]
+
+
+class WorkbenchSettings(BaseModel):
+    """What one :class:`CategoryWorkbench` works on.  ``seed`` drives every model (masker fit, U-Net,
+    head); the test images do not depend on it (``data_seed`` picks the synthetic data), so results
+    of different seeds are paired on the same test set."""
+
+    model_config = {"frozen": True, "arbitrary_types_allowed": True}
+
+    data: str
+    category: str
+    profile: Profile
+    seed: int = 0
+    device: str = "cpu"
+    ear_masks: EarMasks = Field(
+        "blobs", description="the EAR U-Net learns to inpaint random blobs only (default: one U-Net per category "
+        "serves every masker, as the paper swaps maskers without changing the pre-trained U-Net) or the masker's "
+        "masks united with blobs")
+    synthetic: SyntheticConfig | None = None
+    data_seed: int = 0
+    progress: bool = False
+
+
+class Evaluation(BaseModel):
+    """One evaluated model (plain EAR or a FADeR variant) on one category and seed."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    metrics: Metrics
+    detail: ScoreDetail
+    timings: dict[str, float]
+    model: FaderModel
+
+
+class CategoryWorkbench:
+    """Shared work of one (data, category, profile, seed): images, masks, the EAR U-Net.
+
+    Everything is computed on first use and cached under ``cache`` (a :class:`WorkCache`), so a
+    rerun -- or another command with the same settings -- reuses it.
+    """
+
+    def __init__(self, settings: WorkbenchSettings, cache: WorkCache, *, log: Log = print) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.log = log
+        self.device = torch.device(settings.device)
+        self.data_key = keys.data_key(settings.data, settings.synthetic)
+        self._split: CategorySplit | None = None
+        self._masks: dict[str, MaskSet] = {}
+        self._unet: tuple[str, EARUNet] | None = None
+        self.timings: dict[str, float] = {}
+        self.counts = {"ear_trained": 0, "maskers_fitted": 0}
+
+    # -- keys --------------------------------------------------------------------------------
+    def masker_key(self, name: str, options: dict[str, Any]) -> str:
+        s = self.settings
+        return keys.masker_key(name, options, self.data_key, s.category, s.profile.image_size, s.seed)
+
+    def ear_key(self, masker_key: str) -> str:
+        s = self.settings
+        return keys.ear_key(self.data_key, s.category, s.profile, s.seed,
+                            masker_key if s.ear_masks == "masker" else None)
+
+    def work_key(self, ear_key: str, masker_key: str, fader: FaderConfig | None) -> str:
+        s = self.settings
+        return keys.work_key(ear=ear_key, masker=masker_key, fader=fader, profile=s.profile, seed=s.seed)
+
+    # -- stages ------------------------------------------------------------------------------
+    def split(self) -> CategorySplit:
+        if self._split is None:
+            s = self.settings
+            t = time.perf_counter()
+            self._split = load_category(s.data, s.category, s.profile.image_size, seed=s.data_seed,
+                                        progress=s.progress, synthetic=s.synthetic)
+            self.timings["load_data"] = time.perf_counter() - t
+        return self._split
+
+    def masks(self, name: str, options: dict[str, Any], create: Callable[[], Masker]) -> tuple[MaskSet, bool]:
+        """Binary masks (and the masker's test score maps) of masker ``name``: from memory, the cache,
+        or a fresh fit (then the second value is True)."""
+        mk = self.masker_key(name, options)
+        if mk in self._masks:
+            return self._masks[mk], False
+        cached = self.cache.load_masks(name, mk)
+        if cached is not None and cached.test_scores is not None:
+            self._masks[mk] = cached
+            return cached, False
+        s, split = self.settings, self.split()
+        t = time.perf_counter()
+        masker = create()
+        masker.to(self.device)
+        state = self.cache.masker_path(name, mk)
+        if state.is_file():
+            masker.load(state)
+        else:
+            masker.fit(split.train.to(self.device) if split.train.shape[0] <= 4096 else split.train,
+                       seed=s.seed, progress=s.progress)
+            masker.save(state)
+            self.counts["maskers_fitted"] += 1
+        bs = s.profile.eval_batch_size
+        train = compute_masks(masker, split.train, batch_size=bs, device=self.device, progress=s.progress,
+                              desc="masks (train)")
+        test = compute_masks(masker, split.test, batch_size=bs, device=self.device, progress=s.progress,
+                             desc="masks (test)")
+        scores = masker_score_maps(masker, split.test, batch_size=bs, device=self.device, progress=s.progress)
+        ms = MaskSet(train=train, test=test, info=masker.info, seconds=time.perf_counter() - t, test_scores=scores)
+        self.cache.save_masks(name, mk, ms)
+        self.log(f"    masker {name} (weights: {ms.info.weights}): fitted and masked in {ms.seconds:.1f}s; "
+                 f"masked fraction train {train.float().mean():.3f}, test {test.float().mean():.3f}")
+        self._masks[mk] = ms
+        return ms, True
+
+    def unet(self, ear_key: str, masks: MaskSet) -> tuple[EARUNet, dict[str, Any]]:
+        """The EAR U-Net of ``ear_key``: in memory, from the cache file, or trained now."""
+        if self._unet is not None and self._unet[0] == ear_key:
+            return self._unet[1], {"reused": True, "path": str(self.cache.ear_path(ear_key))}
+        s, split = self.settings, self.split()
+        train_masks = masks.train if s.ear_masks == "masker" else None
+        unet, info = train_ear(split.train, train_masks, s.profile, seed=s.seed, device=self.device,
+                               progress=s.progress, cache=self.cache.ear_path(ear_key))
+        if not info["reused"]:
+            self.counts["ear_trained"] += 1
+            how = "blobs only; shared by every masker" if train_masks is None else "masker's masks + blobs"
+            self.log(f"    EAR U-Net ({s.category}, seed {s.seed}): trained in {info['seconds']:.1f}s ({how})")
+        self._unet = (ear_key, unet)
+        return unet, info
+
+    def evaluate(
+        self, masks: MaskSet, ear_key: str, fader: FaderConfig | None, work_key: str,
+        train_config: TrainConfig | None = None,
+    ) -> Evaluation:
+        """Train (for a FADeR variant) and score one model on the test set; its score detail is
+        cached under ``work_key`` for the paired bootstrap."""
+        s, split = self.settings, self.split()
+        timings: dict[str, float] = {}
+        unet, ear_info = self.unet(ear_key, masks)
+        timings["ear_train"] = 0.0 if ear_info["reused"] else float(ear_info.get("seconds", 0.0))
+        if fader is None:
+            model = FaderModel(unet, None, s.profile.fader_head, head=None)
+            timings["fader_train"] = 0.0
+        else:
+            model, info = train_fader_on(unet, split.train, masks.train, fader, train_config or s.profile.fader,
+                                         seed=s.seed, device=self.device, progress=s.progress)
+            timings["fader_train"] = info["seconds"]
+        t = time.perf_counter()
+        maps = anomaly_maps(model, split.test, masks.test, batch_size=s.profile.eval_batch_size,
+                            device=self.device, progress=s.progress)
+        metrics = metrics_from_maps(maps, split.labels, split.masks)
+        detail = ScoreDetail.from_maps(maps, split.labels, split.masks)
+        self.cache.save_scores(work_key, detail)
+        timings["evaluate"] = time.perf_counter() - t
+        return Evaluation(metrics=metrics, detail=detail, timings=timings, model=model)
+
+    def masker_alone(self, masks: MaskSet) -> Metrics | None:
+        """The masker's own score map as the detector (image score = max): the baseline that tells
+        whether EAR / FADeR add anything over the masker they are fed with."""
+        if masks.test_scores is None:
+            return None
+        split = self.split()
+        return metrics_from_maps(masks.test_scores.float(), split.labels, split.masks, extra=False)
+
+
+# -- the main job ---------------------------------------------------------------------------------
+class SeedResult(BaseModel):
+    seed: int
+    ear: Metrics
+    fader: Metrics
+    masker_alone: Metrics | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class EvaluationResult(BaseModel):
+    """What ``fader-kit evaluate`` writes to ``metrics.json``: one row per seed, the mean over seeds
+    (``ear`` / ``fader`` / ``masker_alone``), their spread, and the paired comparison."""
+
+    data: str
+    category: str
+    masker: MaskerInfo
+    profile: str
+    seeds: list[int]
+    device: str
+    ear_masks: EarMasks
+    ear: Metrics
+    fader: Metrics
+    masker_alone: Metrics | None = None
+    spread: dict[str, dict[str, SeedSummary]] = Field(default_factory=dict)
+    comparison: dict[str, Comparison] = Field(default_factory=dict)
+    per_seed: list[SeedResult] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    def delta(self) -> dict[str, float]:
+        return {k: getattr(self.fader, k) - getattr(self.ear, k) for k in ("image_auroc", "pixel_auroc")}
+
+
+def mean_metrics(rows: list[Metrics]) -> Metrics:
+    def avg(key: str) -> float | None:
+        vals = [getattr(r, key) for r in rows if getattr(r, key) is not None]
+        return float(sum(vals) / len(vals)) if vals else None
+
+    return Metrics(image_auroc=avg("image_auroc"), pixel_auroc=avg("pixel_auroc"), pixel_aupro=avg("pixel_aupro"),
+                   image_f1_max=avg("image_f1_max"))
 
 
 def evaluate_category(
     data: str,
     category: str,
-    masker: Masker,
+    masker: str,
     profile: Profile,
     *,
     out: Path,
+    create_masker: Callable[[], Masker],
+    masker_options: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
-    seed: int = 0,
-    ear_masks: EarMasks = "masker",
+    seeds: tuple[int, ...] = (0,),
+    ear_masks: EarMasks = "blobs",
+    fader_config: FaderConfig | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> EvaluationResult:
-    """Fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both on the test set.
+    """Per seed: fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both; then the
+    mean, spread and paired bootstrap interval of FADeR - EAR over the seeds.
 
-    Everything is written under ``out``: ``ear-<key>.pt`` (reused on a rerun with the same
-    settings), ``fader.pt``, ``masker.pt`` and finally ``metrics.json`` -- written last and
-    atomically, so its presence means the run completed.
+    Written under ``out``: ``cache/`` (the same layout and keys as ``fader-kit bench``, so either
+    command reuses the other's work), ``fader.pt`` (the FADeR model of the first seed;
+    ``fader-seed<N>.pt`` for each further seed), and finally ``metrics.json``
+    -- written last and atomically, so its presence means the run completed.
     """
-    from .data import load_category
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not pass for this run's
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    split = load_category(data, category, profile.image_size, seed=seed, progress=progress)
-    timings["load_data"] = time.perf_counter() - t
-    log(f"data: {data} / {category}: {split.train.shape[0]} train, {split.test.shape[0]} test images at {profile.image_size}px")
-
-    t = time.perf_counter()
-    masker.to(device)
-    masker.fit(split.train.to(device), seed=seed, progress=progress)
-    masker.save(out / "masker.pt")
-    train_masks = compute_masks(masker, split.train, batch_size=profile.eval_batch_size, device=device, progress=progress, desc="masks (train)")
-    test_masks = compute_masks(masker, split.test, batch_size=profile.eval_batch_size, device=device, progress=progress, desc="masks (test)")
-    timings["masker"] = time.perf_counter() - t
-    log(f"masker: {masker.info.name} (weights: {masker.info.weights}); "
-        f"mean masked fraction train {train_masks.float().mean():.3f}, test {test_masks.float().mean():.3f}")
-
-    key = ear_cache_key(data, category, profile, seed, train_masks if ear_masks == "masker" else None)
-    unet, ear_info = train_ear(
-        split.train, train_masks if ear_masks == "masker" else None, profile, seed=seed, device=device,
-        progress=progress, cache=out / f"ear-{key}.pt",
-    )
-    timings["ear_train"] = float(ear_info.get("seconds", 0.0))
-    log("EAR U-Net: " + ("reused " + ear_info["path"] if ear_info["reused"] else f"trained in {ear_info['seconds']:.1f}s"))
-
-    fader, fader_info = train_fader_on(
-        unet, split.train, train_masks, profile.fader_head, profile.fader, seed=seed, device=device, progress=progress
-    )
-    fader.save(out / "fader.pt")
-    timings["fader_train"] = fader_info["seconds"]
-    log(f"FADeR head: trained in {fader_info['seconds']:.1f}s")
-
-    t = time.perf_counter()
-    ear_model = FaderModel(unet, None, profile.fader_head, head=None)
-    ear_maps = anomaly_maps(ear_model, split.test, test_masks, batch_size=profile.eval_batch_size, device=device, progress=progress, desc="scoring EAR")
-    fader_maps = anomaly_maps(fader, split.test, test_masks, batch_size=profile.eval_batch_size, device=device, progress=progress, desc="scoring FADeR")
-    ear_metrics = metrics_from_maps(ear_maps, split.labels, split.masks)
-    fader_metrics = metrics_from_maps(fader_maps, split.labels, split.masks)
-    timings["evaluate"] = time.perf_counter() - t
-
+    cache = WorkCache(out)
+    options = dict(masker_options or {})
+    head = fader_config or profile.fader_head
+    rows: list[SeedResult] = []
+    details: list[tuple[ScoreDetail, ScoreDetail]] = []
+    info: MaskerInfo | None = None
+    t_all = time.perf_counter()
+    for seed in seeds:
+        bench = CategoryWorkbench(WorkbenchSettings(data=str(data), category=category, profile=profile, seed=seed,
+                                                    device=str(device), ear_masks=ear_masks, progress=progress),
+                                  cache, log=log)
+        split = bench.split()
+        if seed == seeds[0]:
+            log(f"data: {data} / {category}: {split.train.shape[0]} train, {split.test.shape[0]} test images "
+                f"({int(split.labels.sum())} defective) at {profile.image_size}px")
+        masks, _ = bench.masks(masker, options, create_masker)
+        info = masks.info
+        ek = bench.ear_key(bench.masker_key(masker, options))
+        mk = bench.masker_key(masker, options)
+        ear = bench.evaluate(masks, ek, None, bench.work_key(ek, mk, None))
+        log(f"seed {seed}: EAR U-Net " + ("reused" if ear.timings["ear_train"] == 0 else
+                                           f"trained in {ear.timings['ear_train']:.1f}s"))
+        fad = bench.evaluate(masks, ek, head, bench.work_key(ek, mk, head))
+        fad.model.save(out / ("fader.pt" if seed == seeds[0] else f"fader-seed{seed}.pt"))
+        log(f"seed {seed}: FADeR head trained in {fad.timings['fader_train']:.1f}s; image AUROC EAR "
+            f"{ear.metrics.image_auroc:.3f} -> FADeR {fad.metrics.image_auroc:.3f}")
+        timings = {"load_data": bench.timings.get("load_data", 0.0), "masker": masks.seconds,
+                   "ear_train": ear.timings["ear_train"], "fader_train": fad.timings["fader_train"],
+                   "evaluate": ear.timings["evaluate"] + fad.timings["evaluate"]}
+        rows.append(SeedResult(seed=seed, ear=ear.metrics, fader=fad.metrics, masker_alone=bench.masker_alone(masks),
+                               timings=timings))
+        details.append((ear.detail, fad.detail))
+    assert info is not None
+    spread = {}
+    for name in ("ear", "fader", "masker_alone"):
+        got = [getattr(r, name) for r in rows if getattr(r, name) is not None]
+        if got:
+            spread[name] = {k: SeedSummary.of([getattr(m, k) for m in got]) for k in ("image_auroc", "pixel_auroc")}
+    comparison = paired_bootstrap([d[0] for d in details], [d[1] for d in details])
+    alone = [r.masker_alone for r in rows if r.masker_alone is not None]
     result = EvaluationResult(
-        data=str(data), category=category, masker=masker.info, profile=profile.name, seed=seed,
-        device=str(device), ear=ear_metrics, fader=fader_metrics, timings=timings, environment=environment(),
+        data=str(data), category=category, masker=info, profile=profile.name, seeds=list(seeds), device=str(device),
+        ear_masks=ear_masks, ear=mean_metrics([r.ear for r in rows]), fader=mean_metrics([r.fader for r in rows]),
+        masker_alone=mean_metrics(alone) if alone else None, spread=spread, comparison=comparison, per_seed=rows,
+        timings={"total": time.perf_counter() - t_all}, environment=environment(),
     )
     write_json_atomic(out / "metrics.json", result.model_dump(mode="json"))
     return result
 
 
-def ear_cache_key(data: str, category: str, profile: Profile, seed: int, train_masks: Tensor | None) -> str:
-    """Everything the EAR U-Net depends on: data, sizes, training config, seed and -- when it is
-    trained on the masker's masks -- the masks themselves (content hash), so a changed masker
-    setting retrains while an unchanged one reuses."""
-    parts = {
-        "data": str(data), "category": category, "image_size": profile.image_size, "unet": profile.unet.digest(),
-        "ear": profile.ear.digest(), "m": profile.fader_head.patch_size, "seed": seed,
-        "masks": hashlib.sha256(train_masks.numpy().tobytes()).hexdigest() if train_masks is not None else None,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 __all__ = [
-    "EvaluationResult", "Metrics", "anomaly_maps", "compute_masks", "ear_cache_key", "environment", "evaluate_category",
+    "CategoryWorkbench", "Evaluation", "EvaluationResult", "Metrics", "SeedResult", "WorkbenchSettings",
+    "anomaly_maps", "compute_masks", "environment", "evaluate_category", "masker_score_maps", "mean_metrics",
     "metrics_from_maps", "train_ear", "train_fader_on", "write_json_atomic",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,14 @@ def training_masks(
 
 # -- schedules ------------------------------------------------------------------------------------
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-    """Fixed lr, linear warm-up (Goyal et al.) or SGDR (Loshchilov & Hutter), stepped per batch."""
+    """Per-batch lr schedule: fixed, linear warm-up (Goyal et al.), SGDR (Loshchilov & Hutter), or
+    ``cosine``: linear warm-up, then a single cosine decay that reaches ``final_lr_factor * lr`` at
+    the last step.
+
+    ``cosine`` is the default of the trained profiles: a schedule that ends near zero lets the
+    weights settle, so the BatchNorm statistics re-estimated after training describe the weights
+    that are actually used (with a fixed lr the weights still move at the last step).
+    """
     total_warm = config.warmup_epochs * steps_per_epoch
     if config.schedule == "fixed":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -94,7 +101,58 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=max(config.sgdr_period * steps_per_epoch, 1), T_mult=2
         )
+    if config.schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        warm = min(total_warm, max(total - 1, 0))
+        floor = config.final_lr_factor
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            span = max(total - 1 - warm, 1)
+            progress = min(1.0, (step - warm) / span)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     raise ValueError(f"unknown schedule {config.schedule!r}")
+
+
+# -- BatchNorm statistics -------------------------------------------------------------------------
+def batchnorm_layers(modules: Iterable[nn.Module]) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for root in modules for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, layers: list[nn.modules.batchnorm._BatchNorm], forward: Callable[..., object],
+    batches: Iterable[tuple[Tensor, ...]],
+) -> int:
+    """Re-estimate the running statistics of ``layers`` as the exact (cumulative) average over
+    ``batches`` (each a tuple passed as ``forward(*batch)``; the first item carries the batch
+    dimension), with the weights as they are now; everything else runs in eval mode.
+
+    Running statistics collected with momentum during training describe weights that have since
+    moved; through ~30 BatchNorm layers the mismatch compounds until an eval-mode reconstruction no
+    longer looks like its input.  One pass with ``momentum=None`` fixes the cause.  Returns the
+    number of images seen.
+    """
+    was_training = model.training
+    model.eval()
+    saved = [(bn, bn.momentum) for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average = exact mean over the batches
+        bn.train()
+    seen = 0
+    try:
+        for batch in batches:
+            forward(*batch)
+            seen += batch[0].shape[0]
+    finally:
+        for bn, momentum in saved:
+            bn.momentum = momentum
+        model.train(was_training)
+    return seen
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -111,6 +169,16 @@ def _check_inputs(images: Tensor, masks: Tensor | None) -> None:
 EpochCallback = Callable[[dict[str, float]], None]
 
 
+def _training_batches(
+    images: Tensor, masks: Tensor | None, config: TrainConfig, generator: torch.Generator, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of (images, M_B) batches on ``device``: shuffled, masks united with blobs."""
+    for idx in _batches(images.shape[0], config.batch_size, generator):
+        x = images[idx]
+        mb = training_masks(masks, idx, x.shape, config, generator)
+        yield x.to(device), mb.to(device)
+
+
 def train_reconstructor(
     model: Reconstructor,
     images: Tensor,
@@ -123,7 +191,11 @@ def train_reconstructor(
     progress: bool = False,
     on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
-    """EAR training: obfuscated normal images in, the originals as target (L2 + SSIM + MSGMS)."""
+    """EAR training: obfuscated normal images in, the originals as target (L2 + SSIM + MSGMS).
+
+    Ends with :func:`recalibrate_batchnorm` over one more epoch of obfuscated training batches,
+    so the model returned (in eval mode) reconstructs as well as it did in train mode.
+    """
     _check_inputs(images, masks)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -135,23 +207,25 @@ def train_reconstructor(
     bar = tqdm(range(config.epochs), desc="EAR U-Net", disable=not progress, leave=False)
     for epoch in bar:
         t0, total = time.perf_counter(), 0.0
-        for idx in _batches(images.shape[0], config.batch_size, gen):
-            x = images[idx]
-            mb = training_masks(masks, idx, x.shape, config, gen)
-            x, mb = x.to(device), mb.to(device)
+        for x, mb in _training_batches(images, masks, config, gen, device):
             pred = model(obfuscate(x, mb, patch_size))
             loss = reconstruction_loss(pred, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * x.shape[0]
         row = {"epoch": epoch + 1, "loss": total / images.shape[0], "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         if on_epoch:
             on_epoch(row)
+    if config.recalibrate_bn:
+        recalibrate_batchnorm(
+            model, batchnorm_layers([model]), lambda x, mb: model(obfuscate(x, mb, patch_size)),
+            _training_batches(images, masks, config, gen, device),
+        )
     model.eval()
     return history
 
@@ -181,16 +255,18 @@ def train_fader(
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     rec = model.reconstructor
+    encoder = rec.encoder_modules()
+    encoder_params = {id(p) for p in rec.encoder_parameters()}
+    saved_grad = [(p, p.requires_grad) for p in rec.parameters()]  # restored afterwards, as the caller had it
     model.to(device).train()
-    encoder_params = {id(p) for p in rec.parameters()} - {id(p) for p in rec.decoder_parameters()}
-    for p in rec.parameters():
-        p.requires_grad_(id(p) not in encoder_params)
-    for name, module in rec.named_children():  # frozen encoder: keep BN statistics fixed too
-        if any(id(p) in encoder_params for p in module.parameters()):
-            module.eval()
+    for p in rec.encoder_parameters():
+        p.requires_grad_(False)
+    for module in encoder:  # frozen encoder: keep its BN statistics fixed too
+        module.eval()
+    decoder_params = [p for p in rec.decoder_parameters() if id(p) not in encoder_params]
     groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
     if config.decoder_lr_factor > 0:
-        groups.append({"params": rec.decoder_parameters(), "lr": config.lr * config.decoder_lr_factor})
+        groups.append({"params": decoder_params, "lr": config.lr * config.decoder_lr_factor})
     opt = torch.optim.Adam(groups)
     steps = math.ceil(images.shape[0] / config.batch_size)
     sched = make_scheduler(opt, config, steps)
@@ -200,10 +276,7 @@ def train_fader(
     try:
         for epoch in bar:
             t0, tot_rank, tot_rec = time.perf_counter(), 0.0, 0.0
-            for idx in _batches(images.shape[0], config.batch_size, gen):
-                x = images[idx]
-                mb = training_masks(masks, idx, x.shape, config, gen)
-                x, mb = x.to(device), mb.to(device)
+            for x, mb in _training_batches(images, masks, config, gen, device):
                 out = model(x, mb, detach_gates=True)
                 target = patch_errors(x, out.reconstruction, m).detach()
                 l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen)
@@ -212,8 +285,8 @@ def train_fader(
                 (l_rank + l_rec).backward()
                 opt.step()
                 sched.step()
-                tot_rank += float(l_rank.detach()) * len(idx)
-                tot_rec += float(l_rec.detach()) * len(idx)
+                tot_rank += float(l_rank.detach()) * x.shape[0]
+                tot_rec += float(l_rec.detach()) * x.shape[0]
             n = images.shape[0]
             row = {"epoch": epoch + 1, "ranking_loss": tot_rank / n, "reconstruction_loss": tot_rec / n,
                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
@@ -221,9 +294,15 @@ def train_fader(
             bar.set_postfix(rank=f"{row['ranking_loss']:.4f}")
             if on_epoch:
                 on_epoch(row)
+        if config.recalibrate_bn:
+            # the decoder moved and now sees gated skips: re-estimate its statistics (not the encoder's)
+            enc_bn = {id(bn) for bn in batchnorm_layers(encoder)}
+            layers = [bn for bn in batchnorm_layers([rec]) if id(bn) not in enc_bn]
+            recalibrate_batchnorm(model, layers, lambda x, mb: model(x, mb),
+                                  _training_batches(images, masks, config, gen, device))
     finally:
-        for p in rec.parameters():
-            p.requires_grad_(True)
+        for p, flag in saved_grad:
+            p.requires_grad_(flag)
         model.eval()
     return history
 

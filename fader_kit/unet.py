@@ -4,6 +4,11 @@ Encoder block d: 3 x (conv3x3, BN, LeakyReLU), the third with stride 2, so featu
 H / 2^d.  Decoder block d (d = D..1): concatenate its input with the encoder's feature d (for
 d < D: the skip connection, optionally multiplied by FADeR's gate), then nearest upsample x2 and
 3 x (conv3x3, BN, LeakyReLU).  A 1x1 output convolution maps to RGB, clamped to [0, 1].
+
+The clamp is *straight-through*: the forward value is clamped, the gradient passes as if it were
+not.  A plain clamp has zero gradient outside [0, 1], so an output pixel that overshoots during
+training gets no signal back and can stay stuck at 0 or 1 (seen as 22 % of eval-mode pixels at
+the clamp before this fix).
 """
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ def _conv_bn_act(cin: int, cout: int, stride: int, slope: float) -> list[nn.Modu
         nn.BatchNorm2d(cout),
         nn.LeakyReLU(slope, inplace=True),
     ]
+
+
+def straight_through_clamp(x: Tensor, lo: float = 0.0, hi: float = 1.0) -> Tensor:
+    """``clamp(x, lo, hi)`` in the forward pass, identity in the backward pass."""
+    return x + (x.clamp(lo, hi) - x).detach()
 
 
 class EncoderBlock(nn.Sequential):
@@ -64,6 +74,8 @@ class EARUNet(Reconstructor):
             blocks.append(DecoderBlock(cin, cout, s))
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(w[0], 3, kernel_size=1)
+        if self.config.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def depth(self) -> int:
@@ -76,6 +88,8 @@ class EARUNet(Reconstructor):
                 f"EARUNet of depth {self.depth} needs H and W divisible by {2**self.depth}, "
                 f"got {list(x.shape[-2:])}"
             )
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = []
         for block in self.encoder:
             x = block(x)
@@ -94,10 +108,10 @@ class EARUNet(Reconstructor):
             if skip_gates is not None:
                 skip = skip * skip_gates[i]
             x = self.decoder[i](torch.cat([x, skip], dim=1))
-        return self.head(x).clamp(0.0, 1.0)
+        return straight_through_clamp(self.head(x))
 
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        return [*self.decoder.parameters(), *self.head.parameters()]
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.encoder]
 
     def skip_shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
         """Spatial size of the skip feature at depths 1..D-1 for an input of ``image_size``."""

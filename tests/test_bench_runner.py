@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fader_kit_bench.runner as runner_mod
-from fader_kit_bench import cache as keys
+from fader_kit import cache as keys
 from fader_kit_bench.runner import BenchConfig, BenchRunner, run_table
 from fader_kit_bench.store import ResultStore
 from fader_kit.config import get_profile

@@ -23,15 +23,15 @@ def test_evaluate_writes_metrics_for_ear_and_fader(evaluated, capsys):
         for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"):
             assert 0.0 <= metrics[model][key] <= 1.0
     assert metrics["masker"]["name"] == "patch_stats" and metrics["profile"] == "smoke"
-    assert (out / "fader.pt").is_file() and (out / "masker.pt").is_file()
-    assert len(list(out.glob("ear-*.pt"))) == 1
+    assert (out / "fader.pt").is_file() and len(list((out / "cache" / "maskers").glob("patch_stats-*.pt"))) == 1
+    assert len(list((out / "cache" / "ear").glob("ear-*.pt"))) == 1
 
 
 def test_rerun_reuses_the_trained_ear_unet(evaluated, capsys):
     _, out = evaluated
     before = json.loads((out / "metrics.json").read_text())
     assert main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
-    assert "EAR U-Net: reused" in capsys.readouterr().out
+    assert "EAR U-Net reused" in capsys.readouterr().out
     after = json.loads((out / "metrics.json").read_text())
     assert after["ear"] == before["ear"]  # same U-Net, same masks -> same numbers
 

@@ -7,6 +7,7 @@ from fader_kit.config import FaderConfig, UNetConfig
 from fader_kit.fader import (
     FaderHead, FaderModel, ViTHead, hard_mask, patch_errors, patchify, ranking_loss, soft_mask, theta, wrap_with_fader,
 )
+from fader_kit.interfaces import Reconstructor
 from fader_kit.unet import EARUNet
 
 
@@ -110,8 +111,11 @@ def test_save_and_load_round_trip(tmp_path):
     model = _small()
     x = torch.rand(2, 3, 64, 64)
     path = model.save(tmp_path / "m.pt")
-    again = FaderModel.load(path).eval()
+    again = FaderModel.load(path)
+    assert not again.training  # ready to score: a train-mode load would score with batch statistics
+    stats = [b.clone() for b in again.buffers()]
     assert torch.equal(model.score(x), again.score(x))
+    assert all(torch.equal(a, b) for a, b in zip(stats, again.buffers()))  # scoring never updates BN statistics
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         FaderModel.load(tmp_path / "nothing.pt")
 
@@ -119,3 +123,71 @@ def test_save_and_load_round_trip(tmp_path):
 def test_wrap_rejects_non_reconstructors():
     with pytest.raises(TypeError, match="Reconstructor"):
         wrap_with_fader(torch.nn.Linear(2, 2), None)
+
+
+def test_scoring_uses_running_statistics_whatever_the_mode():
+    model = _small().train()
+    x = torch.rand(4, 3, 64, 64)
+    stats = [b.clone() for b in model.buffers()]
+    in_train_mode = model.score(x)
+    assert model.training  # the caller's mode is restored
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    # one image scores the same alone as in a batch: no batch statistics involved
+    assert torch.allclose(model.score(x[:1]), in_train_mode[:1], atol=1e-5)
+    assert torch.allclose(model.eval().score(x), in_train_mode)
+
+
+class _TwoPartReconstructor(Reconstructor):
+    """A custom reconstructor whose encoder is not a child called `encoder`: freezing must follow
+    encoder_modules(), not the module layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        self.down = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4))
+        self.up = torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        self.out = torch.nn.Conv2d(4, 3, 1)
+
+    @property
+    def depth(self) -> int:
+        return 2
+
+    def encoder_modules(self):
+        return [self.stem, self.down]
+
+    def encode(self, x):
+        a = self.stem(x)
+        return [a, self.down(a)]
+
+    def decode(self, feats, skip_gates=None):
+        a, b = feats
+        if skip_gates is not None:
+            a = a * skip_gates[0]
+        up = torch.nn.functional.interpolate(b, scale_factor=2.0)
+        return torch.sigmoid(self.out(self.up(torch.cat([up, a], 1))))
+
+
+def test_custom_reconstructor_encoder_is_frozen_and_callers_freezing_is_kept():
+    from fader_kit.config import TrainConfig
+    from fader_kit.training import train_fader
+
+    rec = _TwoPartReconstructor()
+    rec.out.weight.requires_grad_(False)  # the caller froze the output layer: it must stay frozen
+    model = wrap_with_fader(rec, None, FaderConfig(patch_size=8, hidden=8))
+    enc = [t.clone() for m in rec.encoder_modules() for t in [*m.parameters(), *m.buffers()]]
+    up = [p.clone() for p in rec.up.parameters()]
+    out_w = rec.out.weight.clone()
+    train_fader(model, torch.rand(8, 3, 32, 32), None, TrainConfig(epochs=1, batch_size=4, ranking_pairs=32), seed=0)
+    after = [t for m in rec.encoder_modules() for t in [*m.parameters(), *m.buffers()]]
+    assert all(torch.equal(a, b) for a, b in zip(enc, after))  # weights and BN statistics
+    assert any(not torch.equal(a, b) for a, b in zip(up, rec.up.parameters()))  # the decoder learned
+    assert torch.equal(out_w, rec.out.weight) and not rec.out.weight.requires_grad
+    assert all(p.requires_grad for m in rec.encoder_modules() for p in m.parameters())  # restored
+
+
+def test_reconstructor_without_encoder_modules_gets_a_clear_error():
+    class NoEncoder(_TwoPartReconstructor):
+        encoder_modules = Reconstructor.encoder_modules
+
+    with pytest.raises(NotImplementedError, match="NoEncoder must implement encoder_modules"):
+        NoEncoder().encoder_parameters()

@@ -58,10 +58,16 @@ def test_decoder_lr_factor_zero_leaves_decoder_untouched():
 
 
 def test_reconstructor_learns_identity_task():
-    x = _images().repeat(2, 1, 1, 1)
+    x = _smooth_images(16, 0)
     unet = seeded_init(lambda: EARUNet(UNET), 0)
-    hist = train_reconstructor(unet, x, None, TrainConfig(epochs=4, batch_size=8, lr=5e-3, random_blobs=False), patch_size=8, seed=0)
+    with torch.no_grad():
+        before = float(((unet.eval()(x) - x) ** 2).mean())
+    cfg = TrainConfig(epochs=10, batch_size=4, lr=1e-2, random_blobs=False, schedule="cosine")
+    hist = train_reconstructor(unet, x, None, cfg, patch_size=8, seed=0)
     assert hist[-1]["loss"] < hist[0]["loss"]
+    with torch.no_grad():  # the model as it is used: eval mode, running statistics
+        after = float(((unet(x) - x) ** 2).mean())
+    assert after < 0.6 * before
 
 
 def test_random_blobs_cover_about_the_requested_fraction_and_are_seeded():
@@ -78,7 +84,7 @@ def test_ssim_of_identical_images_is_one():
     assert float(ssim(x, 1 - x)) < 0.5
 
 
-@pytest.mark.parametrize("schedule", ["fixed", "warmup", "sgdr"])
+@pytest.mark.parametrize("schedule", ["fixed", "warmup", "sgdr", "cosine"])
 def test_schedules(schedule):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = make_scheduler(opt, TrainConfig(schedule=schedule, warmup_epochs=2, sgdr_period=1), steps_per_epoch=2)
@@ -91,5 +97,87 @@ def test_schedules(schedule):
         assert lrs == [1.0] * 4
     elif schedule == "warmup":
         assert lrs == [0.25, 0.5, 0.75, 1.0]
-    else:
+    elif schedule == "sgdr":
         assert lrs[0] == 1.0 and lrs[1] < 1.0 and lrs[2] == 1.0  # restart after T_0 = 2 steps
+    else:  # warm-up for 2 epochs = 4 steps of the default 10 epochs, then decay
+        assert lrs == [0.25, 0.5, 0.75, 1.0]
+
+
+# -- eval-mode quality: what every AUROC stands on --------------------------------------------------
+def _smooth_images(n: int, seed: int, size: int = 64) -> torch.Tensor:
+    """Smooth random colour fields: easy to reconstruct, nothing like a defect."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g) * 0.6 + 0.2
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def trained_small_ear():
+    train = _smooth_images(48, 0)
+    unet = seeded_init(lambda: EARUNet(UNetConfig(widths=(16, 16, 32, 32, 32))), 0)
+    cfg = TrainConfig(epochs=12, batch_size=8, lr=5e-3, schedule="cosine", warmup_epochs=1)
+    train_reconstructor(unet, train, None, cfg, patch_size=8, seed=0)
+    return unet
+
+
+def test_eval_mode_reconstruction_is_as_good_as_train_mode(trained_small_ear):
+    unet = trained_small_ear
+    held_out = _smooth_images(16, 1)
+    assert not unet.training  # returned ready to score
+    with torch.no_grad():
+        eval_mse = float(((unet(held_out) - held_out) ** 2).mean())
+        unet.train()
+        train_mse = float(((unet(held_out) - held_out) ** 2).mean())
+        unet.eval()
+    assert eval_mse <= 1.5 * train_mse, (eval_mse, train_mse)
+    # and it really reconstructs: far better than the image's mean colour (a broken eval-mode
+    # U-Net, with stale BatchNorm statistics, did worse than that)
+    assert eval_mse < 0.15 * float(held_out.var())
+
+
+def test_batchnorm_recalibration_is_the_exact_average_over_the_data():
+    from fader_kit.training import batchnorm_layers, recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    x = torch.rand(12, 3, 5, 5)
+    recalibrate_batchnorm(net, batchnorm_layers([net]), lambda a: net(a), [(x[:4],), (x[4:8],), (x[8:],)])
+    feats = net[0](x).detach()
+    bn = net[1]
+    assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1 and not net.training  # settings restored
+
+
+def test_cosine_schedule_warms_up_and_ends_at_the_floor():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, TrainConfig(schedule="cosine", epochs=5, warmup_epochs=1), steps_per_epoch=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:2] == [0.5, 1.0] and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays monotonically after warm-up
+
+
+def test_oracle_masks_make_a_trained_ear_find_constructed_defects(trained_small_ear):
+    """Defects the U-Net never saw (a fine checkerboard on a smooth field), masked by the ground
+    truth dilated: EAR inpaints a smooth patch there, so MSGMS must separate them from normals."""
+    from fader_kit.fader import FaderModel
+    from fader_kit.metrics import image_auroc
+
+    normal = _smooth_images(16, 2)
+    defective = _smooth_images(16, 3)
+    gt = torch.zeros(16, 1, 64, 64, dtype=torch.bool)
+    g = torch.Generator().manual_seed(4)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checker = (((yy // 2) + (xx // 2)) % 2).float()
+    for i in range(16):
+        r, c = (int(v) for v in torch.randint(8, 44, (2,), generator=g))
+        gt[i, 0, r : r + 12, c : c + 12] = True
+        defective[i] = torch.where(gt[i], checker.expand(3, 64, 64), defective[i])
+    oracle = torch.nn.functional.max_pool2d(gt.float(), 9, stride=1, padding=4).bool()  # dilated by 4 px
+    images = torch.cat([normal, defective])
+    masks = torch.cat([torch.zeros_like(gt), oracle])
+    scores = FaderModel(trained_small_ear, None, HEAD, head=None).score(images, masks)
+    labels = torch.tensor([0] * 16 + [1] * 16)
+    assert image_auroc(scores, labels) >= 0.95

@@ -66,8 +66,8 @@ class SyntheticConfig(BaseModel):
 
     image_size: int | None = Field(None, ge=32, le=2048)
     n_train: int = Field(60, ge=1)
-    n_test_good: int = Field(20, ge=0)
-    n_per_defect: int = Field(8, ge=0)
+    n_test_good: int = Field(100, ge=0)
+    n_per_defect: int = Field(20, ge=0)
     defect_kinds: tuple[str, ...] = DEFECT_KINDS
 
     @field_validator("defect_kinds")

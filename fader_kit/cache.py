@@ -1,14 +1,23 @@
-"""Cache keys and cached artifacts of a benchmark: work done once, reused by every unit that needs it.
+"""Cache keys and cached artifacts: work done once, reused by every result that needs it.
+
+One scheme for ``fader-kit evaluate`` and ``fader-kit bench`` alike (both run the stages of
+:mod:`fader_kit.pipeline` through :class:`~fader_kit.pipeline.CategoryWorkbench`), so the same
+settings give the same files and the same numbers whichever command asked.
 
 What is cached, under ``<out>/cache``, and what its key covers:
 
-- ``ear/ear-<key>.pt``: the EAR U-Net of one (data, category, profile, seed), trained on random
-  blobs only, so the same U-Net serves every masker and variant (key:
-  :func:`fader_kit.pipeline.ear_cache_key` with ``train_masks=None``).
+- ``ear/ear-<key>.pt``: the EAR U-Net of one (data, category, profile, seed).  By default it is
+  trained on random blobs only, so the same U-Net serves every masker and variant (the paper
+  attaches FADeR to *one* pre-trained EAR U-Net and swaps maskers "without any change of the
+  pre-trained U-Net", Sec. 4.6); trained on a masker's masks, the masker's key enters its key.
 - ``maskers/<name>-<key>.pt``: a fitted masker (``Masker.save``), keyed by masker name, options,
   data, category, image size and seed.
 - ``masks/<name>-<key>.pt``: that masker's binary masks of the train and test images, with its
-  :class:`~fader_kit.interfaces.MaskerInfo` (so a rerun needs neither the masker nor its weights).
+  :class:`~fader_kit.interfaces.MaskerInfo` (so a rerun needs neither the masker nor its weights),
+  and its score maps' test-set detail (the masker alone as a detector).
+- ``scores/<work key>.pt``: per-test-image scores and per-image pixel-score histograms of one
+  evaluated model (:class:`~fader_kit.stats.ScoreDetail`): what the paired bootstrap over seeds
+  and test images needs, without keeping full anomaly maps.
 
 Every key is a digest of the settings it depends on (pydantic ``digest()`` for configurations),
 so a changed setting gives a new key and retrains, and an unchanged one reuses.
@@ -19,16 +28,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-from fader_kit.config import FaderConfig, Profile
-from fader_kit.data import SyntheticConfig
-from fader_kit.interfaces import MaskerInfo
-from fader_kit.pipeline import ear_cache_key
+if TYPE_CHECKING:
+    from .stats import ScoreDetail
+
+from .config import FaderConfig, Profile
+from .data import SyntheticConfig
+from .interfaces import MaskerInfo
 
 # Options that choose *where* a masker runs, not what it computes: left out of its key.
 NON_SEMANTIC_OPTIONS = frozenset({"device", "progress"})
@@ -53,9 +64,13 @@ def masker_key(name: str, options: dict[str, Any], data: str, category: str, ima
                    "image_size": image_size, "seed": seed})
 
 
-def ear_key(data: str, category: str, profile: Profile, seed: int) -> str:
-    """Key of the shared EAR U-Net: trained on random blobs only, so no masker enters it."""
-    return ear_cache_key(data, category, profile, seed, None)
+def ear_key(data: str, category: str, profile: Profile, seed: int, masks_from: str | None = None) -> str:
+    """Key of the EAR U-Net: data, sizes, U-Net and training configuration, patch size, seed,
+    and -- when it is trained on a masker's masks instead of blobs only -- that masker's key."""
+    return digest({
+        "data": str(data), "category": category, "image_size": profile.image_size, "unet": profile.unet.digest(),
+        "ear": profile.ear.digest(), "m": profile.fader_head.patch_size, "seed": seed, "masks_from": masks_from,
+    })
 
 
 def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profile, seed: int) -> str:
@@ -69,7 +84,8 @@ def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profi
 
 
 class MaskSet(BaseModel):
-    """Binary masks of one category's train and test images, and who made them."""
+    """Binary masks of one category's train and test images, who made them, and (optionally)
+    the masker's own test score maps' detail, so the masker alone can be scored as a detector."""
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -77,6 +93,7 @@ class MaskSet(BaseModel):
     test: Tensor
     info: MaskerInfo
     seconds: float = 0.0
+    test_scores: Tensor | None = None  # the masker's score maps of the test images [N, 1, H, W] (float16)
 
 
 def _atomic_save(obj: Any, path: Path) -> Path:
@@ -97,10 +114,10 @@ class WorkCache:
         return self.root / "ear" / f"ear-{key}.pt"
 
     def masker_path(self, name: str, key: str) -> Path:
-        return self.root / "maskers" / f"{_safe(name)}-{key}.pt"
+        return self.root / "maskers" / f"{safe_name(name)}-{key}.pt"
 
     def masks_path(self, name: str, key: str) -> Path:
-        return self.root / "masks" / f"{_safe(name)}-{key}.pt"
+        return self.root / "masks" / f"{safe_name(name)}-{key}.pt"
 
     def load_masks(self, name: str, key: str) -> MaskSet | None:
         path = self.masks_path(name, key)
@@ -108,14 +125,30 @@ class WorkCache:
             return None
         payload = torch.load(path, map_location="cpu", weights_only=False)
         return MaskSet(train=payload["train"], test=payload["test"], info=MaskerInfo(**payload["info"]),
-                       seconds=float(payload.get("seconds", 0.0)))
+                       seconds=float(payload.get("seconds", 0.0)), test_scores=payload.get("test_scores"))
 
     def save_masks(self, name: str, key: str, masks: MaskSet) -> Path:
+        scores = masks.test_scores.half() if masks.test_scores is not None else None
         return _atomic_save({"train": masks.train.bool(), "test": masks.test.bool(),
-                             "info": masks.info.model_dump(mode="json"), "seconds": masks.seconds},
+                             "info": masks.info.model_dump(mode="json"), "seconds": masks.seconds,
+                             "test_scores": scores},
                             self.masks_path(name, key))
 
+    def scores_path(self, work_key: str) -> Path:
+        return self.root / "scores" / f"{work_key}.pt"
 
-def _safe(name: str) -> str:
+    def save_scores(self, work_key: str, detail: "ScoreDetail") -> Path:
+        return _atomic_save(detail.to_dict(), self.scores_path(work_key))
+
+    def load_scores(self, work_key: str) -> "ScoreDetail | None":
+        from .stats import ScoreDetail
+
+        path = self.scores_path(work_key)
+        if not path.is_file():
+            return None
+        return ScoreDetail.from_dict(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def safe_name(name: str) -> str:
     """A masker name as a file-name part (third-party names may hold any character)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
