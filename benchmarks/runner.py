@@ -276,17 +276,19 @@ class BenchRunner:
             raise self._failed_maskers[mem_key]
         try:
             return cat.masks(pu.unit.masker, self.masker_options(pu.unit.masker),
-                             lambda: self._create_masker(pu.unit.masker))
+                             lambda: self._create_masker(pu.unit.masker, pu.unit.category))
         except KeyboardInterrupt:
             raise
         except Exception as exc:
             self._failed_maskers[mem_key] = exc
             raise
 
-    def _create_masker(self, name: str) -> Masker:
+    def _create_masker(self, name: str, category: str) -> Masker:
+        """The masker with this run's options; ``category`` reaches the factories that take it
+        (WinCLIP's prompts name the object: ``metal_nut`` -> "metal nut")."""
         options = self.masker_options(name)
         options.setdefault("device", str(self.device))
-        return self.registry.create(name, **options)
+        return self.registry.create(name, category=category, **options)
 
 
 def _minutes(seconds: float) -> str:

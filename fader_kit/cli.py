@@ -120,12 +120,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
-    options = {"category": args.category, **masker_options(args, str(device))}
+    options = masker_options(args, str(device))  # the category is not an option: it is in every key already
     registry = default_registry()
     registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
     result = evaluate_category(
         args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
-        masker_options=options, create_masker=lambda: registry.create(args.masker, **options),
+        masker_options=options, create_masker=lambda: registry.create(args.masker, category=args.category, **options),
         ear_masks=args.ear_masks, progress=not args.quiet,
     )
     print_evaluation(result)
