@@ -258,7 +258,10 @@ class CategoryWorkbench:
         test = compute_masks(masker, split.test, batch_size=bs, device=self.device, progress=s.progress,
                              desc="masks (test)")
         scores = masker_score_maps(masker, split.test, batch_size=bs, device=self.device, progress=s.progress)
-        ms = MaskSet(train=train, test=test, info=masker.info, seconds=time.perf_counter() - t, test_scores=scores)
+        # score maps kept as the cache stores them (float16), so the masker-alone numbers do not depend on
+        # whether the masks came from memory or from the cache (a resumed run, another process)
+        ms = MaskSet(train=train, test=test, info=masker.info, seconds=time.perf_counter() - t,
+                     test_scores=scores.half())
         self.cache.save_masks(name, mk, ms)
         self.log(f"    masker {name} (weights: {ms.info.weights}): fitted and masked in {ms.seconds:.1f}s; "
                  f"masked fraction train {train.float().mean():.3f}, test {test.float().mean():.3f}")
