@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from fader_kit.cache import WorkCache
+from fader_kit.stats import SeedSummary, paired_bootstrap
+
 from . import paper_numbers as paper
 from .store import ResultRow, ResultStore
 from .tables import EAR, TABLES, TableSpec
@@ -134,6 +137,7 @@ class GroupReport:
     bars: dict[str, dict[str, tuple[float | None, float | None]]]
     categories: list[str]
     figures: list[str]
+    comparisons: list[dict[str, object]] = field(default_factory=list)
 
 
 def _masker_header(masker: str, cell_weights: set[str]) -> str:
@@ -141,7 +145,7 @@ def _masker_header(masker: str, cell_weights: set[str]) -> str:
     return f"{masker}{flag}"
 
 
-def render_group(key: GroupKey, rows: list[ResultRow]) -> GroupReport:
+def render_group(key: GroupKey, rows: list[ResultRow], cache: WorkCache | None = None) -> GroupReport:
     table, data, profile = key
     spec = TABLES[table]
     cs = cells(rows)
@@ -261,9 +265,71 @@ def render_group(key: GroupKey, rows: list[ResultRow]) -> GroupReport:
     failures = [f"- {m}/{v} on {c}: {msg}" for (m, v, c), cell in sorted(cs.items()) for msg in cell.failed]
     if failures:
         md += ["", f"Failed units ({len(failures)}):", *failures]
+    comps = comparisons(rows, cache) if cache is not None else []
+    md += comparison_lines(comps)
     md += _timing_lines(rows)
     figures = sorted({str(r.config.get("figure")) for r in rows if r.status == "ok" and r.config.get("figure")})
-    return GroupReport(key, md, csv_rows, bars, categories, figures)
+    return GroupReport(key, md, csv_rows, bars, categories, figures, comps)
+
+
+# -- seeds, intervals and the masker alone ------------------------------------------------------------
+def comparisons(rows: list[ResultRow], cache: WorkCache) -> list[dict[str, object]]:
+    """Per (masker, category, FADeR variant): the masker alone, EAR and the variant as mean ± spread
+    over the seeds both finished, and the paired bootstrap interval of variant - EAR
+    (:func:`fader_kit.stats.paired_bootstrap`) from the cached per-image score detail."""
+    ok = {(r.unit.masker, r.unit.variant, r.unit.category, r.unit.seed): r for r in rows if r.status == "ok"}
+    out: list[dict[str, object]] = []
+    keys = sorted({(m, v, c) for (m, v, c, _) in ok if v != EAR})
+    for m, v, c in keys:
+        seeds = sorted(s for (mm, vv, cc, s) in ok if (mm, vv, cc) == (m, v, c) and (m, EAR, c, s) in ok)
+        if not seeds:
+            continue
+        pairs = [(ok[(m, EAR, c, s)], ok[(m, v, c, s)]) for s in seeds]
+        details = [(cache.load_scores(e.work_key), cache.load_scores(f.work_key)) for e, f in pairs]
+        row: dict[str, object] = {"masker": m, "variant": v, "category": c, "seeds": len(seeds)}
+        for name, idx in (("ear", 0), ("after", 1)):
+            for metric in ("image_auroc", "pixel_auroc"):
+                row[f"{name}_{metric}"] = SeedSummary.of([getattr(p[idx], metric) for p in pairs])
+        alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
+        for metric in ("image_auroc", "pixel_auroc"):
+            row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
+        if all(b is not None and a is not None for b, a in details):
+            try:
+                row["comparison"] = paired_bootstrap([b for b, _ in details], [a for _, a in details])
+            except ValueError as exc:  # e.g. test sets that differ between seeds
+                row["comparison_error"] = str(exc)
+        else:
+            row["comparison_error"] = "score detail missing from the cache (rerun to recompute it)"
+        out.append(row)
+    return out
+
+
+def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
+    if not comps:
+        return []
+    md = ["", "Seeds and intervals: mean ± spread (sample sd) over seeds; Δ = after - EAR with its paired bootstrap "
+          "95 % interval (test images resampled, same U-Net and masks); a gain or loss only where the interval "
+          "excludes 0.", "",
+          "| Masker | Variant | Category | Seeds | masker alone (img / pix) | EAR (img / pix) | after (img / pix) "
+          "| Δ image [95 % CI] | Δ pixel [95 % CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in comps:
+        def pair(prefix: str) -> str:
+            i, p = r.get(f"{prefix}_image_auroc"), r.get(f"{prefix}_pixel_auroc")
+            return DASH if i is None else f"{i.text()} / {p.text()}"
+
+        cmp = r.get("comparison")
+        cells_ = []
+        for metric in ("image_auroc", "pixel_auroc"):
+            if cmp is None:
+                cells_.append(DASH)
+            else:
+                c = cmp[metric]
+                cells_.append(f"{c.delta_mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}")
+        md.append(f"| {r['masker']} | {r['variant']} | {r['category']} | {r['seeds']} | {pair('alone')} | "
+                  f"{pair('ear')} | {pair('after')} | {cells_[0]} | {cells_[1]} |")
+    errors = sorted({str(r["comparison_error"]) for r in comps if r.get("comparison_error")})
+    md += [f"No interval for some rows: {e}" for e in errors]
+    return md
 
 
 def _sub(a: float | None, b: float | None) -> float | None:
@@ -340,13 +406,15 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
     groups = group_rows(rows)
     out = ["# fader-kit benchmark report", "", f"Results: `{store.path}` ({len(rows)} rows)."]
     csv_rows: list[dict[str, object]] = []
+    comps_all: list[dict[str, object]] = []
     written: list[Path] = []
     for key, grows in groups.items():
         if key[0] not in TABLES:
             continue
-        g = render_group(key, grows)
+        g = render_group(key, grows, WorkCache(folder))
         out += [""] + g.markdown
         csv_rows += g.csv_rows
+        comps_all += [{"table": key[0], "data": key[1], "profile": key[2], **c} for c in g.comparisons]
         if figures and g.bars and g.categories:
             from .figures import before_after_bars
             from fader_kit.cache import safe_name as _safe
@@ -369,4 +437,33 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
         w.writeheader()
         w.writerows(csv_rows)
     raw_path = write_raw_csv(rows, folder / "results.csv")
-    return text, [md_path, cells_path, raw_path, *written]
+    cmp_path = write_comparisons_csv(comps_all, folder / "comparisons.csv")
+    return text, [md_path, cells_path, raw_path, cmp_path, *written]
+
+
+def write_comparisons_csv(comps: list[dict[str, object]], path: Path) -> Path:
+    """One line per (table, masker, variant, category): seed means and spreads, Δ and its interval."""
+    fields = ["table", "data", "profile", "masker", "variant", "category", "seeds"]
+    for name in ("alone", "ear", "after"):
+        for metric in ("image_auroc", "pixel_auroc"):
+            fields += [f"{name}_{metric}_mean", f"{name}_{metric}_std"]
+    for metric in ("image_auroc", "pixel_auroc"):
+        fields += [f"delta_{metric}", f"delta_{metric}_ci_low", f"delta_{metric}_ci_high", f"verdict_{metric}"]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in comps:
+            line = {k: r.get(k) for k in ("table", "data", "profile", "masker", "variant", "category", "seeds")}
+            for name in ("alone", "ear", "after"):
+                for metric in ("image_auroc", "pixel_auroc"):
+                    summ = r.get(f"{name}_{metric}")
+                    line[f"{name}_{metric}_mean"] = None if summ is None else summ.mean
+                    line[f"{name}_{metric}_std"] = None if summ is None else summ.std
+            cmp = r.get("comparison")
+            for metric in ("image_auroc", "pixel_auroc"):
+                if cmp is not None:
+                    c = cmp[metric]
+                    line.update({f"delta_{metric}": c.delta_mean, f"delta_{metric}_ci_low": c.ci_low,
+                                 f"delta_{metric}_ci_high": c.ci_high, f"verdict_{metric}": c.verdict})
+            w.writerow(line)
+    return path

@@ -16,11 +16,11 @@ def both(tmp_path_factory):
     assert main(["evaluate", "--category", "washer", "--out", str(ev), *common]) == 0
     assert main(["bench", "table3", "--categories", "washer", "--variants", "ear,ours", "--figures", "0",
                  "--no-report", "--out", str(be), *common]) == 0
-    return json.loads((ev / "metrics.json").read_text()), ResultStore.open_existing(be).rows()
+    return json.loads((ev / "metrics.json").read_text()), ResultStore.open_existing(be).rows(), be
 
 
 def test_evaluate_and_bench_give_the_same_rows(both):
-    metrics, rows = both
+    metrics, rows, _ = both
     by = {(r.unit.variant, r.unit.seed): r for r in rows}
     assert len(rows) == 4 and all(r.status == "ok" for r in rows)
     for seed_row in metrics["per_seed"]:
@@ -34,7 +34,7 @@ def test_evaluate_and_bench_give_the_same_rows(both):
 
 
 def test_seeds_give_spread_and_a_paired_interval(both):
-    metrics, _ = both
+    metrics, _, _ = both
     assert metrics["seeds"] == [0, 1] and len(metrics["per_seed"]) == 2
     ear = [r["ear"]["image_auroc"] for r in metrics["per_seed"]]
     assert metrics["ear"]["image_auroc"] == pytest.approx(sum(ear) / 2)
@@ -54,3 +54,20 @@ def test_seed_lists_parse_and_bad_ones_name_the_argument():
         parse_seeds("a,b")
     with pytest.raises(ValueError, match="distinct"):
         parse_seeds("1,1")
+
+
+def test_bench_report_gives_seed_spread_and_the_paired_interval(both):
+    import csv
+
+    from fader_kit_bench.report import build_report
+
+    _, rows, folder = both
+    text, paths = build_report(folder, figures=False)
+    assert "Seeds and intervals" in text
+    (cmp_path,) = [p for p in paths if p.name == "comparisons.csv"]
+    (line,) = list(csv.DictReader(cmp_path.open()))
+    assert line["variant"] == "ours" and line["seeds"] == "2"
+    assert float(line["delta_image_auroc_ci_low"]) <= float(line["delta_image_auroc"]) <= float(line["delta_image_auroc_ci_high"])
+    assert line["verdict_image_auroc"] in ("gain", "loss", "no difference")
+    ear = [r.image_auroc for r in rows if r.unit.variant == "ear"]
+    assert float(line["ear_image_auroc_mean"]) == pytest.approx(sum(ear) / len(ear))
