@@ -40,7 +40,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    summary = run_table(cfg)
+    if args.executor == "ray":
+        from .ray_executor import RayOptions, run_table_ray
+
+        options = RayOptions(address=args.address, cpus_per_unit=args.cpus_per_unit, gpus_per_unit=args.gpus_per_unit,
+                             threads=args.threads, max_retries=args.max_retries)
+        summary = run_table_ray(cfg, options)
+    else:
+        if args.address is not None or args.gpus_per_unit or args.cpus_per_unit != 1.0:
+            raise ValueError("arguments --address, --gpus-per-unit and --cpus-per-unit need --executor ray")
+        summary = run_table(cfg)
     if not args.no_report:
         from .report import build_report
 
@@ -120,6 +129,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="do not print the report after the run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars (unit lines are always printed)")
+    x = p.add_argument_group("executor (tables)")
+    x.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                   help="serial: one unit after another in this process (default); ray: every masker fit, EAR U-Net "
+                        "and unit a Ray task, on this machine or a cluster (needs the [ray] extra)")
+    x.add_argument("--address", default=None,
+                   help="Ray: join this cluster (e.g. auto, or ray://HEAD:10001); default: start Ray on this machine. "
+                        "On a cluster --out must be a folder every node mounts at the same path")
+    x.add_argument("--cpus-per-unit", type=float, default=1.0, help="Ray: CPUs each task reserves (default: 1)")
+    x.add_argument("--gpus-per-unit", type=float, default=0.0,
+                   help="Ray: GPUs each task reserves, e.g. 1, or 0.5 for two per GPU; needs --device cuda (default: 0)")
+    x.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: reruns of a task whose worker process died (default: 3)")
     g = p.add_argument_group("speed")
     g.add_argument("--size", type=int, default=256, help="image side (default: 256)")
     g.add_argument("--batches", default="1,8", help="batch sizes (default: 1,8)")

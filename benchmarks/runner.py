@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -97,11 +98,15 @@ class BenchRunner:
         self.registry = registry or default_registry()
         self.log = log
         self.out = Path(config.out)
-        self.store = ResultStore(self.out)
         self.cache = WorkCache(self.out)
         self.data_key = keys.data_key(config.data, config.synthetic)
         self.summary = RunSummary()
         self._failed_maskers: dict[tuple[str, int, str], BaseException] = {}
+
+    @cached_property
+    def store(self) -> ResultStore:
+        """Opened on first use: a Ray worker computes rows without ever touching the SQLite file."""
+        return ResultStore(self.out)
 
     # -- planning ----------------------------------------------------------------------------
     def categories(self) -> list[str]:
@@ -216,19 +221,33 @@ class BenchRunner:
         return s
 
     def _run_unit(self, pu: PlannedUnit, cat: CategoryWorkbench) -> ResultRow:
-        base = {"unit": pu.unit, "work_key": pu.work_key, "device": str(self.device),
-                "environment": pipeline.environment()}
+        copied = self.copied_row(pu)
+        return copied if copied is not None else self.compute_row(pu, cat)
+
+    def copied_row(self, pu: PlannedUnit) -> ResultRow | None:
+        """The row of another table computed with exactly this unit's settings, relabelled; None if there is none."""
+        same = self.store.find_ok(pu.work_key)
+        if same is not None and same.unit != pu.unit:
+            return same.model_copy(update={"unit": pu.unit, "reused_from": same.unit.label(), "finished_at": None})
+        return None
+
+    def compute_row(self, pu: PlannedUnit, cat: CategoryWorkbench) -> ResultRow:
+        """One unit's row, computed in this process.  Every executor (serial here, Ray in
+        :mod:`fader_kit_bench.ray_executor`) goes through it, so they give the same rows."""
         try:
-            same = self.store.find_ok(pu.work_key)
-            if same is not None and same.unit != pu.unit:
-                return same.model_copy(update={"unit": pu.unit, "reused_from": same.unit.label(), "finished_at": None})
-            return self._compute(pu, cat, base)
+            return self._compute(pu, cat, self._row_base(pu))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded, and the rest of the table goes on
-            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            return ResultRow(**base, status="failed", reason=reason,
-                             config={"masker_key": pu.masker_key, "ear_key": pu.ear_key})
+            return self.failed_row(pu, failure_reason(exc))
+
+    def failed_row(self, pu: PlannedUnit, reason: str) -> ResultRow:
+        return ResultRow(**self._row_base(pu), status="failed", reason=reason,
+                         config={"masker_key": pu.masker_key, "ear_key": pu.ear_key})
+
+    def _row_base(self, pu: PlannedUnit) -> dict[str, Any]:
+        return {"unit": pu.unit, "work_key": pu.work_key, "device": str(self.device),
+                "environment": pipeline.environment()}
 
     def _compute(self, pu: PlannedUnit, cat: CategoryWorkbench, base: dict[str, Any]) -> ResultRow:
         split = cat.split()
@@ -289,6 +308,11 @@ class BenchRunner:
         options = self.masker_options(name)
         options.setdefault("device", str(self.device))
         return self.registry.create(name, category=category, **options)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed row's ``reason``: the exception's type and message on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _minutes(seconds: float) -> str:
