@@ -11,6 +11,10 @@ On a CPU device the same two models are also exported to ONNX (:mod:`fader_kit.e
 reconstruction, MSGMS anomaly map and image score, the exported graph -- all four interleaved,
 with onnxruntime given as many threads as torch; FADeR's overhead is reported under both.
 
+EAR training throughput (images/s of the real training step) and the achieved GFLOP/s of training
+and inference, as a fraction of this machine's float32 matmul rate measured in the same run, come
+from :mod:`fader_kit_bench.efficiency` (the ``cpu`` profile's U-Net by default).
+
 Maskers are built like everywhere else (registry, ``--weights`` / ``--allow-random-weights``);
 one that cannot be built is reported with its reason, and the rest are measured.  Trained maskers
 are fitted first on a few generated images, with ``epochs=1`` where the masker's registration says
@@ -38,6 +42,7 @@ from fader_kit.registry import MaskerRegistry, default_registry
 from fader_kit.training import seeded_init
 from fader_kit.unet import EARUNet
 
+from .efficiency import Efficiency, measure_efficiency
 from .fader_overhead import measure_overhead
 from .timing import interleaved_medians
 
@@ -59,6 +64,9 @@ class SpeedConfig(BaseModel):
     fit_images: int = Field(8, ge=2)
     seed: int = 0
     onnx: bool = Field(True, description="on CPU, also time the exported ONNX graph with onnxruntime beside torch")
+    efficiency_profile: str | None = Field(
+        "cpu", description="profile whose EAR training and inference throughput is measured against this machine's "
+        "float32 matmul rate (None = skip)")
 
 
 class SpeedRecord(BaseModel):
@@ -214,6 +222,11 @@ def run_speed(cfg: SpeedConfig, *, registry: MaskerRegistry | None = None, log: 
         recs, overhead = measure_models(cfg, device)
         result["records"] += [r.model_dump() for r in recs]
         result["fader_overhead"][str(device)] = overhead
+        if cfg.efficiency_profile is not None:
+            log(f"  EAR training and inference throughput ({cfg.efficiency_profile} profile) vs float32 matmul ...")
+            eff = measure_efficiency(profile=cfg.efficiency_profile, device=device, repeats=cfg.repeats, seed=cfg.seed)
+            result.setdefault("efficiency", []).append(
+                {**eff.model_dump(), "train_gflops": eff.train_gflops, "infer_gflops": eff.infer_gflops})
         if device.type == "cpu" and cfg.onnx:
             log("  EAR and FADeR_EAR with the MSGMS map: torch vs onnxruntime (interleaved) ...")
             prof = get_profile(cfg.model_profile)
@@ -264,6 +277,9 @@ def speed_markdown(result: dict[str, Any]) -> str:
         parts = ", ".join(f"batch {b}: {100 * v:+.1f} %" for b, v in ov.items())
         lines.append(f"FADeR's overhead over EAR with the MSGMS map on cpu, {runtime} (interleaved with the other runtime): {parts}")
     lines.append("GFLOPs count matmuls and convolutions (torch.utils.flop_counter); random-init maskers run at full size.")
+    for eff in result.get("efficiency", []):
+        fields = {k: v for k, v in eff.items() if k in Efficiency.model_fields}
+        lines += ["", Efficiency(**fields).markdown()]
     return "\n".join(lines) + "\n"
 
 

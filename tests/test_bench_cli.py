@@ -74,8 +74,15 @@ def test_speed_measures_models_and_maskers_and_records_failures(tmp_path):
             register("patch_stats", patch_stats.factory)
 
     reg = MaskerRegistry(entry_points=[], extra_plugins=[_PatchStats(), _Broken()])
-    cfg = SpeedConfig(out=tmp_path, size=64, batches=(1, 2), repeats=1, warmup=0, model_profile="smoke", fit_images=4)
+    cfg = SpeedConfig(out=tmp_path, size=64, batches=(1, 2), repeats=1, warmup=0, model_profile="smoke", fit_images=4,
+                      efficiency_profile="smoke")
     result = run_speed(cfg, registry=reg, log=lambda _m: None)
+    (eff,) = result["efficiency"]
+    assert eff["profile"] == "smoke" and eff["image_size"] == 64 and eff["matmul_gflops"] > 0
+    # training = forward + backward (about 3x the forward's FLOPs) + the loss's convolutions
+    assert 2.5 * eff["infer_gflop_per_image"] < eff["train_gflop_per_image"] < 4 * eff["infer_gflop_per_image"]
+    assert eff["train_images_per_s"] > 0 and eff["train_gflops"] == pytest.approx(
+        eff["train_images_per_s"] * eff["train_gflop_per_image"])
     recs = {r["model"]: r for r in result["records"]}
     recs = {(k.split(" ")[0] if r["kind"] in ("ear", "fader", "masker") else k): r for k, r in recs.items()}
     graph = ["EAR U-Net + MSGMS map [torch]", "EAR U-Net + MSGMS map [onnxruntime]",
@@ -98,6 +105,7 @@ def test_speed_measures_models_and_maskers_and_records_failures(tmp_path):
     md = (tmp_path / "speed.md").read_text()
     assert "FADeR's overhead over EAR on cpu (same run, interleaved): batch 1:" in md
     assert "| cpu | broken | -- | failed: MissingWeightsError" in md
+    assert "of measured float32 matmul" in md and "EAR training step" in md
     if not onnx_missing:
         assert set(result["fader_overhead_graph"]) == {"torch", "onnxruntime"}
         assert "FADeR's overhead over EAR with the MSGMS map on cpu, onnxruntime (interleaved with the other runtime): batch 1:" in md
