@@ -173,3 +173,26 @@ def test_task_device_follows_the_gpus_each_task_reserves():
         task_device("cuda:1", RayOptions(gpus_per_unit=1))
     with pytest.raises(ValueError, match="add --device cuda"):
         task_device("cpu", RayOptions(gpus_per_unit=1))
+
+
+def test_cli_passes_the_ray_options_and_refuses_them_without_ray(monkeypatch, tmp_path, capsys):
+    import fader_kit_bench.ray_executor as ray_executor
+    from fader_kit.cli import main
+    from fader_kit_bench.runner import RunSummary
+
+    seen = {}
+
+    def fake_run(cfg, options):
+        seen.update(cfg=cfg, options=options)
+        return RunSummary()
+
+    monkeypatch.setattr(ray_executor, "run_table_ray", fake_run)
+    code = main(["bench", "table3", "--executor", "ray", "--address", "auto", "--cpus-per-unit", "4",
+                 "--gpus-per-unit", "0.5", "--device", "cuda", "--max-retries", "1", "--seeds", "0,1",
+                 "--out", str(tmp_path), "--no-report"])
+    assert code == 0 and seen["options"] == RayOptions(address="auto", cpus_per_unit=4, gpus_per_unit=0.5,
+                                                       max_retries=1)
+    assert seen["cfg"].device == "cuda" and seen["cfg"].seeds == (0, 1)
+    code = main(["bench", "table3", "--gpus-per-unit", "1", "--out", str(tmp_path), "--no-report"])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: arguments --address, --gpus-per-unit and --cpus-per-unit need --executor ray")
