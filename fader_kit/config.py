@@ -78,14 +78,52 @@ class FaderConfig(_Frozen):
     margin: float = Field(0.01, ge=0, description="xi of the ranking loss (Eq. 3)")
     masking: Literal["soft", "hard"] = "soft"
     hard_threshold: float = Field(0.5, gt=0, lt=1, description="hard masking: gate 0 where norm(l_hat) > t")
-    normaliser: Literal["minmax", "sigmoid"] = "minmax"
+    normaliser: Literal["minmax", "sigmoid", "calibrated"] = Field(
+        "minmax", description="l_hat -> gate: per-image min-max (paper), per-image sigmoid of the z-score, or "
+        "'calibrated': a fixed scale from the head's predictions on normal training images, so a normal image "
+        "keeps its skips open")
+    calibration_quantile: float = Field(
+        0.995, gt=0.5, lt=1, description="calibrated: gate = 1 up to this quantile q of l_hat on normal training "
+        "patches, closing linearly to 0 at median + calibration_width * (q - median)")
+    calibration_width: float = Field(2.0, gt=1, description="calibrated: where the gate reaches 0 (see above)")
     theta: Literal["nearest", "bilinear"] = "nearest"
+    target: Literal["gated", "ungated"] = Field(
+        "gated", description="Eq. 1 ground truth against the current gated reconstruction (paper, Fig. 4) or "
+        "against the un-gated reconstruction of the same U-Net (what plain EAR would get wrong)")
+    context: Literal["token", "neighbours"] = Field(
+        "token", description="head input: the m x m patch alone (paper) or the 3m x 3m window around it")
+    pseudo_anomalies: float = Field(
+        0.0, ge=0, le=1, description="FADeR training: probability that a training image gets a foreign patch "
+        "pasted in (not covered by M_B); the error target and the decoder's loss stay against the clean image")
+    pseudo_area: float = Field(0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
 
     @model_validator(mode="after")
     def _vit(self) -> "FaderConfig":
         if self.head == "vit" and self.vit_dim % self.vit_heads:
             raise ValueError(f"vit_dim {self.vit_dim} must be divisible by vit_heads {self.vit_heads}")
         return self
+
+
+# -- named head variants --------------------------------------------------------------------------
+#: The head variants measured in docs/fader-head-experiments.md, as changes to a FaderConfig.
+#: ``paper`` is FADeR exactly as the paper reads; the others go beyond it one change at a time
+#: (``pseudo_calibrated`` is the one combination).  Shared by ``fader-kit evaluate --fader-variant``
+#: and the ``fader_head`` benchmark table.
+HEAD_VARIANTS: dict[str, dict[str, object]] = {
+    "paper": {},
+    "calibrated": {"normaliser": "calibrated"},
+    "ungated": {"target": "ungated"},
+    "neighbours": {"context": "neighbours"},
+    "pseudo": {"pseudo_anomalies": 1.0},
+    "pseudo_calibrated": {"pseudo_anomalies": 1.0, "normaliser": "calibrated"},
+}
+
+
+def fader_variant(base: FaderConfig, name: str) -> FaderConfig:
+    """``base`` (a profile's head configuration) with the changes of head variant ``name``."""
+    if name not in HEAD_VARIANTS:
+        raise ValueError(f"unknown FADeR variant {name!r}; choose one of {', '.join(HEAD_VARIANTS)}")
+    return FaderConfig(**{**base.model_dump(), **HEAD_VARIANTS[name]})
 
 
 class Profile(_Frozen):
@@ -124,7 +162,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu",
         image_size=128,
         unet=UNetConfig(widths=(16, 32, 64, 128, 128)),
-        ear=TrainConfig(epochs=30, batch_size=8, lr=2e-3, schedule="cosine"),
+        ear=TrainConfig(epochs=20, batch_size=4, lr=2e-3, schedule="cosine"),
         fader=TrainConfig(epochs=10, batch_size=8, lr=1e-3, ranking_pairs=2048),
         fader_head=FaderConfig(patch_size=8, hidden=64),
     ),
