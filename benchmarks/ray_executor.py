@@ -124,11 +124,12 @@ class TaskContext:
     """Shared by every task of a run (put in the object store once)."""
 
     config: BenchConfig
-    registry: MaskerRegistry | None
+    registry: MaskerRegistry | None  # unloaded (portable_registry); None = the installed plugins
     threads: int
 
     def runner(self, log: Log) -> BenchRunner:
         torch.set_num_threads(self.threads)  # a reused worker may have run a task of another shape
+        # a fresh unloaded copy per task: plugins load in this worker, never shared between tasks
         return BenchRunner(self.config, registry=portable_registry(self.registry), log=log)
 
 
@@ -279,7 +280,7 @@ class RayExecutor:
                 s.copied += 1
                 record(pu, copied, f"copied from {copied.reused_from} (same settings)")
 
-        ctx = ray.put(TaskContext(cfg, self.registry, o.task_threads()))
+        ctx = ray.put(TaskContext(cfg, portable_registry(self.registry), o.task_threads()))  # unloaded: small, picklable
         opts = dict(num_cpus=o.cpus_per_unit, num_gpus=o.gpus_per_unit, max_retries=o.max_retries,
                     retry_exceptions=False)
         masks_remote = ray.remote(masks_task).options(**opts)

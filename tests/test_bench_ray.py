@@ -102,7 +102,8 @@ def _descendants_named(root: int, prefix: str) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
-def test_killed_worker_is_retried_and_its_row_written_once(ray_session, serial_rows, tmp_path):
+@pytest.mark.parametrize("retries", [2, 0])
+def test_killed_worker_is_retried_and_its_row_written_once(ray_session, serial_rows, tmp_path, retries):
     killed: list[int] = []
 
     def kill_first_unit_worker() -> None:  # SIGKILL, as the OOM killer or a lost node would
@@ -117,14 +118,21 @@ def test_killed_worker_is_retried_and_its_row_written_once(ray_session, serial_r
     killer = threading.Thread(target=kill_first_unit_worker, daemon=True)
     killer.start()
     cfg = bench_cases.config(tmp_path, categories=CATEGORIES[:1], variants=("ear", "ours"))
-    s = run_table_ray(cfg, RayOptions(max_retries=2), registry=bench_cases.registry(), log=_quiet)
+    s = run_table_ray(cfg, RayOptions(max_retries=retries), registry=bench_cases.registry(), log=_quiet)
     killer.join(timeout=5)
     assert len(killed) == 1
     rows = ResultStore(tmp_path).rows()
-    assert len(rows) == 2 and len({r.unit for r in rows}) == 2 and {r.status for r in rows} == {"ok"}
-    assert (s.computed, s.failed) == (2, 0)
+    assert len(rows) == 2 and len({r.unit for r in rows}) == 2
     want = {k: v for k, v in serial_rows.items() if k[0] == "diff_a" and k[2] == CATEGORIES[0]}
-    assert comparable(rows) == want  # the rerun of the killed task gives the same numbers
+    if retries:
+        assert {r.status for r in rows} == {"ok"} and (s.computed, s.failed) == (2, 0)
+        assert comparable(rows) == want  # the rerun of the killed task gives the same numbers
+        return
+    # no retries left: the killed unit is a failed row with Ray's reason, the other one finished
+    (lost,) = [r for r in rows if r.status == "failed"]
+    assert (s.computed, s.failed) == (1, 1) and lost.reason.startswith("WorkerCrashedError: ")
+    s = run_table_ray(cfg, RayOptions(), registry=bench_cases.registry(), log=_quiet)  # a rerun fills it in
+    assert (s.skipped, s.computed) == (1, 1) and comparable(ResultStore(tmp_path).rows()) == want
 
 
 def test_interrupted_ray_run_resumes_without_recomputing(ray_session, tmp_path):
