@@ -40,7 +40,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    if args.executor == "ray":
+    if args.table == "coverage":
+        if args.executor != "serial":
+            raise ValueError("fader-kit bench coverage runs with --executor serial only")
+        from .coverage import run_coverage
+
+        summary = run_coverage(cfg)
+    elif args.executor == "ray":
         from .ray_executor import RayOptions, run_table_ray
 
         options = RayOptions(address=args.address, cpus_per_unit=args.cpus_per_unit, gpus_per_unit=args.gpus_per_unit,

@@ -116,3 +116,36 @@ def before_after_bars(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def coverage_curve(path: Path, points: dict[str, dict], variants: Sequence[str]) -> Path:
+    """Image and pixel AUROC against the fraction of defect pixels the mask covers: one line per
+    variant through the ``gt@C`` points, the maskers' own masks as labelled markers."""
+    from .coverage import parse_gt_masker
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    gt = sorted((m for m in points if parse_gt_masker(m) is not None), key=lambda m: parse_gt_masker(m))
+    others = [m for m in points if parse_gt_masker(m) is None]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes, ("image", "pixel")):
+        for k, v in enumerate(variants):
+            colour = colours[k % len(colours)]
+            xs = [points[m]["coverage"] for m in gt if points[m][metric].get(v) is not None]
+            ys = [points[m][metric][v] for m in gt if points[m][metric].get(v) is not None]
+            if xs:
+                ax.plot([100 * x for x in xs], ys, marker="o", color=colour, label=f"{v} (ground truth at C)")
+            for m in others:
+                y, x = points[m][metric].get(v), points[m]["coverage"]
+                if y is not None and x is not None:
+                    ax.scatter([100 * x], [y], marker="s", color=colour)
+                    ax.annotate(m, (100 * x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("defect pixels covered by the mask (%)")
+        ax.set_ylabel(f"{metric} AUROC")
+        ax.set_xlim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("EAR and FADeR against mask coverage (squares: maskers' own masks)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -397,6 +397,54 @@ def write_raw_csv(rows: list[ResultRow], path: Path) -> Path:
     return path
 
 
+def diagnostics_lines(rows: list[ResultRow]) -> list[str]:
+    """Head diagnostics per (masker, variant, category), mean over seeds, with the one-line verdict
+    of :func:`fader_kit.diagnostics.summary_line` (rows without a head: the masks' coverage only)."""
+    from fader_kit.diagnostics import Diagnostics, summary_line
+
+    acc: dict[tuple[str, str, str], list[Diagnostics]] = {}
+    for r in rows:
+        d = (r.config or {}).get("diagnostics") if r.status == "ok" else None
+        if d:
+            acc.setdefault((r.unit.masker, r.unit.variant, r.unit.category), []).append(Diagnostics(**d))
+    if not acc:
+        return []
+    out = ["", "Head diagnostics (mean over seeds; gate 1 = skip open, 0 = closed; the head found the missed "
+           "defects when it ranks unmasked-defect patches above normal ones with AUROC >= 0.7 and closes "
+           "its gates there >= 0.1 more than on normal pixels of the same images):", ""]
+    for (masker, variant, category), ds in sorted(acc.items()):
+        if variant == EAR:
+            continue
+        out.append(f"- {masker} / {variant} / {category} ({len(ds)} seed{'s' if len(ds) > 1 else ''}): "
+                   + summary_line(_mean_diagnostics(ds)))
+    return out
+
+
+def _mean_diagnostics(ds: list["Diagnostics"]) -> "Diagnostics":
+    """Field-wise mean over seeds (None where no seed has the value); the verdict is recomputed."""
+    from fader_kit.diagnostics import Diagnostics, found_missed_defects
+
+    def avg(dicts: list[dict]) -> dict:
+        keys = dicts[0].keys()
+        out = {}
+        for k in keys:
+            vals = [d[k] for d in dicts if d.get(k) is not None]
+            if k == "found_missed_defects":
+                continue
+            if k == "unmasked_defect_patches":
+                out[k] = int(round(sum(vals) / len(vals))) if vals else 0
+            else:
+                out[k] = (sum(vals) / len(vals)) if vals else None
+        return out
+
+    mask = avg([d.mask.model_dump() for d in ds])
+    heads = [d.head.model_dump() for d in ds if d.head is not None]
+    merged = Diagnostics(mask=mask, head=avg(heads) if heads else None)
+    if merged.head is not None:
+        merged.head.found_missed_defects = found_missed_defects(merged.head)
+    return merged
+
+
 def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list[Path]]:
     """Render every table of a results folder; write ``report.md``, ``report.csv``,
     ``results.csv`` and the bar charts.  Returns the Markdown and the written paths."""
@@ -412,7 +460,13 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
         if key[0] not in TABLES:
             continue
         g = render_group(key, grows, WorkCache(folder))
-        out += [""] + g.markdown
+        out += [""] + g.markdown + diagnostics_lines(grows)
+        if key[0] == "coverage":
+            from .coverage import coverage_section
+
+            lines, paths = coverage_section(grows, folder, figure=figures)
+            out += [""] + lines
+            written += paths
         csv_rows += g.csv_rows
         comps_all += [{"table": key[0], "data": key[1], "profile": key[2], **c} for c in g.comparisons]
         if figures and g.bars and g.categories:

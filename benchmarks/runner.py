@@ -276,6 +276,7 @@ class BenchRunner:
             "ear_masks": self.config.ear_masks,
             "masked_fraction_test": float(masks[0].test.float().mean()),
             "masker_alone": alone.model_dump(mode="json") if alone is not None else None,
+            "diagnostics": ev.diagnostics.model_dump(mode="json") if ev.diagnostics is not None else None,
             "figure": str(figure.relative_to(self.out)) if figure is not None else None,
         }
         return ResultRow(**base, status="ok", weights=masks[0].info.weights, timings=timings, config=config,

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fader_kit.config import FaderConfig
+from fader_kit.config import HEAD_VARIANTS, FaderConfig
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 FADER = "fader"  # FADeR as the paper configures it (soft mask, min-max, nearest Theta, MLP head)
@@ -74,6 +74,22 @@ TABLES: dict[str, TableSpec] = {
             Variant(name="sigmoid", title="+MLP, soft (sigmoid), nearest", fader={"normaliser": "sigmoid"}),
         ),
         paper_data="mvtec", layout="columns",
+    ),
+    "fader_head": TableSpec(
+        name="fader_head", title="FADeR head variants beyond the paper, one change at a time (image / pixel AUROC)",
+        maskers=("patch_stats",),
+        variants=(
+            Variant(name=EAR, title="EAR"),
+            *(Variant(name=FADER if name == "paper" else name, title=f"FADeR ({name})", fader=dict(changes))
+              for name, changes in HEAD_VARIANTS.items()),
+        ),
+        paper_data="mvtec", layout="columns",
+    ),
+    "coverage": TableSpec(
+        name="coverage", title="Coverage: EAR and FADeR on masks covering a controlled fraction of each defect "
+        "(image / pixel AUROC)",
+        maskers=("gt@0", "gt@25", "gt@50", "gt@75", "gt@100", "patch_stats"), variants=_PAIR, paper_data="mvtec",
+        layout="pairs",
     ),
     "table4": TableSpec(
         name="table4", title="Table 4: FADeR on other single masking methods (image / pixel AUROC)",

@@ -123,10 +123,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = masker_options(args, str(device))  # the category is not an option: it is in every key already
     registry = default_registry()
     registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
+    from .config import fader_variant
+
+    head = fader_variant(profile.fader_head, args.fader_variant)
     result = evaluate_category(
         args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
         masker_options=options, create_masker=lambda: registry.create(args.masker, category=args.category, **options),
-        ear_masks=args.ear_masks, progress=not args.quiet,
+        ear_masks=args.ear_masks, fader_config=head, fader_variant=args.fader_variant, progress=not args.quiet,
     )
     print_evaluation(result)
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
@@ -160,6 +163,11 @@ def print_evaluation(result: "EvaluationResult") -> None:
         print(f"{label:14} {spread['image_auroc'].text():>16} {spread['pixel_auroc'].text():>16}")
     for c in result.comparison.values():
         print("FADeR - EAR   " + c.text())
+    from .diagnostics import summary_line
+
+    for row in result.per_seed:
+        if row.diagnostics is not None:
+            print(f"seed {row.seed}: {summary_line(row.diagnostics)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
                         "masker, as in the paper) or on the masker's masks united with blobs")
+    from .config import HEAD_VARIANTS
+
+    p.add_argument("--fader-variant", choices=list(HEAD_VARIANTS), default="paper",
+                   help="FADeR head: 'paper' exactly as the paper reads (default), or one change beyond it "
+                        "(see docs/fader-head-experiments.md)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import FaderConfig, TrainConfig, UNetConfig
+from .config import HEAD_VARIANTS, FaderConfig, TrainConfig, UNetConfig, fader_variant  # noqa: F401 (re-exported)
 from .interfaces import Masker, Reconstructor, check_images
 from .obfuscation import obfuscate
 from .scoring import anomaly_map as riad_anomaly_map
@@ -29,6 +29,27 @@ def patchify(images: Tensor, m: int) -> Tensor:
     if h % m or w % m:
         raise ValueError(f"image size {h}x{w} is not divisible by the patch size m={m}")
     return F.unfold(images, kernel_size=m, stride=m).transpose(1, 2)
+
+
+def context_tokens(images: Tensor, m: int, context: str = "token") -> Tensor:
+    """The head's input per patch, ``[B, N, D]``: the m x m patch alone (``token``, the paper) or
+    the 3m x 3m window centred on it (``neighbours``; the image is reflect-padded by m), so the head
+    can compare a patch with its surroundings instead of judging its texture alone."""
+    if context == "token":
+        return patchify(images, m)
+    if context == "neighbours":
+        h, w = images.shape[-2:]
+        if h % m or w % m:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size m={m}")
+        padded = F.pad(images, (m, m, m, m), mode="reflect")
+        return F.unfold(padded, kernel_size=3 * m, stride=m).transpose(1, 2)
+    raise ValueError(f"unknown head context {context!r}; use 'token' or 'neighbours'")
+
+
+def token_dim(config: FaderConfig) -> int:
+    """Length of one head input token for ``config`` (3 m^2, or 27 m^2 with neighbours)."""
+    side = config.patch_size * (3 if config.context == "neighbours" else 1)
+    return 3 * side * side
 
 
 def patch_errors(images: Tensor, reconstruction: Tensor, m: int) -> Tensor:
@@ -47,7 +68,7 @@ class FaderHead(nn.Module):
 
     def __init__(self, config: FaderConfig) -> None:
         super().__init__()
-        dim = 3 * config.patch_size**2
+        dim = token_dim(config)
         self.net = nn.Sequential(nn.Linear(dim, config.hidden), _activation(config.activation), nn.Linear(config.hidden, 1))
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -76,7 +97,7 @@ class ViTHead(nn.Module):
 
     def __init__(self, config: FaderConfig) -> None:
         super().__init__()
-        self.embed = nn.Linear(3 * config.patch_size**2, config.vit_dim)
+        self.embed = nn.Linear(token_dim(config), config.vit_dim)
         layer = nn.TransformerEncoderLayer(
             config.vit_dim, config.vit_heads, dim_feedforward=2 * config.vit_dim, dropout=0.0,
             activation=config.activation, batch_first=True, norm_first=True,
@@ -123,8 +144,32 @@ def ranking_loss(
     return F.relu(-sign * (pi - pj) + margin).mean()
 
 
-def normalise(pred: Tensor, how: str = "minmax", eps: float = 1e-8) -> Tensor:
-    """Per-image normalisation of l_hat to (0, 1): min-max (paper) or sigmoid of the z-score."""
+def calibration_from(pred: Tensor, quantile: float = 0.995, width: float = 2.0) -> Tensor:
+    """The calibrated normaliser's two levels ``[start, end]`` from l_hat of normal patches (any shape):
+    ``start`` = the ``quantile`` of the predictions, ``end`` = median + width * (start - median).
+    Gates stay 1 up to ``start`` and reach 0 at ``end``; ``end > start`` always holds."""
+    flat = pred.detach().flatten().float()
+    if flat.numel() < 2:
+        raise ValueError("calibration needs the predictions of at least two normal patches")
+    if flat.numel() > 2**24:  # torch.quantile's input limit: an evenly spaced sample is plenty
+        flat = flat.sort().values[torch.linspace(0, flat.numel() - 1, 2**24).long()]
+    start = torch.quantile(flat, quantile)
+    median = flat.median()
+    spread = torch.clamp(start - median, min=1e-6 * (flat.abs().max() + 1e-12))
+    return torch.stack([start, median + width * spread]).to(pred.dtype)
+
+
+def normalise(pred: Tensor, how: str = "minmax", eps: float = 1e-8, calibration: Tensor | None = None) -> Tensor:
+    """Normalisation of l_hat ``[B, N]`` to [0, 1]: per image min-max (paper) or sigmoid of the
+    z-score; or ``calibrated``: one fixed scale for every image (``calibration`` = [start, end] from
+    :func:`calibration_from`), 0 up to ``start`` and 1 from ``end`` on, so an image whose patches all
+    look normal keeps every gate at 1 (Sec. 3.3's intent) instead of closing its worst patch."""
+    if how == "calibrated":
+        if calibration is None or not torch.isfinite(calibration).all():
+            raise ValueError("the calibrated normaliser needs a calibration: train the head (train_fader) or call "
+                             "FaderModel.calibrate(normal_images) first")
+        start, end = calibration[0], calibration[1]
+        return ((pred - start) / (end - start)).clamp(0.0, 1.0)
     if how == "minmax":
         lo = pred.amin(dim=1, keepdim=True)
         hi = pred.amax(dim=1, keepdim=True)
@@ -133,17 +178,17 @@ def normalise(pred: Tensor, how: str = "minmax", eps: float = 1e-8) -> Tensor:
         mu = pred.mean(dim=1, keepdim=True)
         sd = pred.std(dim=1, keepdim=True)
         return torch.sigmoid((pred - mu) / (sd + eps))
-    raise ValueError(f"unknown normaliser {how!r}; use 'minmax' or 'sigmoid'")
+    raise ValueError(f"unknown normaliser {how!r}; use 'minmax', 'sigmoid' or 'calibrated'")
 
 
-def soft_mask(pred: Tensor, how: str = "minmax") -> Tensor:
+def soft_mask(pred: Tensor, how: str = "minmax", calibration: Tensor | None = None) -> Tensor:
     """M_S = 1 - normalise(l_hat): 0 at the patch most expected to be defective, 1 at the least."""
-    return 1.0 - normalise(pred, how)
+    return 1.0 - normalise(pred, how, calibration=calibration)
 
 
-def hard_mask(pred: Tensor, threshold: float = 0.5, how: str = "minmax") -> Tensor:
+def hard_mask(pred: Tensor, threshold: float = 0.5, how: str = "minmax", calibration: Tensor | None = None) -> Tensor:
     """Ablation: binary gate, 0 where normalise(l_hat) > threshold, else 1."""
-    return (normalise(pred, how) <= threshold).to(pred.dtype)
+    return (normalise(pred, how, calibration=calibration) <= threshold).to(pred.dtype)
 
 
 def theta(gate_grid: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
@@ -198,6 +243,11 @@ class FaderModel(nn.Module):
         self.masker = masker
         self.config = config or FaderConfig()
         self.head = build_head(self.config) if head == "auto" else head
+        if self.head is not None and self.config.normaliser == "calibrated":
+            # [start, end] of the calibrated normaliser; NaN until calibrate() (saved with the model)
+            self.register_buffer("calibration", torch.full((2,), float("nan")))
+        else:
+            self.register_buffer("calibration", None)
 
     @property
     def patch_size(self) -> int:
@@ -216,7 +266,7 @@ class FaderModel(nn.Module):
         """l_hat ``[B, N]`` for the patches of the obfuscated image."""
         if self.head is None:
             raise RuntimeError("this FaderModel has no head (plain EAR)")
-        tokens = patchify(obfuscated, self.patch_size)
+        tokens = context_tokens(obfuscated, self.patch_size, self.config.context)
         grid = (obfuscated.shape[-2] // self.patch_size, obfuscated.shape[-1] // self.patch_size)
         if isinstance(self.head, ViTHead):
             return self.head(tokens, grid)
@@ -225,10 +275,40 @@ class FaderModel(nn.Module):
     def gate_grid(self, pred: Tensor, grid: tuple[int, int]) -> Tensor:
         """M_S (or the hard ablation gate) on the patch grid, ``[B, 1, gh, gw]``."""
         if self.config.masking == "hard":
-            g = hard_mask(pred, self.config.hard_threshold, self.config.normaliser)
+            g = hard_mask(pred, self.config.hard_threshold, self.config.normaliser, self.calibration)
         else:
-            g = soft_mask(pred, self.config.normaliser)
+            g = soft_mask(pred, self.config.normaliser, self.calibration)
         return g.reshape(pred.shape[0], 1, *grid)
+
+    @torch.no_grad()
+    def head_outputs(self, images: Tensor, binary_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """l_hat ``[B, N]`` and the gate grid ``[B, 1, H/m, W/m]`` for images and their M_B, without
+        running the U-Net (the head sees only the obfuscated image): what the diagnostics inspect."""
+        obf = obfuscate(images, binary_mask.to(images.device).bool(), self.patch_size)
+        pred = self.predict_errors(obf)
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        return pred, self.gate_grid(pred, grid)
+
+    @torch.no_grad()
+    def calibrate(self, images: Tensor, binary_masks: Tensor | None = None, batch_size: int = 16) -> Tensor:
+        """Set the calibrated normaliser from l_hat on normal ``images`` (obfuscated with their M_B);
+        returns [start, end].  Only for ``normaliser="calibrated"``."""
+        if self.calibration is None:
+            raise ValueError("calibrate() needs a FaderModel with a head and normaliser='calibrated'")
+        was_training = self.training
+        self.eval()
+        preds = []
+        try:
+            for i in range(0, images.shape[0], batch_size):
+                x = images[i : i + batch_size].to(self.calibration.device)
+                mb = (torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
+                      if binary_masks is None else binary_masks[i : i + batch_size].to(x.device).bool())
+                preds.append(self.predict_errors(obfuscate(x, mb, self.patch_size)))
+        finally:
+            self.train(was_training)
+        self.calibration.copy_(calibration_from(torch.cat(preds), self.config.calibration_quantile,
+                                                self.config.calibration_width))
+        return self.calibration.clone()
 
     def skip_gates(self, gate_grid: Tensor, feats: list[Tensor]) -> list[Tensor]:
         """Theta(M_S) at the resolution of each skip feature of depth 1..D-1 (Eq. 4)."""

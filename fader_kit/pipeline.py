@@ -27,6 +27,7 @@ from . import cache as keys
 from .cache import MaskSet, WorkCache
 from .config import FaderConfig, Profile, TrainConfig
 from .data import CategorySplit, SyntheticConfig, load_category
+from .diagnostics import Diagnostics, head_diagnostics, mask_diagnostics
 from .fader import FaderModel, wrap_with_fader
 from .interfaces import Masker, MaskerInfo
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
@@ -115,6 +116,26 @@ def train_fader_on(
 
 
 @torch.no_grad()
+def diagnose(
+    model: FaderModel, images: Tensor, masks: Tensor, labels: Tensor, gt_masks: Tensor, *, batch_size: int,
+    device: torch.device | str,
+) -> Diagnostics:
+    """Mask coverage of the defects, and -- for a model with a head -- where its gates close
+    (see :mod:`fader_kit.diagnostics`)."""
+    mask = mask_diagnostics(masks, gt_masks, labels)
+    if model.head is None:
+        return Diagnostics(mask=mask)
+    model.to(device).eval()
+    preds, grids = [], []
+    for i in range(0, images.shape[0], batch_size):
+        p, g = model.head_outputs(images[i : i + batch_size].to(device), masks[i : i + batch_size].to(device))
+        preds.append(p.cpu())
+        grids.append(g.cpu())
+    head = head_diagnostics(torch.cat(preds), torch.cat(grids), masks, gt_masks, labels, model.patch_size)
+    return Diagnostics(mask=mask, head=head)
+
+
+@torch.no_grad()
 def anomaly_maps(
     model: FaderModel, images: Tensor, masks: Tensor, *, batch_size: int, device: torch.device | str,
     progress: bool = False, desc: str = "scoring",
@@ -185,6 +206,7 @@ class Evaluation(BaseModel):
     detail: ScoreDetail
     timings: dict[str, float]
     model: FaderModel
+    diagnostics: Diagnostics | None = None
 
 
 class CategoryWorkbench:
@@ -306,8 +328,10 @@ class CategoryWorkbench:
         metrics = metrics_from_maps(maps, split.labels, split.masks)
         detail = ScoreDetail.from_maps(maps, split.labels, split.masks)
         self.cache.save_scores(work_key, detail)
+        diagnostics = diagnose(model, split.test, masks.test, split.labels, split.masks,
+                               batch_size=s.profile.eval_batch_size, device=self.device)
         timings["evaluate"] = time.perf_counter() - t
-        return Evaluation(metrics=metrics, detail=detail, timings=timings, model=model)
+        return Evaluation(metrics=metrics, detail=detail, timings=timings, model=model, diagnostics=diagnostics)
 
     def masker_alone(self, masks: MaskSet) -> Metrics | None:
         """The masker's own score map as the detector (image score = max): the baseline that tells
@@ -324,6 +348,7 @@ class SeedResult(BaseModel):
     ear: Metrics
     fader: Metrics
     masker_alone: Metrics | None = None
+    diagnostics: Diagnostics | None = Field(None, description="FADeR's head and the masks on the test set")
     timings: dict[str, float] = Field(default_factory=dict)
 
 
@@ -338,6 +363,8 @@ class EvaluationResult(BaseModel):
     seeds: list[int]
     device: str
     ear_masks: EarMasks
+    fader_variant: str | None = Field(None, description="the named head variant (fader_kit.fader.HEAD_VARIANTS)")
+    fader_config: dict[str, Any] = Field(default_factory=dict)
     ear: Metrics
     fader: Metrics
     masker_alone: Metrics | None = None
@@ -373,6 +400,7 @@ def evaluate_category(
     seeds: tuple[int, ...] = (0,),
     ear_masks: EarMasks = "blobs",
     fader_config: FaderConfig | None = None,
+    fader_variant: str | None = None,
     progress: bool = True,
     log: Log = print,
 ) -> EvaluationResult:
@@ -417,7 +445,7 @@ def evaluate_category(
                    "ear_train": ear.timings["ear_train"], "fader_train": fad.timings["fader_train"],
                    "evaluate": ear.timings["evaluate"] + fad.timings["evaluate"]}
         rows.append(SeedResult(seed=seed, ear=ear.metrics, fader=fad.metrics, masker_alone=bench.masker_alone(masks),
-                               timings=timings))
+                               diagnostics=fad.diagnostics, timings=timings))
         details.append((ear.detail, fad.detail))
     assert info is not None
     spread = {}
@@ -429,7 +457,8 @@ def evaluate_category(
     alone = [r.masker_alone for r in rows if r.masker_alone is not None]
     result = EvaluationResult(
         data=str(data), category=category, masker=info, profile=profile.name, seeds=list(seeds), device=str(device),
-        ear_masks=ear_masks, ear=mean_metrics([r.ear for r in rows]), fader=mean_metrics([r.fader for r in rows]),
+        ear_masks=ear_masks, fader_variant=fader_variant, fader_config=head.model_dump(mode="json"),
+        ear=mean_metrics([r.ear for r in rows]), fader=mean_metrics([r.fader for r in rows]),
         masker_alone=mean_metrics(alone) if alone else None, spread=spread, comparison=comparison, per_seed=rows,
         timings={"total": time.perf_counter() - t_all}, environment=environment(),
     )
@@ -438,7 +467,7 @@ def evaluate_category(
 
 
 __all__ = [
-    "CategoryWorkbench", "Evaluation", "EvaluationResult", "Metrics", "SeedResult", "WorkbenchSettings",
-    "anomaly_maps", "compute_masks", "environment", "evaluate_category", "masker_score_maps", "mean_metrics",
+    "CategoryWorkbench", "Diagnostics", "Evaluation", "EvaluationResult", "Metrics", "SeedResult", "WorkbenchSettings",
+    "anomaly_maps", "compute_masks", "diagnose", "environment", "evaluate_category", "masker_score_maps", "mean_metrics",
     "metrics_from_maps", "train_ear", "train_fader_on", "write_json_atomic",
 ]

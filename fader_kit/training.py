@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .fader import FaderModel, patch_errors, ranking_loss
+from .fader import FaderModel, FaderOutput, patch_errors, ranking_loss
 from .interfaces import Reconstructor, check_images
 from .obfuscation import obfuscate
 from .scoring import msgms_loss
@@ -65,6 +65,34 @@ def random_blobs(n: int, size: tuple[int, int], coverage: float, generator: torc
     frac = coverage * (0.5 + torch.rand(n, generator=generator))  # vary the amount per image
     q = torch.stack([torch.quantile(smooth[i].flatten(), 1 - float(frac[i])) for i in range(n)])
     return smooth > q.view(n, 1, 1, 1)
+
+
+def paste_pseudo_anomalies(
+    images: Tensor, probability: float, area: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Pseudo-anomalies for FADeR training: with ``probability`` per image, a square of ~``area`` of
+    the image, cut from *another* image of the batch (rolled by one; the image itself when the batch
+    has one), colour-shifted and pasted at a random place.  Returns the pasted images and the pasted
+    region ``[B, 1, H, W]`` (bool).  The region is deliberately *not* added to M_B: the head must learn
+    that an unseen pattern the binary mask missed reconstructs badly."""
+    b, c, h, w = images.shape
+    side_h = max(1, min(h - 1, round(h * area**0.5)))
+    side_w = max(1, min(w - 1, round(w * area**0.5)))
+    out = images.clone()
+    region = torch.zeros(b, 1, h, w, dtype=torch.bool, device=images.device)
+    donors = torch.roll(torch.arange(b), 1) if b > 1 else torch.zeros(1, dtype=torch.long)
+    for i in range(b):
+        if float(torch.rand((), generator=generator)) >= probability:
+            continue
+        sy = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
+        sx = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
+        ty = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
+        tx = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
+        shift = (torch.rand(c, 1, 1, generator=generator) - 0.5).to(images) * 0.6
+        patch = images[int(donors[i]), :, sy : sy + side_h, sx : sx + side_w]
+        out[i, :, ty : ty + side_h, tx : tx + side_w] = (patch + shift).clamp(0.0, 1.0)
+        region[i, :, ty : ty + side_h, tx : tx + side_w] = True
+    return out, region
 
 
 def training_masks(
@@ -230,6 +258,21 @@ def train_reconstructor(
     return history
 
 
+def error_target(model: FaderModel, clean: Tensor, out: FaderOutput) -> Tensor:
+    """The ground truth l of Eq. 1 for one training step, ``[B, N]``, detached: the patch MSE between
+    the clean image and the gated reconstruction ``out`` (``target="gated"``, the paper's active
+    loop), or the reconstruction of the same U-Net with every skip open (``"ungated"``: the errors
+    plain EAR makes, which the gates exist to prevent)."""
+    m = model.patch_size
+    if model.config.target == "ungated":
+        with torch.no_grad():
+            rec = model.reconstructor
+            return patch_errors(clean, rec.decode(rec.encode(out.obfuscated)), m)
+    if model.config.target != "gated":
+        raise ValueError(f"unknown FADeR target {model.config.target!r}; use 'gated' or 'ungated'")
+    return patch_errors(clean, out.reconstruction, m).detach()
+
+
 def train_fader(
     model: FaderModel,
     images: Tensor,
@@ -248,6 +291,12 @@ def train_fader(
     ranking loss (Eq. 3) alone.  The decoder is fine-tuned at ``decoder_lr_factor * lr`` on the
     reconstruction loss with the gates detached, so the decoder cannot push the head towards
     opening every skip; the encoder is frozen.
+
+    Beyond the paper (each a :class:`FaderConfig` field, paper behaviour by default):
+    ``target="ungated"`` takes l against the un-gated reconstruction of the same U-Net;
+    ``pseudo_anomalies > 0`` pastes foreign patches into the inputs (not into M_B) while l and the
+    decoder's loss stay against the clean image; ``normaliser="calibrated"`` ends by calibrating
+    the gates on the training images (:meth:`FaderModel.calibrate`).
     """
     if model.head is None:
         raise ValueError("train_fader needs a FaderModel with a head")
@@ -271,14 +320,24 @@ def train_fader(
     steps = math.ceil(images.shape[0] / config.batch_size)
     sched = make_scheduler(opt, config, steps)
     m = model.patch_size
+    head_cfg = model.config
+    calibrated = head_cfg.normaliser == "calibrated"
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.epochs), desc="FADeR head", disable=not progress, leave=False)
     try:
         for epoch in bar:
             t0, tot_rank, tot_rec = time.perf_counter(), 0.0, 0.0
+            if calibrated:  # the gates the decoder is fine-tuned with follow the current head
+                model.calibrate(images, masks, batch_size=config.batch_size)
+                model.train()
+                for module in encoder:
+                    module.eval()
             for x, mb in _training_batches(images, masks, config, gen, device):
-                out = model(x, mb, detach_gates=True)
-                target = patch_errors(x, out.reconstruction, m).detach()
+                x_in = x
+                if head_cfg.pseudo_anomalies > 0:
+                    x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, head_cfg.pseudo_area, gen)
+                out = model(x_in, mb, detach_gates=True)
+                target = error_target(model, x, out)
                 l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen)
                 l_rec = reconstruction_loss(out.reconstruction, x) if config.decoder_lr_factor > 0 else torch.zeros(())
                 opt.zero_grad(set_to_none=True)
@@ -294,6 +353,8 @@ def train_fader(
             bar.set_postfix(rank=f"{row['ranking_loss']:.4f}")
             if on_epoch:
                 on_epoch(row)
+        if calibrated:  # the head has stopped moving: its final calibration (M_B without blobs)
+            model.calibrate(images, masks, batch_size=config.batch_size)
         if config.recalibrate_bn:
             # the decoder moved and now sees gated skips: re-estimate its statistics (not the encoder's)
             enc_bn = {id(bn) for bn in batchnorm_layers(encoder)}

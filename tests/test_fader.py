@@ -191,3 +191,91 @@ def test_reconstructor_without_encoder_modules_gets_a_clear_error():
 
     with pytest.raises(NotImplementedError, match="NoEncoder must implement encoder_modules"):
         NoEncoder().encoder_parameters()
+
+
+# -- head variants beyond the paper ---------------------------------------------------------------
+def test_calibrated_gates_stay_open_on_normal_levels_and_close_above():
+    from fader_kit.fader import calibration_from
+
+    normal = torch.linspace(0.0, 1.0, 1001)[None]  # predictions of normal patches
+    cal = calibration_from(normal, quantile=0.9, width=2.0)
+    assert torch.allclose(cal, torch.tensor([0.9, 0.5 + 2 * 0.4]), atol=1e-4)  # start = q90, end = median + 2 (q - median)
+    # a normal image whose patches stay within the normal range keeps every skip open (min-max would close one)
+    image = torch.tensor([[0.2, 0.5, 0.85]])
+    assert torch.equal(soft_mask(image, "calibrated", cal), torch.ones(1, 3))
+    assert float(soft_mask(image, "minmax").min()) == 0.0
+    # above the normal range the gate closes linearly, reaching 0 at `end`
+    hot = torch.tensor([[0.9, 1.1, 1.3, 5.0]])
+    assert torch.allclose(soft_mask(hot, "calibrated", cal), torch.tensor([[1.0, 0.5, 0.0, 0.0]]), atol=1e-4)
+    with pytest.raises(ValueError, match="calibration"):
+        soft_mask(hot, "calibrated", None)
+
+
+def test_calibrated_model_needs_calibration_and_saves_it(tmp_path):
+    cfg = FaderConfig(patch_size=8, hidden=8, normaliser="calibrated")
+    model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None, cfg)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mb = torch.zeros(3, 1, 32, 32, dtype=torch.bool)
+    with pytest.raises(ValueError, match="calibrate"):
+        model.head_outputs(x, mb)
+    cal = model.calibrate(x)
+    _, gates = model.head_outputs(x, mb)
+    assert float(gates.mean()) > 0.99  # the training images themselves are normal: (nearly) all open
+    loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
+    assert torch.equal(loaded.calibration, cal)
+    # the paper's model has no calibration in its checkpoint
+    assert "calibration" not in wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None, FaderConfig()).state_dict()
+
+
+def test_neighbour_context_tokens_hold_the_patch_at_their_centre():
+    from fader_kit.fader import context_tokens, token_dim
+
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    plain, ctx = context_tokens(x, 4, "token"), context_tokens(x, 4, "neighbours")
+    assert ctx.shape == (2, 16, 3 * 12 * 12) == (2, 16, token_dim(FaderConfig(patch_size=4, context="neighbours")))
+    centre = ctx.reshape(2, 16, 3, 12, 12)[..., 4:8, 4:8].reshape(2, 16, -1)
+    assert torch.equal(centre, plain)
+    model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None,
+                            FaderConfig(patch_size=4, hidden=8, context="neighbours"))
+    assert model(x, torch.zeros(2, 1, 16, 16, dtype=torch.bool)).predicted_error.shape == (2, 16)
+
+
+def test_pseudo_anomalies_change_only_the_pasted_area():
+    from fader_kit.training import paste_pseudo_anomalies
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    out, region = paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator().manual_seed(0))
+    assert torch.equal(out[~region.expand_as(out)], x[~region.expand_as(x)])
+    assert region.flatten(1).sum(1).tolist() == [36] * 4  # 6 x 6 = round(32 * 0.2)^2 per image
+    assert not torch.equal(out[region.expand_as(out)], x[region.expand_as(x)])
+    none, region0 = paste_pseudo_anomalies(x, 0.0, 0.04, torch.Generator().manual_seed(0))
+    assert torch.equal(none, x) and not region0.any()
+
+
+def test_target_switch_takes_the_error_of_the_ungated_reconstruction():
+    from fader_kit.training import error_target
+
+    torch.manual_seed(0)
+    base = EARUNet(UNetConfig(widths=(4, 4, 8))).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    mb = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    gated = wrap_with_fader(base, None, FaderConfig(patch_size=8, hidden=8)).eval()
+    ungated = FaderModel(base, None, FaderConfig(patch_size=8, hidden=8, target="ungated"), head=gated.head).eval()
+    out = gated(x, mb)
+    plain = patch_errors(x, gated.without_head()(x, mb).reconstruction, 8)
+    assert torch.allclose(error_target(ungated, x, out), plain)
+    assert torch.allclose(error_target(gated, x, out), patch_errors(x, out.reconstruction, 8))
+    assert not torch.allclose(error_target(gated, x, out), plain)  # min-max closes a skip: the targets differ
+
+
+def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skips_open():
+    from fader_kit.config import TrainConfig
+    from fader_kit.training import train_fader
+
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    cfg = FaderConfig(patch_size=8, hidden=8, normaliser="calibrated", pseudo_anomalies=1.0, target="ungated")
+    model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None, cfg)
+    model.fit(x, None, TrainConfig(epochs=2, batch_size=3, ranking_pairs=32), seed=0)
+    assert torch.isfinite(model.calibration).all() and model.calibration[1] > model.calibration[0]
+    _, gates = model.head_outputs(x, torch.zeros(6, 1, 32, 32, dtype=torch.bool))
+    assert float((gates == 1).float().mean()) > 0.95  # calibrated on these very images: at most the top 0.5 % close
