@@ -152,6 +152,7 @@ def measure_one(
     if name == "ami_net" and k_sigmas:
         row["k_sweep"] = k_sigma_sweep(masker, split.test, gt, k_sigmas, batch, device)
         row["k_sweep_score"] = k_sigma_sweep(masker, split.test, gt, k_sigmas, batch, device, "score_tokens")
+        row["k_sweep_mad"] = k_sigma_sweep(masker, split.test, gt, (*k_sigmas, 4.0, 5.0), batch, device, "score_mad")
     row["load_after"] = _load()
     return row
 
@@ -249,7 +250,8 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     centre distance (``k_sweep``) and by inpainting score (``k_sweep_score``)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        for field, rule in (("k_sweep", "distance"), ("k_sweep_score", "score")):
+        for field, rule in (("k_sweep", "distance, mean+k std"), ("k_sweep_score", "score, mean+k std"),
+                            ("k_sweep_mad", "score, median+k MAD")):
             if field in r:
                 groups.setdefault((r["category"], r["masker"], rule), []).append(r[field])
     if not groups:

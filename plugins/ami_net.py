@@ -72,9 +72,10 @@ class AMINetConfig(TrainedMaskerConfig, BackboneOptions):
         "for every image (k-means start, then AMI-Net's loss; the earlier variant)",
     )
     query_dim: int = Field(64, ge=4, description="adaptive centres: width of the query / key space")
-    k_sigma: float = Field(
-        2.0, description="token masked when distance >= mean + k_sigma * std of its cluster in its image "
-        "(paper code: 0.5 in the config, 2 as the model default; 2 gives tight masks on MPDD, see README)",
+    k_sigma: float | None = Field(
+        None, description="k of the mask rule: token masked when its value >= mean + k std of its cluster in "
+        "its image (tokens / score_tokens) or >= median + k MAD of its image (score_mad); None = 2 for the "
+        "mean + std rules (AMI-Net's code: 0.5 in its config, 2 as its model default), 4 for score_mad",
     )
     jitter: float = Field(20.0, ge=0, description="training noise scale relative to |token| / dim")
     dir_weight: float = Field(5.0, ge=0)
@@ -82,12 +83,20 @@ class AMINetConfig(TrainedMaskerConfig, BackboneOptions):
     score: Literal["inpaint", "inpaint_distance"] = Field(
         "inpaint", description="inpaint = MSE * (1 - cos); inpaint_distance also multiplies the centre distance"
     )
-    mask_rule: Literal["tokens", "score_tokens", "quantile"] = Field(
-        "score_tokens",
-        description="binary mask: tokens = AMI-Net's outlier-token mask (centre distance >= mean + k_sigma std "
-        "per image and cluster); score_tokens = the same per-image, per-cluster rule on each token's "
-        "inpainting score instead of its centre distance; quantile = score map > fitted quantile threshold",
+    mask_rule: Literal["tokens", "score_tokens", "score_mad", "quantile"] = Field(
+        "score_mad",
+        description="binary mask: tokens = AMI-Net's outlier-token mask (centre distance >= mean + k std per "
+        "image and cluster); score_tokens = the same rule on each token's inpainting score; score_mad = "
+        "token inpainting score >= median + k * 1.4826 MAD of its image (robust: a defect cannot raise its "
+        "own threshold, as it raises a std); quantile = score map > fitted quantile threshold",
     )
+
+    @property
+    def k(self) -> float:
+        """The mask rule's k (``k_sigma``, or its per-rule default)."""
+        if self.k_sigma is not None:
+            return self.k_sigma
+        return 4.0 if self.mask_rule == "score_mad" else 2.0
     feature_norm: Literal["standardize", "l2", "none"] = Field(
         "standardize",
         description="features before tokenising: standardize = per-channel z-score with the normal fit "
@@ -134,6 +143,13 @@ def outlier_token_mask(distance: Tensor, assignment: Tensor, num_centres: int, k
     own_thresh = thresh.gather(1, assignment)
     own_count = count.gather(1, assignment)
     return (own_count > 1) & (distance >= own_thresh)
+
+
+def robust_outlier_mask(score: Tensor, k: float) -> Tensor:
+    """``[B, N]`` True where a token's score >= its image's median + ``k`` * 1.4826 * MAD."""
+    med = score.median(dim=1, keepdim=True).values
+    mad = (score - med).abs().median(dim=1, keepdim=True).values * 1.4826
+    return score >= med + k * mad
 
 
 def transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
@@ -259,7 +275,7 @@ class AMINetMasker(TrainedMasker):
     def info(self) -> MaskerInfo:
         return self._info(
             self.weights_source, backbone=self.config.backbone, centres=self.config.centres,
-            k_sigma=self.config.k_sigma, mask_rule=self.config.mask_rule,
+            k_sigma=self.config.k, mask_rule=self.config.mask_rule,
         )
 
     def _build(self) -> None:
@@ -331,7 +347,8 @@ class AMINetMasker(TrainedMasker):
         cfg = self.config
         f = self._features(images)
         dist, assign, _ = self.net.cluster_distances(f)
-        masked = outlier_token_mask(dist, assign, cfg.num_centres, cfg.k_sigma)
+        k = cfg.k_sigma if cfg.k_sigma is not None else 2.0  # AMI-Net's inpainting mask: mean + k std
+        masked = outlier_token_mask(dist, assign, cfg.num_centres, k)
         rows, cols = f.shape[-2] // cfg.patch_size, f.shape[-1] // cfg.patch_size
         pred = self.net.inpaint_tokens(f, masked)
         recon = self.net.unpatchify(pred, rows, cols)
@@ -341,7 +358,10 @@ class AMINetMasker(TrainedMasker):
         mse = (pred - target).pow(2).view(shape).mean(-1)
         cos_gap = 1 - F.cosine_similarity(pred.view(shape), target.view(shape), dim=-1)
         token_score = (mse * cos_gap).mean(-1)  # [B, N]: the score map's rule, per token
-        score_masked = outlier_token_mask(token_score, assign, cfg.num_centres, cfg.k_sigma)
+        if cfg.mask_rule == "score_mad":
+            score_masked = robust_outlier_mask(token_score, cfg.k)
+        else:
+            score_masked = outlier_token_mask(token_score, assign, cfg.num_centres, cfg.k)
         return {
             "features": f, "recon": recon,
             "distance": dist.view(-1, 1, rows, cols), "token_mask": masked.view(-1, 1, rows, cols),
@@ -365,9 +385,12 @@ class AMINetMasker(TrainedMasker):
         return score
 
     @torch.no_grad()
-    def token_mask(self, images: Tensor, rule: Literal["tokens", "score_tokens"] = "tokens") -> Tensor:
+    def token_mask(self, images: Tensor, rule: Literal["tokens", "score_tokens", "score_mad"] = "tokens") -> Tensor:
         """The outlier-token mask ``[B, 1, H, W]`` (bool), nearest-upsampled to the input size: by
-        centre distance (``tokens``, AMI-Net's) or by inpainting score (``score_tokens``)."""
+        centre distance (``tokens``, AMI-Net's) or by inpainting score (``score_tokens`` /
+        ``score_mad``: the rule of ``config.mask_rule`` when that is one of them)."""
+        if rule != "tokens" and rule != self.config.mask_rule:
+            return self._with_rule(rule).token_mask(images, rule)
         images = check_images(images, "images")
         if not self.fitted:
             raise RuntimeError(f"masker {NAME!r} is not fitted: call fit() on normal images or load()")
@@ -378,6 +401,13 @@ class AMINetMasker(TrainedMasker):
             tokens = self._analyse(batch)["token_mask" if rule == "tokens" else "score_token_mask"].float()
             out.append(F.interpolate(tokens, size=images.shape[-2:], mode="nearest").bool().cpu())
         return torch.cat(out)
+
+    def _with_rule(self, rule: str) -> "AMINetMasker":
+        """A view of this fitted masker whose config uses ``rule`` (same modules, no copy)."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.config = self.config.model_copy(update={"mask_rule": rule})
+        return view
 
     def mask(self, images: Tensor) -> Tensor:
         if self.config.mask_rule != "quantile":

@@ -134,3 +134,14 @@ def test_fixed_kmeans_variant_still_ranks_defects(variant):
     assert pixel_auroc(masker.score_map(images), masks) > 0.9
     binary = masker.mask(images)
     assert binary[masks].float().mean() > 2 * binary[~masks].float().mean()
+
+
+def test_robust_rule_is_not_raised_by_the_outliers_themselves():
+    from fader_kit_plugins.ami_net import robust_outlier_mask
+
+    # 12 tokens at 1 +- 0.1 and 4 defect tokens at 3: median 1.0, MAD 0.1 -> threshold 1 + 4 * 0.148
+    normal = torch.tensor([0.9, 1.1] * 6)
+    score = torch.cat([normal, torch.full((4,), 3.0)])[None]
+    assert robust_outlier_mask(score, 4.0)[0].tolist() == [False] * 12 + [True] * 4
+    # the mean + k std rule with one cluster misses them at k = 2: the defects inflate the std
+    assert not outlier_token_mask(score, torch.zeros(1, 16, dtype=torch.long), 1, 2.0).any()
