@@ -279,3 +279,21 @@ def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skip
     assert torch.isfinite(model.calibration).all() and model.calibration[1] > model.calibration[0]
     _, gates = model.head_outputs(x, torch.zeros(6, 1, 32, 32, dtype=torch.bool))
     assert float((gates == 1).float().mean()) > 0.95  # calibrated on these very images: at most the top 0.5 % close
+
+
+def test_named_head_variants_and_the_evaluate_argument():
+    from fader_kit.cli import build_parser
+    from fader_kit.config import HEAD_VARIANTS, fader_variant
+
+    base = FaderConfig(hidden=16)
+    assert fader_variant(base, "paper") == base  # the paper's head, unchanged
+    assert fader_variant(base, "pseudo_calibrated").normaliser == "calibrated"
+    assert fader_variant(base, "pseudo_calibrated").hidden == 16  # the profile's other fields stay
+    with pytest.raises(ValueError, match="unknown FADeR variant 'nope'"):
+        fader_variant(base, "nope")
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "--category", "washer"]).fader_variant == "paper"
+    for name in HEAD_VARIANTS:
+        assert parser.parse_args(["evaluate", "--category", "washer", "--fader-variant", name]).fader_variant == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--category", "washer", "--fader-variant", "nope"])
