@@ -20,10 +20,11 @@ from typing import Any, ClassVar, Iterator, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.registry import masker_config
 
 C = TypeVar("C", bound="TrainedMaskerConfig")
 
@@ -64,15 +65,9 @@ class BackboneOptions(BaseModel):
 
 
 def parse_config(cls: type[C], masker: str, options: dict[str, Any]) -> C:
-    """Build ``cls`` from factory options; one readable ValueError naming the masker and option."""
-    try:
-        return cls(**options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
-        )
-        known = ", ".join(cls.model_fields)
-        raise ValueError(f"invalid options for masker {masker!r}: {problems} (known options: {known})") from None
+    """Build ``cls`` from factory options: one :class:`~fader_kit.registry.MaskerOptionError` naming
+    the masker, the option and the accepted ones (the registry's rule for every masker)."""
+    return masker_config(cls, masker, options)
 
 
 # -- helpers --------------------------------------------------------------------------------

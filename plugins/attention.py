@@ -28,11 +28,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.registry import masker_config
 from fader_kit.weights import load_timm_model
 
 DINO_MODEL = "vit_small_patch16_224.dino"
@@ -289,18 +290,12 @@ def _build(preset: dict[str, Any], options: dict[str, Any]) -> AttentionMasker:
         options["weights"] = str(options["weights"])
     if options.get("device") is not None:
         options["device"] = str(options["device"])
-    unknown = sorted(set(options) - set(AttentionMaskerConfig.model_fields))
-    if unknown:  # like any Python callable given an unexpected keyword: TypeError
-        raise TypeError(
-            f"masker {preset['name']!r}: unexpected option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(k for k in AttentionMaskerConfig.model_fields if k != 'name')}"
-        )
-    try:
-        config = AttentionMaskerConfig(**{**preset, **options})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"masker {preset['name']!r}: bad option(s): {problems}") from None
-    return AttentionMasker(config)
+    return AttentionMasker(masker_config(AttentionMaskerConfig, preset["name"], {**preset, **options}))
+
+
+#: what the two factories accept (the preset sets the name); the registry refuses anything else
+#: with one MaskerOptionError naming the option
+_ATTENTION_OPTIONS = [k for k in AttentionMaskerConfig.model_fields if k != "name"]
 
 
 def make_dino_vit(**options: Any) -> AttentionMasker:
@@ -320,10 +315,12 @@ def register_maskers(register) -> None:
         make_dino_vit,
         summary="DINO ViT last-layer CLS attention, top 60% attention mass (zero-shot)",
         weights=f"hub:{DINO_MODEL}",
+        options=_ATTENTION_OPTIONS,
     )
     register(
         "plain_vit",
         make_plain_vit,
         summary="supervised ViT last-layer CLS attention, top 60% attention mass (zero-shot)",
         weights=f"hub:{PLAIN_MODEL}",
+        options=_ATTENTION_OPTIONS,
     )

