@@ -100,8 +100,11 @@ def test_metadata_only_plugin_runs_through_fader_kit_evaluate(site, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["masker"]["name"] == "mean_diff" and metrics["masker"]["weights"] == "none"
+    # the eval-mode U-Net localises the synthetic defects far above chance with the plugin's
+    # masks, and the plugin alone is scored as a detector too
     for model in ("ear", "fader"):
-        assert 0.0 <= metrics[model]["image_auroc"] <= 1.0 and 0.0 <= metrics[model]["pixel_auroc"] <= 1.0
+        assert metrics[model]["pixel_auroc"] > 0.75, (model, metrics[model])
+    assert metrics["masker_alone"]["pixel_auroc"] > 0.6, metrics["masker_alone"]
     assert "mean_diff" in out.stdout
 
 
