@@ -21,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fader_kit import cache as keys

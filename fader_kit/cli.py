@@ -15,9 +15,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .pipeline import EvaluationResult
 
 EXIT_USAGE = 2
 

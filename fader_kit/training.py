@@ -319,7 +319,6 @@ def train_fader(
     opt = torch.optim.Adam(groups)
     steps = math.ceil(images.shape[0] / config.batch_size)
     sched = make_scheduler(opt, config, steps)
-    m = model.patch_size
     head_cfg = model.config
     calibrated = head_cfg.normaliser == "calibrated"
     history: list[dict[str, float]] = []
