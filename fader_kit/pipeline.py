@@ -16,7 +16,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -65,6 +65,16 @@ def write_json_atomic(path: Path, payload: Any) -> Path:
 
 
 # -- stages ---------------------------------------------------------------------------------------
+def device_batches(
+    images: Tensor, *others: Tensor, batch_size: int, device: torch.device | str, progress: bool = False,
+    desc: str = "",
+) -> Iterator[tuple[Tensor, ...]]:
+    """``images`` (and tensors aligned with them) in consecutive batches on ``device``: the one loop
+    behind masks, masker scores, anomaly maps and diagnostics (a tqdm bar when ``progress``)."""
+    for i in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        yield tuple(t[i : i + batch_size].to(device) for t in (images, *others))
+
+
 @torch.no_grad()
 def compute_masks(
     masker: Masker, images: Tensor, *, batch_size: int = 8, device: torch.device | str = "cpu", progress: bool = False,
@@ -72,12 +82,12 @@ def compute_masks(
 ) -> Tensor:
     """M_B for every image, ``[N, 1, H, W]`` bool on the CPU (computed once, reused by every model)."""
     out = []
-    for i in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
-        m = masker.mask(images[i : i + batch_size].to(device))
-        if m.shape != (min(batch_size, images.shape[0] - i), 1, *images.shape[-2:]):
+    for (x,) in device_batches(images, batch_size=batch_size, device=device, progress=progress, desc=desc):
+        m = masker.mask(x)
+        if m.shape != (x.shape[0], 1, *x.shape[-2:]):
             raise ValueError(
                 f"masker {masker.info.name!r} returned a mask of shape {list(m.shape)} for images "
-                f"{list(images[i:i + batch_size].shape)}; expected [B, 1, H, W]"
+                f"{list(x.shape)}; expected [B, 1, H, W]"
             )
         out.append(m.bool().cpu())
     return torch.cat(out)
@@ -127,8 +137,8 @@ def diagnose(
         return Diagnostics(mask=mask)
     model.to(device).eval()
     preds, grids = [], []
-    for i in range(0, images.shape[0], batch_size):
-        p, g = model.head_outputs(images[i : i + batch_size].to(device), masks[i : i + batch_size].to(device))
+    for x, mb in device_batches(images, masks, batch_size=batch_size, device=device):
+        p, g = model.head_outputs(x, mb)
         preds.append(p.cpu())
         grids.append(g.cpu())
     head = head_diagnostics(torch.cat(preds), torch.cat(grids), masks, gt_masks, labels, model.patch_size)
@@ -142,10 +152,8 @@ def anomaly_maps(
 ) -> Tensor:
     """Smoothed MSGMS anomaly maps ``[N, 1, H, W]`` (CPU) with the given binary masks."""
     model.to(device).eval()
-    out = []
-    for i in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
-        out.append(model.anomaly_map(images[i : i + batch_size].to(device), masks[i : i + batch_size].to(device)).cpu())
-    return torch.cat(out)
+    return torch.cat([model.anomaly_map(x, mb).cpu() for x, mb in device_batches(
+        images, masks, batch_size=batch_size, device=device, progress=progress, desc=desc)])
 
 
 def metrics_from_maps(maps: Tensor, labels: Tensor, gt_masks: Tensor, *, extra: bool = True) -> Metrics:
@@ -159,16 +167,13 @@ def metrics_from_maps(maps: Tensor, labels: Tensor, gt_masks: Tensor, *, extra: 
     )
 
 
-
+@torch.no_grad()
 def masker_score_maps(
     masker: Masker, images: Tensor, *, batch_size: int = 8, device: torch.device | str = "cpu", progress: bool = False,
 ) -> Tensor:
     """The masker's own score maps ``[N, 1, H, W]`` (float, CPU): the masker alone as a detector."""
-    out = []
-    with torch.no_grad():
-        for i in tqdm(range(0, images.shape[0], batch_size), desc="masker scores", disable=not progress, leave=False):
-            out.append(masker.score_map(images[i : i + batch_size].to(device)).float().cpu())
-    return torch.cat(out)
+    return torch.cat([masker.score_map(x).float().cpu() for (x,) in device_batches(
+        images, batch_size=batch_size, device=device, progress=progress, desc="masker scores")])
 
 
 # -- the orchestrator -----------------------------------------------------------------------------
@@ -432,8 +437,8 @@ def evaluate_category(
                 f"({int(split.labels.sum())} defective) at {profile.image_size}px")
         masks, _ = bench.masks(masker, options, create_masker)
         info = masks.info
-        ek = bench.ear_key(bench.masker_key(masker, options))
         mk = bench.masker_key(masker, options)
+        ek = bench.ear_key(mk)
         ear = bench.evaluate(masks, ek, None, bench.work_key(ek, mk, None))
         log(f"seed {seed}: EAR U-Net " + ("reused" if ear.timings["ear_train"] == 0 else
                                            f"trained in {ear.timings['ear_train']:.1f}s"))
