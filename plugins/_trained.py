@@ -15,7 +15,7 @@ and ``_score`` (score maps at the working resolution).
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -68,6 +68,19 @@ def parse_config(cls: type[C], masker: str, options: dict[str, Any]) -> C:
     """Build ``cls`` from factory options: one :class:`~fader_kit.registry.MaskerOptionError` naming
     the masker, the option and the accepted ones (the registry's rule for every masker)."""
     return masker_config(cls, masker, options)
+
+
+def trained_factory(masker_cls: type, config_cls: type[C], name: str) -> Callable[..., Any]:
+    """The registered factory of a trained masker: every option is a field of ``config_cls`` (the
+    backbone's ``weights`` / ``allow_random_weights`` included; anything else is one
+    MaskerOptionError), and ``device`` says where it runs."""
+
+    def factory(device: str | None = None, **options: Any) -> Any:
+        return masker_cls(parse_config(config_cls, name, options), device)
+
+    factory.__name__ = factory.__qualname__ = f"create_{name}"
+    factory.__doc__ = f"Factory registered as ``{name}``: options are the fields of {config_cls.__name__}."
+    return factory
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -45,9 +45,9 @@ from ._trained import (
     TrainedMaskerConfig,
     batches,
     gaussian_blur,
-    parse_config,
     progress_bar,
     resize,
+    trained_factory,
 )
 
 NAME = "ami_net"
@@ -415,12 +415,7 @@ class AMINetMasker(TrainedMasker):
         return super().mask(images)
 
 
-def create_ami_net(
-    weights: str | None = None, allow_random_weights: bool = False, device: str | None = None, **options: Any
-) -> AMINetMasker:
-    """Factory registered as ``ami_net``: ``weights`` / ``allow_random_weights`` are the backbone's."""
-    config = parse_config(AMINetConfig, NAME, {"weights": weights, "allow_random_weights": allow_random_weights, **options})
-    return AMINetMasker(config, device)
+create_ami_net = trained_factory(AMINetMasker, AMINetConfig, NAME)
 
 
 @hookimpl

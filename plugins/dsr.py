@@ -48,7 +48,7 @@ from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import MaskerInfo
 from fader_kit.weights import MissingWeightsError, find_local_weights, read_checkpoint
 
-from ._trained import TrainedMasker, TrainedMaskerConfig, batches, parse_config, progress_bar
+from ._trained import TrainedMasker, TrainedMaskerConfig, batches, progress_bar, trained_factory
 
 NAME = "dsr"
 OFFICIAL_VQ_NAME = "vq_model_pretrained_128_4096"
@@ -831,12 +831,7 @@ class DSRMasker(TrainedMasker):
         return refined[:, 1:2]
 
 
-def create_dsr(
-    weights: str | None = None, allow_random_weights: bool = False, device: str | None = None, **options: Any
-) -> DSRMasker:
-    """Factory registered as ``dsr``: ``weights`` = the official pretrained VQ checkpoint (optional)."""
-    config = parse_config(DSRConfig, NAME, {"weights": weights, "allow_random_weights": allow_random_weights, **options})
-    return DSRMasker(config, device)
+create_dsr = trained_factory(DSRMasker, DSRConfig, NAME)
 
 
 @hookimpl

@@ -40,8 +40,8 @@ from ._trained import (
     TrainedMasker,
     TrainedMaskerConfig,
     batches,
-    parse_config,
     progress_bar,
+    trained_factory,
 )
 
 NAME = "msflow"
@@ -398,12 +398,7 @@ class MSFlowMasker(TrainedMasker):
         return aggregate_log_likelihood(logps, tuple(images.shape[-2:]), self.config.aggregation)
 
 
-def create_msflow(
-    weights: str | None = None, allow_random_weights: bool = False, device: str | None = None, **options: Any
-) -> MSFlowMasker:
-    """Factory registered as ``msflow``: ``weights`` / ``allow_random_weights`` are the backbone's."""
-    config = parse_config(MSFlowConfig, NAME, {"weights": weights, "allow_random_weights": allow_random_weights, **options})
-    return MSFlowMasker(config, device)
+create_msflow = trained_factory(MSFlowMasker, MSFlowConfig, NAME)
 
 
 @hookimpl
