@@ -198,9 +198,9 @@ class BenchRunner:
             t0 = time.perf_counter()
             row = self._run_unit(pu, cat)
             self.store.put(row)
-            s.ear_trained += cat.counts.pop("ear_trained", 0)
-            s.maskers_fitted += cat.counts.pop("maskers_fitted", 0)
-            cat.counts.update(ear_trained=0, maskers_fitted=0)
+            s.ear_trained += cat.counts["ear_trained"]
+            s.maskers_fitted += cat.counts["maskers_fitted"]
+            cat.counts.update(ear_trained=0, maskers_fitted=0)  # counted once
             dt = time.perf_counter() - t0
             if row.status == "ok":
                 if row.reused_from:
@@ -251,34 +251,34 @@ class BenchRunner:
     def _compute(self, pu: PlannedUnit, cat: CategoryWorkbench, base: dict[str, Any]) -> ResultRow:
         split = cat.split()
         timings: dict[str, float] = {"load_data": cat.timings.pop("load_data", 0.0)}
-        masks = self._get_masks(pu, cat)
+        masks, fresh = self._get_masks(pu, cat)
         fader_cfg = pu.variant.fader_config(self.profile.fader_head)
-        ev = cat.evaluate(masks[0], pu.ear_key, fader_cfg, pu.work_key)
-        timings["masker"] = masks[0].seconds if masks[1] else 0.0
+        ev = cat.evaluate(masks, pu.ear_key, fader_cfg, pu.work_key)
+        timings["masker"] = masks.seconds if fresh else 0.0
         timings.update(ev.timings)
         figure = None
         if fader_cfg is not None and self.config.figures > 0:
             from .figures import unit_panel
 
-            unet, _ = cat.unet(pu.ear_key, masks[0])
+            unet, _ = cat.unet(pu.ear_key, masks)
             ear_model = FaderModel(unet, None, self.profile.fader_head, head=None)
-            figure = unit_panel(self.figure_path(pu.unit), ear_model, ev.model, split, masks[0].test,
+            figure = unit_panel(self.figure_path(pu.unit), ear_model, ev.model, split, masks.test,
                                 n_images=self.config.figures, device=self.device,
                                 title=f"{pu.unit.masker} / {pu.variant.title} / {pu.unit.category} / seed {pu.unit.seed}")
-        alone = cat.masker_alone(masks[0])
+        alone = cat.masker_alone(masks)
         config = {
             "masker_options": {k: v for k, v in self.masker_options(pu.unit.masker).items()},
-            "masker_info": masks[0].info.model_dump(mode="json"), "masker_key": pu.masker_key, "ear_key": pu.ear_key,
+            "masker_info": masks.info.model_dump(mode="json"), "masker_key": pu.masker_key, "ear_key": pu.ear_key,
             "fader": fader_cfg.model_dump(mode="json") if fader_cfg is not None else None,
             "fader_train": self.profile.fader.model_dump(mode="json") if fader_cfg is not None else None,
             "profile_digest": self.profile.digest(), "image_size": self.profile.image_size,
             "ear_masks": self.config.ear_masks,
-            "masked_fraction_test": float(masks[0].test.float().mean()),
+            "masked_fraction_test": float(masks.test.float().mean()),
             "masker_alone": alone.model_dump(mode="json") if alone is not None else None,
             "diagnostics": ev.diagnostics.model_dump(mode="json") if ev.diagnostics is not None else None,
             "figure": str(figure.relative_to(self.out)) if figure is not None else None,
         }
-        return ResultRow(**base, status="ok", weights=masks[0].info.weights, timings=timings, config=config,
+        return ResultRow(**base, status="ok", weights=masks.info.weights, timings=timings, config=config,
                          **ev.metrics.model_dump())
 
     def figure_path(self, unit: UnitId) -> Path:
