@@ -118,7 +118,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--maskers", default=None,
                    help="comma-separated masker names, any registered one (default: the table's maskers; "
                         "speed: every registered masker)")
-    p.add_argument("--variants", default=None, help="comma-separated variants of the table (default: all)")
+    p.add_argument("--variants", default=None, help="comma-separated variants of the table (default: all; coverage: ear,fader; "
+                   "fader_head and coverage also take every head variant of `fader-kit evaluate --fader-variant`)")
     p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N | auto (tables, default: cpu); speed: a comma list, default auto = "

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from fader_kit.cache import WorkCache
+from fader_kit.cache import WorkCache, alone_key, fused_key
 from fader_kit.stats import SeedSummary, paired_bootstrap
 
 from . import paper_numbers as paper
 from .store import ResultRow, ResultStore
-from .tables import EAR, TABLES, TableSpec
+from .tables import CONTROL, EAR, TABLES, TableSpec
 
 DASH = "--"
 DAGGER = "†"
@@ -276,32 +276,70 @@ def render_group(key: GroupKey, rows: list[ResultRow], cache: WorkCache | None =
 def comparisons(rows: list[ResultRow], cache: WorkCache) -> list[dict[str, object]]:
     """Per (masker, category, FADeR variant): the masker alone, EAR and the variant as mean ± spread
     over the seeds both finished, and the paired bootstrap interval of variant - EAR
-    (:func:`fader_kit.stats.paired_bootstrap`) from the cached per-image score detail."""
+    (:func:`fader_kit.stats.paired_bootstrap`) from the cached per-image score detail.  Rows that
+    carry a fused score (:mod:`fader_kit.fusion`) add a line ``VARIANT+masker`` (``ear+masker`` for
+    EAR's): that model's map fused with the masker's score map, against plain EAR."""
     ok = {(r.unit.masker, r.unit.variant, r.unit.category, r.unit.seed): r for r in rows if r.status == "ok"}
     out: list[dict[str, object]] = []
-    keys = sorted({(m, v, c) for (m, v, c, _) in ok if v != EAR})
-    for m, v, c in keys:
+    for m, v, c in sorted({(m, v, c) for (m, v, c, _) in ok}):
         seeds = sorted(s for (mm, vv, cc, s) in ok if (mm, vv, cc) == (m, v, c) and (m, EAR, c, s) in ok)
         if not seeds:
             continue
         pairs = [(ok[(m, EAR, c, s)], ok[(m, v, c, s)]) for s in seeds]
-        details = [(cache.load_scores(e.work_key), cache.load_scores(f.work_key)) for e, f in pairs]
-        row: dict[str, object] = {"masker": m, "variant": v, "category": c, "seeds": len(seeds)}
-        for name, idx in (("ear", 0), ("after", 1)):
-            for metric in ("image_auroc", "pixel_auroc"):
-                row[f"{name}_{metric}"] = SeedSummary.of([getattr(p[idx], metric) for p in pairs])
-        alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
-        for metric in ("image_auroc", "pixel_auroc"):
-            row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
-        if all(b is not None and a is not None for b, a in details):
-            try:
-                row["comparison"] = paired_bootstrap([b for b, _ in details], [a for _, a in details])
-            except ValueError as exc:  # e.g. test sets that differ between seeds
-                row["comparison_error"] = str(exc)
-        else:
-            row["comparison_error"] = "score detail missing from the cache (rerun to recompute it)"
-        out.append(row)
+        if v != EAR:
+            row = _comparison_row(m, v, c, pairs, [(e.work_key, f.work_key) for e, f in pairs],
+                                  [{"image_auroc": f.image_auroc, "pixel_auroc": f.pixel_auroc} for _, f in pairs],
+                                  cache)
+            control = [ok.get((m, CONTROL, c, s)) for s in seeds]
+            if v != CONTROL and all(control):
+                details = [(cache.load_scores(k.work_key), cache.load_scores(f.work_key))
+                           for k, (_, f) in zip(control, pairs)]
+                if all(a is not None and b is not None for a, b in details):
+                    try:  # what the head adds over the same training with every skip open
+                        row["vs_control"] = paired_bootstrap([a for a, _ in details], [b for _, b in details])
+                    except ValueError:
+                        pass
+            out.append(row)
+        fused = [f.config.get("fused") for _, f in pairs]
+        if all(fused):
+            out.append(_comparison_row(m, f"{v}+masker", c, pairs,
+                                       [(e.work_key, fused_key(f.work_key)) for e, f in pairs],
+                                       fused, cache))
     return out
+
+
+def _comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[ResultRow, ResultRow]],
+                    detail_keys: list[tuple[str, str]], after: list[dict[str, float]], cache: WorkCache
+                    ) -> dict[str, object]:
+    """One line of the comparison table: EAR of ``pairs`` against ``after`` (metrics per seed) and the
+    paired interval from the cached details under ``detail_keys`` (EAR key, after key) per seed."""
+    row: dict[str, object] = {"masker": masker, "variant": variant, "category": category, "seeds": len(pairs)}
+    for metric in ("image_auroc", "pixel_auroc"):
+        row[f"ear_{metric}"] = SeedSummary.of([getattr(e, metric) for e, _ in pairs])
+        row[f"after_{metric}"] = SeedSummary.of([a[metric] for a in after])
+    alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
+    for metric in ("image_auroc", "pixel_auroc"):
+        row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
+    details = [(cache.load_scores(b), cache.load_scores(a)) for b, a in detail_keys]
+    if all(b is not None and a is not None for b, a in details):
+        try:
+            row["comparison"] = paired_bootstrap([b for b, _ in details], [a for _, a in details])
+        except ValueError as exc:  # e.g. test sets that differ between seeds
+            row["comparison_error"] = str(exc)
+    else:
+        row["comparison_error"] = "score detail missing from the cache (rerun to recompute it)"
+    alone_details = [cache.load_scores(alone_key(str(e.config.get("masker_key")))) for e, _ in pairs]
+    if "comparison" in row and all(d is not None for d in alone_details):
+        try:
+            vs_alone = paired_bootstrap(alone_details, [a for _, a in details])
+        except ValueError:
+            vs_alone = None
+        if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
+            row["vs_best"] = {m: max(row["comparison"][m], vs_alone[m], key=lambda c: c.before_mean)
+                              for m in ("image_auroc", "pixel_auroc")}
+            row["best_baseline"] = {m: "EAR" if row["vs_best"][m] is row["comparison"][m] else "masker alone"
+                                    for m in ("image_auroc", "pixel_auroc")}
+    return row
 
 
 def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
@@ -309,9 +347,10 @@ def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
         return []
     md = ["", "Seeds and intervals: mean ± spread (sample sd) over seeds; Δ = after - EAR with its paired bootstrap "
           "95 % interval (test images resampled, same U-Net and masks); a gain or loss only where the interval "
-          "excludes 0.", "",
+          "excludes 0. `+masker`: that model's map fused with the masker's score map (fader_kit.fusion).", "",
           "| Masker | Variant | Category | Seeds | masker alone (img / pix) | EAR (img / pix) | after (img / pix) "
-          "| Δ image [95 % CI] | Δ pixel [95 % CI] |", "|---|---|---|---|---|---|---|---|---|"]
+          "| Δ image [95 % CI] | Δ pixel [95 % CI] | Δ vs the better of EAR and the masker alone (img; pix) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in comps:
         def pair(prefix: str) -> str:
             i, p = r.get(f"{prefix}_image_auroc"), r.get(f"{prefix}_pixel_auroc")
@@ -325,10 +364,46 @@ def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
             else:
                 c = cmp[metric]
                 cells_.append(f"{c.delta_mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}")
+        best = r.get("vs_best")
+        best_txt = DASH if best is None else "; ".join(
+            f"{best[m].delta_mean:+.3f} [{best[m].ci_low:+.3f}, {best[m].ci_high:+.3f}] vs {r['best_baseline'][m]}"
+            for m in ("image_auroc", "pixel_auroc"))
         md.append(f"| {r['masker']} | {r['variant']} | {r['category']} | {r['seeds']} | {pair('alone')} | "
-                  f"{pair('ear')} | {pair('after')} | {cells_[0]} | {cells_[1]} |")
+                  f"{pair('ear')} | {pair('after')} | {cells_[0]} | {cells_[1]} | {best_txt} |")
     errors = sorted({str(r["comparison_error"]) for r in comps if r.get("comparison_error")})
     md += [f"No interval for some rows: {e}" for e in errors]
+    return md
+
+
+def variant_summary_lines(comps: list[dict[str, object]]) -> list[str]:
+    """Per (table, variant), over every (data, masker, category) cell with an interval: the mean Δ
+    image AUROC against the better of EAR and the masker alone, in how many cells that interval is
+    above 0, the worst Δ image against EAR, and the mean Δ pixel against the better baseline --
+    whether a variant earns its place over what it is built from, in one line."""
+    acc: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for r in comps:
+        if r.get("vs_best") is not None and r.get("comparison") is not None:
+            acc.setdefault((str(r.get("table", "")), str(r["variant"])), []).append(r)
+    if not acc:
+        return []
+    md = ["", "## Variants over every cell", "",
+          "Per variant, over every (data, masker, category) cell with seeds and intervals: Δ = variant - the "
+          "better of EAR and the masker alone (per metric), mean over cells; cells whose 95 % interval is above "
+          "0; the worst Δ image against EAR; and against the control (the same training with every skip open).", "",
+          f"| Table | Variant | Cells | mean Δ image vs better | cells with interval > 0 | worst Δ image vs EAR "
+          f"| mean Δ pixel vs better | Δ image vs `{CONTROL}` (mean; cells gain / loss) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for (table, variant), rows in sorted(acc.items()):
+        d_img = [r["vs_best"]["image_auroc"].delta_mean for r in rows]
+        above = sum(1 for r in rows if r["vs_best"]["image_auroc"].ci_low > 0)
+        worst = min(r["comparison"]["image_auroc"].delta_mean for r in rows)
+        d_pix = [r["vs_best"]["pixel_auroc"].delta_mean for r in rows]
+        ctl = [r["vs_control"]["image_auroc"] for r in rows if r.get("vs_control")]
+        ctl_txt = DASH if not ctl else (f"{statistics.fmean(c.delta_mean for c in ctl):+.3f}; "
+                                        f"{sum(c.verdict == 'gain' for c in ctl)} / {sum(c.verdict == 'loss' for c in ctl)}"
+                                        f" of {len(ctl)}")
+        md.append(f"| {table} | {variant} | {len(rows)} | {statistics.fmean(d_img):+.3f} | {above} of {len(rows)} "
+                  f"| {worst:+.3f} | {statistics.fmean(d_pix):+.3f} | {ctl_txt} |")
     return md
 
 
@@ -480,6 +555,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
             written.append(bar_path)
             out += ["", f"Figures: `{bar_path.relative_to(folder)}`"
                     + "".join(f", `{p}`" for p in g.figures)]
+    out += variant_summary_lines(comps_all)
     text = "\n".join(out) + "\n"
     md_path = folder / "report.md"
     md_path.write_text(text)
@@ -503,6 +579,11 @@ def write_comparisons_csv(comps: list[dict[str, object]], path: Path) -> Path:
             fields += [f"{name}_{metric}_mean", f"{name}_{metric}_std"]
     for metric in ("image_auroc", "pixel_auroc"):
         fields += [f"delta_{metric}", f"delta_{metric}_ci_low", f"delta_{metric}_ci_high", f"verdict_{metric}"]
+    for metric in ("image_auroc", "pixel_auroc"):
+        fields += [f"best_baseline_{metric}", f"delta_best_{metric}", f"delta_best_{metric}_ci_low",
+                   f"delta_best_{metric}_ci_high"]
+    for metric in ("image_auroc", "pixel_auroc"):
+        fields += [f"delta_control_{metric}", f"delta_control_{metric}_ci_low", f"delta_control_{metric}_ci_high"]
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
@@ -519,5 +600,18 @@ def write_comparisons_csv(comps: list[dict[str, object]], path: Path) -> Path:
                     c = cmp[metric]
                     line.update({f"delta_{metric}": c.delta_mean, f"delta_{metric}_ci_low": c.ci_low,
                                  f"delta_{metric}_ci_high": c.ci_high, f"verdict_{metric}": c.verdict})
+            best = r.get("vs_best")
+            for metric in ("image_auroc", "pixel_auroc"):
+                if best is not None:
+                    b = best[metric]
+                    line.update({f"best_baseline_{metric}": r["best_baseline"][metric],
+                                 f"delta_best_{metric}": b.delta_mean, f"delta_best_{metric}_ci_low": b.ci_low,
+                                 f"delta_best_{metric}_ci_high": b.ci_high})
+            ctl = r.get("vs_control")
+            for metric in ("image_auroc", "pixel_auroc"):
+                if ctl is not None:
+                    k = ctl[metric]
+                    line.update({f"delta_control_{metric}": k.delta_mean, f"delta_control_{metric}_ci_low": k.ci_low,
+                                 f"delta_control_{metric}_ci_high": k.ci_high})
             w.writerow(line)
     return path

@@ -129,9 +129,10 @@ class BenchRunner:
         return list(self.config.maskers)
 
     def variants(self) -> list[Variant]:
-        if self.config.variants is None:
+        names = self.config.variants or self.spec.default_variants
+        if names is None:
             return list(self.spec.variants)
-        return [self.spec.variant(v) for v in self.config.variants]
+        return [self.spec.variant(v) for v in names]
 
     def masker_options(self, name: str) -> dict[str, Any]:
         """Options for masker ``name``: every plain ``KEY`` (``--weights``, ``--allow-random-weights``
@@ -275,6 +276,7 @@ class BenchRunner:
             "ear_masks": self.config.ear_masks,
             "masked_fraction_test": float(masks.test.float().mean()),
             "masker_alone": alone.model_dump(mode="json") if alone is not None else None,
+            "fused": ev.fused.model_dump(mode="json") if ev.fused is not None else None,
             "diagnostics": ev.diagnostics.model_dump(mode="json") if ev.diagnostics is not None else None,
             "figure": str(figure.relative_to(self.out)) if figure is not None else None,
         }

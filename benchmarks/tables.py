@@ -14,6 +14,7 @@ from fader_kit.config import HEAD_VARIANTS, FaderConfig
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 FADER = "fader"  # FADeR as the paper configures it (soft mask, min-max, nearest Theta, MLP head)
+CONTROL = "open_gates"  # FADeR's training with every skip kept open: what the head adds is measured against it
 
 
 class Variant(BaseModel):
@@ -47,6 +48,8 @@ class TableSpec(BaseModel):
     variants: tuple[Variant, ...]
     paper_data: str = Field(description="data set of the paper's numbers: mvtec or visa")
     layout: str = Field(description="report layout: 'pairs' (EAR -> FADeR per masker) or 'columns' (one per variant)")
+    default_variants: tuple[str, ...] | None = Field(
+        None, description="the variants run when --variants is not given (None = every variant of the table)")
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -56,6 +59,9 @@ class TableSpec(BaseModel):
 
 
 _PAIR = (Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR_EAR", fader={}))
+#: FADeR's head variants beyond the paper (fader_kit.config.HEAD_VARIANTS), as table columns
+_HEAD_VARIANTS = tuple(Variant(name=name, title=f"FADeR ({name})", fader=dict(changes))
+                       for name, changes in HEAD_VARIANTS.items() if name != "paper")
 
 TABLES: dict[str, TableSpec] = {
     "table2": TableSpec(
@@ -79,17 +85,15 @@ TABLES: dict[str, TableSpec] = {
         name="fader_head", title="FADeR head variants beyond the paper, one change at a time (image / pixel AUROC)",
         maskers=("patch_stats",),
         variants=(
-            Variant(name=EAR, title="EAR"),
-            *(Variant(name=FADER if name == "paper" else name, title=f"FADeR ({name})", fader=dict(changes))
-              for name, changes in HEAD_VARIANTS.items()),
+            Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR (paper)", fader={}), *_HEAD_VARIANTS,
         ),
         paper_data="mvtec", layout="columns",
     ),
     "coverage": TableSpec(
         name="coverage", title="Coverage: EAR and FADeR on masks covering a controlled fraction of each defect "
         "(image / pixel AUROC)",
-        maskers=("gt@0", "gt@25", "gt@50", "gt@75", "gt@100", "patch_stats"), variants=_PAIR, paper_data="mvtec",
-        layout="pairs",
+        maskers=("gt@0", "gt@25", "gt@50", "gt@75", "gt@100", "patch_stats"), variants=(*_PAIR, *_HEAD_VARIANTS),
+        paper_data="mvtec", layout="pairs", default_variants=(EAR, FADER),
     ),
     "table4": TableSpec(
         name="table4", title="Table 4: FADeR on other single masking methods (image / pixel AUROC)",

@@ -14,10 +14,12 @@ What is cached, under ``<out>/cache``, and what its key covers:
   data, category, image size and seed.
 - ``masks/<name>-<key>.pt``: that masker's binary masks of the train and test images, with its
   :class:`~fader_kit.interfaces.MaskerInfo` (so a rerun needs neither the masker nor its weights),
-  and its score maps' test-set detail (the masker alone as a detector).
+  and its score maps of the test images (the masker alone as a detector) and of the training images
+  (the normal scale of the fused score, :mod:`fader_kit.fusion`).
 - ``scores/<work key>.pt``: per-test-image scores and per-image pixel-score histograms of one
   evaluated model (:class:`~fader_kit.stats.ScoreDetail`): what the paired bootstrap over seeds
-  and test images needs, without keeping full anomaly maps.
+  and test images needs, without keeping full anomaly maps; ``<work key>.fused.pt`` the same for
+  that model's fused score; ``<masker key>.alone.pt`` the same for the masker's own score map.
 
 Every key is a digest of the settings it depends on (pydantic ``digest()`` for configurations),
 so a changed setting gives a new key and retrains, and an unchanged one reuses.
@@ -83,6 +85,16 @@ def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profi
     })
 
 
+def fused_key(work_key: str) -> str:
+    """Key of the fused score's detail (:mod:`fader_kit.fusion`) of the row ``work_key``."""
+    return f"{work_key}.fused"
+
+
+def alone_key(masker_key: str) -> str:
+    """Key of the score detail of the masker alone (its own score map as the detector)."""
+    return f"{masker_key}.alone"
+
+
 class MaskSet(BaseModel):
     """Binary masks of one category's train and test images, who made them, and (optionally)
     the masker's own test score maps' detail, so the masker alone can be scored as a detector."""
@@ -94,6 +106,7 @@ class MaskSet(BaseModel):
     info: MaskerInfo
     seconds: float = 0.0
     test_scores: Tensor | None = None  # the masker's score maps of the test images [N, 1, H, W] (float16)
+    train_scores: Tensor | None = None  # ... and of the (normal) training images: the fused score's normal scale
 
 
 def _atomic_save(obj: Any, path: Path) -> Path:
@@ -125,13 +138,16 @@ class WorkCache:
             return None
         payload = torch.load(path, map_location="cpu", weights_only=False)
         return MaskSet(train=payload["train"], test=payload["test"], info=MaskerInfo(**payload["info"]),
-                       seconds=float(payload.get("seconds", 0.0)), test_scores=payload.get("test_scores"))
+                       seconds=float(payload.get("seconds", 0.0)), test_scores=payload.get("test_scores"),
+                       train_scores=payload.get("train_scores"))
 
     def save_masks(self, name: str, key: str, masks: MaskSet) -> Path:
-        scores = masks.test_scores.half() if masks.test_scores is not None else None
+        def half(t: Tensor | None) -> Tensor | None:
+            return t.half() if t is not None else None
+
         return _atomic_save({"train": masks.train.bool(), "test": masks.test.bool(),
                              "info": masks.info.model_dump(mode="json"), "seconds": masks.seconds,
-                             "test_scores": scores},
+                             "test_scores": half(masks.test_scores), "train_scores": half(masks.train_scores)},
                             self.masks_path(name, key))
 
     def scores_path(self, work_key: str) -> Path:
@@ -141,6 +157,7 @@ class WorkCache:
         return _atomic_save(detail.to_dict(), self.scores_path(work_key))
 
     def load_scores(self, work_key: str) -> "ScoreDetail | None":
+        """The cached detail of ``work_key`` (``<work key>.fused`` for the fused score of that row)."""
         from .stats import ScoreDetail
 
         path = self.scores_path(work_key)

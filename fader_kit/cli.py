@@ -159,13 +159,20 @@ def print_evaluation(result: "EvaluationResult") -> None:
     print(f"\n{result.category} ({result.masker.name}, weights {result.masker.weights}, profile {result.profile}, "
           f"seed{'s' if n > 1 else ''} {','.join(map(str, result.seeds))})")
     print(f"{'':14} {'image AUROC':>16} {'pixel AUROC':>16}")
-    for name, label in (("masker_alone", "masker alone"), ("ear", "EAR"), ("fader", "FADeR")):
+    rows = (("masker_alone", "masker alone"), ("ear", "EAR"), ("fader", "FADeR"), ("ear_fused", "EAR + masker"),
+            ("fader_fused", "FADeR + masker"))
+    for name, label in rows:
         spread = result.spread.get(name)
         if spread is None:
             continue
         print(f"{label:14} {spread['image_auroc'].text():>16} {spread['pixel_auroc'].text():>16}")
     for c in result.comparison.values():
         print("FADeR - EAR   " + c.text())
+    for name, label in (("ear_fused", "EAR + masker"), ("fader_fused", "FADeR + masker")):
+        for c in result.fused_comparison.get(name, {}).values():
+            print(f"{label} - EAR: " + c.text())
+    if result.fused_comparison:
+        print("(+ masker: the map fused with the masker's own score map, each on its normal-image scale)")
     from .diagnostics import summary_line
 
     for row in result.per_seed:
@@ -197,11 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
                         "masker, as in the paper) or on the masker's masks united with blobs")
-    from .config import HEAD_VARIANTS
+    from .config import DEFAULT_HEAD_VARIANT, HEAD_VARIANTS
 
-    p.add_argument("--fader-variant", choices=list(HEAD_VARIANTS), default="paper",
-                   help="FADeR head: 'paper' exactly as the paper reads (default), or one change beyond it "
-                        "(see docs/fader-head-experiments.md)")
+    p.add_argument("--fader-variant", choices=list(HEAD_VARIANTS), default=DEFAULT_HEAD_VARIANT,
+                   help=f"FADeR head (default: {DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' is "
+                        "FADeR exactly as the paper reads; 'open_gates' the control (see "
+                        "docs/fader-head-experiments.md)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)

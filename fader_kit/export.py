@@ -65,6 +65,8 @@ class _FixedSkipSizes(FaderModel):
 
     def __init__(self, model: FaderModel, size: int, sizes: list[tuple[int, int]]) -> None:
         super().__init__(model.reconstructor, None, model.config, head=model.head)
+        if model.calibration is not None:  # the calibrated normaliser's levels travel with the graph
+            self.calibration.copy_(model.calibration)
         self.grid = (size // model.patch_size, size // model.patch_size)
         self.sizes = sizes
         # bilinear Theta (the ablation) is linear and separable: one matrix per axis, taken from

@@ -119,13 +119,16 @@ def build_head(config: FaderConfig) -> nn.Module:
 
 # -- loss and masks -------------------------------------------------------------------------------
 def ranking_loss(
-    pred: Tensor, target: Tensor, margin: float, pairs: int | None = None, generator: torch.Generator | None = None
+    pred: Tensor, target: Tensor, margin: float, pairs: int | None = None, generator: torch.Generator | None = None,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Eq. 3 over pairs (i, j) of patches of the same image, averaged.
 
     ``max(0, -sign(l_i - l_j) * (l_hat_i - l_hat_j) + xi)`` with sign = +1 if l_i > l_j else -1.
     ``pairs=None`` uses every unordered pair i < j; an int samples that many pairs per image
     (``generator`` makes the sample reproducible), which keeps large grids affordable.
+    ``valid`` (``[B, N]`` bool) keeps only the pairs whose two patches are both valid (the
+    ``focus="unmasked"`` head: patches without an M_B pixel); the mean is over the kept pairs.
     """
     if pred.shape != target.shape or pred.ndim != 2:
         raise ValueError(f"pred and target must both be [B, N], got {list(pred.shape)} and {list(target.shape)}")
@@ -141,7 +144,19 @@ def ranking_loss(
     li, lj = target.gather(1, i), target.gather(1, j)
     pi, pj = pred.gather(1, i), pred.gather(1, j)
     sign = torch.where(li > lj, 1.0, -1.0).to(pred.dtype)
-    return F.relu(-sign * (pi - pj) + margin).mean()
+    loss = F.relu(-sign * (pi - pj) + margin)
+    if valid is None:
+        return loss.mean()
+    if valid.shape != pred.shape:
+        raise ValueError(f"valid must be [B, N] like pred, got {list(valid.shape)} for {list(pred.shape)}")
+    keep = (valid.gather(1, i) & valid.gather(1, j)).to(loss.dtype)
+    return (loss * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+def unmasked_patches(binary_mask: Tensor, m: int) -> Tensor:
+    """``[B, N]`` bool: True for the m x m patches (row-major, as :func:`patchify`) with no M_B pixel --
+    the patches whose skip features carry the image itself rather than its mosaic."""
+    return F.max_pool2d(binary_mask.float(), m).flatten(1) == 0
 
 
 def calibration_from(pred: Tensor, quantile: float = 0.995, width: float = 2.0) -> Tensor:
@@ -273,7 +288,10 @@ class FaderModel(nn.Module):
         return self.head(tokens)
 
     def gate_grid(self, pred: Tensor, grid: tuple[int, int]) -> Tensor:
-        """M_S (or the hard ablation gate) on the patch grid, ``[B, 1, gh, gw]``."""
+        """M_S (or the hard ablation gate) on the patch grid, ``[B, 1, gh, gw]``; all ones for the
+        ``gates="open"`` control."""
+        if self.config.gates == "open":
+            return torch.ones(pred.shape[0], 1, *grid, dtype=pred.dtype, device=pred.device)
         if self.config.masking == "hard":
             g = hard_mask(pred, self.config.hard_threshold, self.config.normaliser, self.calibration)
         else:
@@ -292,7 +310,9 @@ class FaderModel(nn.Module):
     @torch.no_grad()
     def calibrate(self, images: Tensor, binary_masks: Tensor | None = None, batch_size: int = 16) -> Tensor:
         """Set the calibrated normaliser from l_hat on normal ``images`` (obfuscated with their M_B);
-        returns [start, end].  Only for ``normaliser="calibrated"``."""
+        returns [start, end].  Only for ``normaliser="calibrated"``.  With ``focus="unmasked"`` only the
+        patches without an M_B pixel count (masked patches are flat mosaic cells whose high l_hat says
+        nothing about the patches the gates must judge)."""
         if self.calibration is None:
             raise ValueError("calibrate() needs a FaderModel with a head and normaliser='calibrated'")
         was_training = self.training
@@ -303,7 +323,9 @@ class FaderModel(nn.Module):
                 x = images[i : i + batch_size].to(self.calibration.device)
                 mb = (torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
                       if binary_masks is None else binary_masks[i : i + batch_size].to(x.device).bool())
-                preds.append(self.predict_errors(obfuscate(x, mb, self.patch_size)))
+                pred = self.predict_errors(obfuscate(x, mb, self.patch_size))
+                preds.append(pred[unmasked_patches(mb, self.patch_size)] if self.config.focus == "unmasked"
+                             else pred.flatten())
         finally:
             self.train(was_training)
         self.calibration.copy_(calibration_from(torch.cat(preds), self.config.calibration_quantile,
@@ -359,9 +381,14 @@ class FaderModel(nn.Module):
         device: str | torch.device = "cpu",
         progress: bool = False,
     ) -> list[dict[str, float]]:
-        """Train the head (and fine-tune the decoder) on normal images; see training.train_fader."""
+        """Train the head (and fine-tune the decoder) on normal images; see training.train_fader.
+        Without ``masks`` the wrapped masker's M_B of ``images`` is used (none: random blobs only)."""
         from .training import train_fader
 
+        if masks is None and self.masker is not None and isinstance(images, Tensor):
+            with torch.no_grad():
+                masks = torch.cat([self.binary_mask(images[i : i + 16].to(device)).cpu()
+                                   for i in range(0, images.shape[0], 16)])
         return train_fader(self, images, masks, train_config or TrainConfig(), seed=seed, device=device, progress=progress)
 
     # -- persistence ----------------------------------------------------------------------------

@@ -24,11 +24,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import cache as keys
-from .cache import MaskSet, WorkCache
+from .cache import MaskSet, WorkCache, fused_key
 from .config import FaderConfig, Profile, TrainConfig
 from .data import CategorySplit, SyntheticConfig, load_category
 from .diagnostics import Diagnostics, head_diagnostics, mask_diagnostics
 from .fader import FaderModel, wrap_with_fader
+from .fusion import fit_fusion, fuse_maps
 from .interfaces import Masker, MaskerInfo
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
 from .stats import Comparison, ScoreDetail, SeedSummary, paired_bootstrap
@@ -212,6 +213,9 @@ class Evaluation(BaseModel):
     timings: dict[str, float]
     model: FaderModel
     diagnostics: Diagnostics | None = None
+    fused: Metrics | None = Field(None, description="the fused score (fader_kit.fusion): this model's map + the "
+                                  "masker's score map, each on its normal-image scale")
+    fused_detail: ScoreDetail | None = None
 
 
 class CategoryWorkbench:
@@ -264,8 +268,9 @@ class CategoryWorkbench:
         if mk in self._masks:
             return self._masks[mk], False
         cached = self.cache.load_masks(name, mk)
-        if cached is not None and cached.test_scores is not None:
+        if cached is not None and cached.test_scores is not None and cached.train_scores is not None:
             self._masks[mk] = cached
+            self._save_alone_detail(mk, cached)
             return cached, False
         s, split = self.settings, self.split()
         t = time.perf_counter()
@@ -285,15 +290,25 @@ class CategoryWorkbench:
         test = compute_masks(masker, split.test, batch_size=bs, device=self.device, progress=s.progress,
                              desc="masks (test)")
         scores = masker_score_maps(masker, split.test, batch_size=bs, device=self.device, progress=s.progress)
-        # score maps kept as the cache stores them (float16), so the masker-alone numbers do not depend on
-        # whether the masks came from memory or from the cache (a resumed run, another process)
+        train_scores = masker_score_maps(masker, split.train, batch_size=bs, device=self.device, progress=s.progress)
+        # score maps kept as the cache stores them (float16), so the masker-alone and fused numbers do not
+        # depend on whether the masks came from memory or from the cache (a resumed run, another process)
         ms = MaskSet(train=train, test=test, info=masker.info, seconds=time.perf_counter() - t,
-                     test_scores=scores.half())
+                     test_scores=scores.half(), train_scores=train_scores.half())
         self.cache.save_masks(name, mk, ms)
+        self._save_alone_detail(mk, ms)
         self.log(f"    masker {name} (weights: {ms.info.weights}): fitted and masked in {ms.seconds:.1f}s; "
                  f"masked fraction train {train.float().mean():.3f}, test {test.float().mean():.3f}")
         self._masks[mk] = ms
         return ms, True
+
+    def _save_alone_detail(self, masker_key: str, masks: MaskSet) -> None:
+        """The masker alone's per-image score detail (paired intervals against it), once per masker key."""
+        if masks.test_scores is None or self.cache.scores_path(keys.alone_key(masker_key)).is_file():
+            return
+        split = self.split()
+        self.cache.save_scores(keys.alone_key(masker_key),
+                               ScoreDetail.from_maps(masks.test_scores.float(), split.labels, split.masks))
 
     def unet(self, ear_key: str, masks: MaskSet) -> tuple[EARUNet, dict[str, Any]]:
         """The EAR U-Net of ``ear_key``: in memory, from the cache file, or trained now."""
@@ -335,8 +350,18 @@ class CategoryWorkbench:
         self.cache.save_scores(work_key, detail)
         diagnostics = diagnose(model, split.test, masks.test, split.labels, split.masks,
                                batch_size=s.profile.eval_batch_size, device=self.device)
+        fused = fused_detail = None
+        if masks.test_scores is not None and masks.train_scores is not None:
+            normal = anomaly_maps(model, split.train, masks.train, batch_size=s.profile.eval_batch_size,
+                                  device=self.device)
+            fused_maps = fuse_maps(maps, masks.test_scores.float(),
+                                   fit_fusion(normal, masks.train_scores.float()))
+            fused = metrics_from_maps(fused_maps, split.labels, split.masks)
+            fused_detail = ScoreDetail.from_maps(fused_maps, split.labels, split.masks)
+            self.cache.save_scores(fused_key(work_key), fused_detail)
         timings["evaluate"] = time.perf_counter() - t
-        return Evaluation(metrics=metrics, detail=detail, timings=timings, model=model, diagnostics=diagnostics)
+        return Evaluation(metrics=metrics, detail=detail, timings=timings, model=model, diagnostics=diagnostics,
+                          fused=fused, fused_detail=fused_detail)
 
     def masker_alone(self, masks: MaskSet) -> Metrics | None:
         """The masker's own score map as the detector (image score = max): the baseline that tells
@@ -353,6 +378,8 @@ class SeedResult(BaseModel):
     ear: Metrics
     fader: Metrics
     masker_alone: Metrics | None = None
+    ear_fused: Metrics | None = Field(None, description="EAR's map fused with the masker's score map")
+    fader_fused: Metrics | None = Field(None, description="FADeR's map fused with the masker's score map")
     diagnostics: Diagnostics | None = Field(None, description="FADeR's head and the masks on the test set")
     timings: dict[str, float] = Field(default_factory=dict)
 
@@ -373,8 +400,12 @@ class EvaluationResult(BaseModel):
     ear: Metrics
     fader: Metrics
     masker_alone: Metrics | None = None
+    ear_fused: Metrics | None = None
+    fader_fused: Metrics | None = None
     spread: dict[str, dict[str, SeedSummary]] = Field(default_factory=dict)
     comparison: dict[str, Comparison] = Field(default_factory=dict)
+    fused_comparison: dict[str, dict[str, Comparison]] = Field(
+        default_factory=dict, description="'ear_fused' / 'fader_fused' - EAR, paired like `comparison`")
     per_seed: list[SeedResult] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
@@ -409,8 +440,9 @@ def evaluate_category(
     progress: bool = True,
     log: Log = print,
 ) -> EvaluationResult:
-    """Per seed: fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both; then the
-    mean, spread and paired bootstrap interval of FADeR - EAR over the seeds.
+    """Per seed: fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both (and each
+    fused with the masker's score map, :mod:`fader_kit.fusion`); then the mean, spread and paired
+    bootstrap interval of FADeR - EAR (and of each fused score - EAR) over the seeds.
 
     Written under ``out``: ``cache/`` (the same layout and keys as ``fader-kit bench``, so either
     command reuses the other's work), ``fader.pt`` (the FADeR model of the first seed;
@@ -425,6 +457,7 @@ def evaluate_category(
     head = fader_config or profile.fader_head
     rows: list[SeedResult] = []
     details: list[tuple[ScoreDetail, ScoreDetail]] = []
+    fused_details: list[tuple[ScoreDetail | None, ScoreDetail | None]] = []
     info: MaskerInfo | None = None
     t_all = time.perf_counter()
     for seed in seeds:
@@ -450,21 +483,34 @@ def evaluate_category(
                    "ear_train": ear.timings["ear_train"], "fader_train": fad.timings["fader_train"],
                    "evaluate": ear.timings["evaluate"] + fad.timings["evaluate"]}
         rows.append(SeedResult(seed=seed, ear=ear.metrics, fader=fad.metrics, masker_alone=bench.masker_alone(masks),
-                               diagnostics=fad.diagnostics, timings=timings))
+                               ear_fused=ear.fused, fader_fused=fad.fused, diagnostics=fad.diagnostics,
+                               timings=timings))
         details.append((ear.detail, fad.detail))
+        fused_details.append((ear.fused_detail, fad.fused_detail))
     assert info is not None
     spread = {}
-    for name in ("ear", "fader", "masker_alone"):
+    for name in ("ear", "fader", "masker_alone", "ear_fused", "fader_fused"):
         got = [getattr(r, name) for r in rows if getattr(r, name) is not None]
         if got:
             spread[name] = {k: SeedSummary.of([getattr(m, k) for m in got]) for k in ("image_auroc", "pixel_auroc")}
     comparison = paired_bootstrap([d[0] for d in details], [d[1] for d in details])
+    fused_comparison = {}
+    for name, idx in (("ear_fused", 0), ("fader_fused", 1)):
+        if all(f[idx] is not None for f in fused_details):
+            fused_comparison[name] = paired_bootstrap([d[0] for d in details], [f[idx] for f in fused_details])
     alone = [r.masker_alone for r in rows if r.masker_alone is not None]
+
+    def mean_of(name: str) -> Metrics | None:
+        got = [getattr(r, name) for r in rows if getattr(r, name) is not None]
+        return mean_metrics(got) if len(got) == len(rows) else None
+
     result = EvaluationResult(
         data=str(data), category=category, masker=info, profile=profile.name, seeds=list(seeds), device=str(device),
         ear_masks=ear_masks, fader_variant=fader_variant, fader_config=head.model_dump(mode="json"),
         ear=mean_metrics([r.ear for r in rows]), fader=mean_metrics([r.fader for r in rows]),
-        masker_alone=mean_metrics(alone) if alone else None, spread=spread, comparison=comparison, per_seed=rows,
+        masker_alone=mean_metrics(alone) if alone else None, ear_fused=mean_of("ear_fused"),
+        fader_fused=mean_of("fader_fused"), spread=spread, comparison=comparison, fused_comparison=fused_comparison,
+        per_seed=rows,
         timings={"total": time.perf_counter() - t_all}, environment=environment(),
     )
     write_json_atomic(out / "metrics.json", result.model_dump(mode="json"))

@@ -151,6 +151,10 @@ def _resample_weights(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
     return w
 
 
+def _f64(counts: np.ndarray) -> np.ndarray:
+    return np.asarray(counts, dtype=np.float64)
+
+
 def paired_bootstrap(
     before: Sequence[ScoreDetail], after: Sequence[ScoreDetail], *, resamples: int = 2000, level: float = 0.95,
     seed: int = 0,
@@ -179,8 +183,9 @@ def paired_bootstrap(
                 b_mean.append(b.image_auroc())
                 a_mean.append(a.image_auroc())
             else:
-                vb = hist_auroc(w @ b.pixel_pos, w @ b.pixel_neg)
-                va = hist_auroc(w @ a.pixel_pos, w @ a.pixel_neg)
+                # float64 counts (exact below 2**53): a float @ int64 product has no BLAS path, 50x slower
+                vb = hist_auroc(w @ _f64(b.pixel_pos), w @ _f64(b.pixel_neg))
+                va = hist_auroc(w @ _f64(a.pixel_pos), w @ _f64(a.pixel_neg))
                 b_mean.append(b.pixel_auroc())
                 a_mean.append(a.pixel_auroc())
             deltas += (va - vb) / len(before)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .fader import FaderModel, FaderOutput, patch_errors, ranking_loss
+from .fader import FaderModel, FaderOutput, patch_errors, ranking_loss, unmasked_patches
 from .interfaces import Reconstructor, check_images
 from .obfuscation import obfuscate
 from .scoring import msgms_loss
@@ -68,16 +68,25 @@ def random_blobs(n: int, size: tuple[int, int], coverage: float, generator: torc
 
 
 def paste_pseudo_anomalies(
-    images: Tensor, probability: float, area: float, generator: torch.Generator
+    images: Tensor, probability: float, area: float, generator: torch.Generator, source: str = "image"
 ) -> tuple[Tensor, Tensor]:
     """Pseudo-anomalies for FADeR training: with ``probability`` per image, a square of ~``area`` of
-    the image, cut from *another* image of the batch (rolled by one; the image itself when the batch
-    has one), colour-shifted and pasted at a random place.  Returns the pasted images and the pasted
-    region ``[B, 1, H, W]`` (bool).  The region is deliberately *not* added to M_B: the head must learn
-    that an unseen pattern the binary mask missed reconstructs badly."""
+    the image pasted at a random place: cut from *another* image of the batch (rolled by one; the
+    image itself when the batch has one) and colour-shifted (``source="image"``), or a procedurally
+    generated texture or shape (``"procedural"``, :func:`fader_kit.data.procedural.general_images`).
+    Returns the pasted images and the pasted region ``[B, 1, H, W]`` (bool).  The region is
+    deliberately *not* added to M_B: the head must learn that an unseen pattern the binary mask
+    missed reconstructs badly."""
+    if source not in ("image", "procedural"):
+        raise ValueError(f"unknown pseudo-anomaly source {source!r}; use 'image' or 'procedural'")
     b, c, h, w = images.shape
     side_h = max(1, min(h - 1, round(h * area**0.5)))
     side_w = max(1, min(w - 1, round(w * area**0.5)))
+    if source == "procedural":
+        from .data.procedural import general_images
+
+        side = max(side_h, side_w, 8)
+        donor_patches = general_images(b, side, generator)[:, :c, :side_h, :side_w].to(images)
     out = images.clone()
     region = torch.zeros(b, 1, h, w, dtype=torch.bool, device=images.device)
     donors = torch.roll(torch.arange(b), 1) if b > 1 else torch.zeros(1, dtype=torch.long)
@@ -89,7 +98,10 @@ def paste_pseudo_anomalies(
         ty = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
         tx = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
         shift = (torch.rand(c, 1, 1, generator=generator) - 0.5).to(images) * 0.6
-        patch = images[int(donors[i]), :, sy : sy + side_h, sx : sx + side_w]
+        if source == "procedural":
+            patch, shift = donor_patches[i], torch.zeros_like(shift)
+        else:
+            patch = images[int(donors[i]), :, sy : sy + side_h, sx : sx + side_w]
         out[i, :, ty : ty + side_h, tx : tx + side_w] = (patch + shift).clamp(0.0, 1.0)
         region[i, :, ty : ty + side_h, tx : tx + side_w] = True
     return out, region
@@ -190,6 +202,9 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
 
 def _check_inputs(images: Tensor, masks: Tensor | None) -> None:
     check_images(images)
+    if masks is not None and not isinstance(masks, Tensor):
+        raise TypeError(f"masks must be a [N, 1, H, W] tensor or None, got {type(masks).__name__}"
+                        + ("; pass the training configuration as train_config=" if isinstance(masks, TrainConfig) else ""))
     if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
         raise ValueError(f"masks {list(masks.shape)} do not match images {list(images.shape)}")
 
@@ -296,7 +311,9 @@ def train_fader(
     ``target="ungated"`` takes l against the un-gated reconstruction of the same U-Net;
     ``pseudo_anomalies > 0`` pastes foreign patches into the inputs (not into M_B) while l and the
     decoder's loss stay against the clean image; ``normaliser="calibrated"`` ends by calibrating
-    the gates on the training images (:meth:`FaderModel.calibrate`).
+    the gates on the training images (:meth:`FaderModel.calibrate`); ``focus="unmasked"`` draws Eq. 3's
+    pairs (and the calibration) from patches without an M_B pixel only; ``gates="open"`` is the control
+    that trains the same way with every skip open.
     """
     if model.head is None:
         raise ValueError("train_fader needs a FaderModel with a head")
@@ -334,10 +351,13 @@ def train_fader(
             for x, mb in _training_batches(images, masks, config, gen, device):
                 x_in = x
                 if head_cfg.pseudo_anomalies > 0:
-                    x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, head_cfg.pseudo_area, gen)
+                    x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, head_cfg.pseudo_area, gen,
+                                                     head_cfg.pseudo_source)
                 out = model(x_in, mb, detach_gates=True)
                 target = error_target(model, x, out)
-                l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen)
+                valid = unmasked_patches(mb, model.patch_size) if head_cfg.focus == "unmasked" else None
+                l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen,
+                                      valid=valid)
                 l_rec = reconstruction_loss(out.reconstruction, x) if config.decoder_lr_factor > 0 else torch.zeros(())
                 opt.zero_grad(set_to_none=True)
                 (l_rank + l_rec).backward()

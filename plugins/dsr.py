@@ -10,7 +10,7 @@ Read from the public DSR code (VitjanZ/DSR_anomaly_detection) for the facts, wri
    checkpoint is loaded when given (``weights=`` the official ``vq_model_pretrained_128_4096.pckl``,
    with the official sizes).  Offline (``codebook="general"``, the default) the general model is
    pretrained once on a stream of procedurally generated textures and shapes
-   (:mod:`._general_images`: ImageNet cannot be had offline), cached under
+   (:mod:`fader_kit.data.procedural`: ImageNet cannot be had offline), cached under
    ``<cache root>/dsr/general-vq/<digest of its sizes and training>/`` and loaded by every later
    fit of any category.  ``codebook="category"`` trains it on the category's normal images
    instead (the earlier scale-down: its codebooks then span only the category, and the anomaly
@@ -87,7 +87,7 @@ class DSRConfig(TrainedMaskerConfig):
     codebook: Literal["general", "category"] = Field(
         "general",
         description="VQ model when no official checkpoint is given: general = pretrained once on procedurally "
-        "generated images (plugins/_general_images.py), cached and reused by every category (DSR's premise); "
+        "generated images (fader_kit/data/procedural.py), cached and reused by every category (DSR's premise); "
         "category = trained on the category's normal images (the earlier scale-down)",
     )
     general_steps: int = Field(1200, ge=1, description="general VQ pretraining: optimiser steps")
@@ -419,7 +419,7 @@ general_vq_pretrain_calls = 0
 
 def general_vq_recipe(cfg: DSRConfig) -> dict[str, Any]:
     """Everything the general VQ model depends on: its sizes, its training and the image stream's version."""
-    from ._general_images import GENERATOR_VERSION
+    from fader_kit.data.procedural import GENERATOR_VERSION
 
     options = cfg.model_dump(mode="json")
     return {"version": GENERAL_VQ_VERSION, "images": f"procedural-v{GENERATOR_VERSION}",
@@ -442,7 +442,7 @@ def pretrain_general_vq(cfg: DSRConfig, device: torch.device, progress: bool = F
 
     Seeded by ``general_seed`` alone, with the caller's RNG state restored: the result does not
     depend on the category or the fit seed, which is what lets every category share it."""
-    from ._general_images import general_images
+    from fader_kit.data.procedural import general_images
 
     global general_vq_pretrain_calls
     general_vq_pretrain_calls += 1

@@ -163,7 +163,7 @@ def test_dsr_size_check():
 
 
 def test_general_images_are_varied_and_seeded():
-    from fader_kit_plugins._general_images import general_images
+    from fader_kit.data.procedural import general_images
 
     a = general_images(12, 32, torch.Generator().manual_seed(3))
     b = general_images(12, 32, torch.Generator().manual_seed(3))

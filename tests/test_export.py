@@ -95,6 +95,23 @@ def test_ablation_heads_and_gates_export_too(tmp_path, head):
     assert report.max_abs_diff_map is not None and report.max_abs_diff_map <= 1e-4
 
 
+def test_calibrated_gates_export_with_their_calibration(tmp_path):
+    """The default head of `fader-kit evaluate` (pseudo_focused) uses the calibrated normaliser: its
+    levels are a buffer of the model and must reach the graph (else every gate is NaN)."""
+    from fader_kit.config import fader_variant
+    from fader_kit.export import export_model
+
+    model = smoke_model(fader_variant(get_profile("smoke").fader_head, "pseudo_focused"), seed=2)
+    images, mask = inputs(2, 3)
+    with torch.no_grad():
+        levels = model.predict_errors(images).flatten().quantile(torch.tensor([0.5, 0.9]))
+    model.calibration.copy_(levels)  # gates close on the top tenth of these patches
+    _, gates = model.head_outputs(images, mask)
+    assert float(gates.min()) < 0.5 < float(gates.max())
+    report = export_model(model, tmp_path / "m.onnx", SIZE)
+    assert report.max_abs_diff_map is not None and report.max_abs_diff_map <= 1e-4
+
+
 def test_plain_ear_export_and_missing_size(run_dir, tmp_path, capsys):
     out = tmp_path / "ear.onnx"
     assert main(["export", "--onnx", str(out), "--no-head", str(run_dir / "fader.pt"), "--size", "64"]) == 0

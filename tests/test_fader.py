@@ -252,6 +252,24 @@ def test_pseudo_anomalies_change_only_the_pasted_area():
     assert torch.equal(none, x) and not region0.any()
 
 
+def test_procedural_pseudo_anomalies_paste_content_foreign_to_the_batch():
+    """On a batch of flat grey images, a square of another image would be flat too (shifted in colour);
+    the procedural source pastes textured content, seeded, and only inside the region."""
+    from fader_kit.training import paste_pseudo_anomalies
+
+    x = torch.full((3, 3, 64, 64), 0.5)
+    out, region = paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator().manual_seed(0), source="procedural")
+    again, _ = paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator().manual_seed(0), source="procedural")
+    assert torch.equal(out, again)
+    assert torch.equal(out[~region.expand_as(out)], x[~region.expand_as(x)])
+    pasted = out[region.expand_as(out)].reshape(3, 3, -1)
+    assert float(pasted.std(dim=2).mean()) > 0.02  # texture, not a flat colour
+    image, where = paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator().manual_seed(0), source="image")
+    assert float(image[where.expand_as(image)].reshape(3, 3, -1).std(dim=2).max()) < 1e-6
+    with pytest.raises(ValueError, match="pseudo-anomaly source"):
+        paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator(), source="dtd")
+
+
 def test_target_switch_takes_the_error_of_the_ungated_reconstruction():
     from fader_kit.training import error_target
 
@@ -292,8 +310,94 @@ def test_named_head_variants_and_the_evaluate_argument():
     with pytest.raises(ValueError, match="unknown FADeR variant 'nope'"):
         fader_variant(base, "nope")
     parser = build_parser()
-    assert parser.parse_args(["evaluate", "--category", "washer"]).fader_variant == "paper"
+    from fader_kit.config import DEFAULT_HEAD_VARIANT
+
+    assert DEFAULT_HEAD_VARIANT in HEAD_VARIANTS and DEFAULT_HEAD_VARIANT != "open_gates"  # the control is no head
+    assert parser.parse_args(["evaluate", "--category", "washer"]).fader_variant == DEFAULT_HEAD_VARIANT
     for name in HEAD_VARIANTS:
         assert parser.parse_args(["evaluate", "--category", "washer", "--fader-variant", name]).fader_variant == name
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--category", "washer", "--fader-variant", "nope"])
+
+
+def test_ranking_loss_over_valid_patches_only():
+    from fader_kit.fader import unmasked_patches
+
+    pred = torch.tensor([[0.5, 0.1, 0.3]])
+    target = torch.tensor([[3.0, 1.0, 2.0]])
+    valid = torch.tensor([[True, True, False]])
+    # only the pair (0, 1) counts: l_0 > l_1 and l_hat_0 - l_hat_1 = 0.4, so max(0, -0.4 + 0.5) = 0.1
+    assert math.isclose(float(ranking_loss(pred, target, 0.5, valid=valid)), 0.1, rel_tol=1e-6)
+    assert math.isclose(float(ranking_loss(pred, target, 0.5)), (0.1 + 0.3 + 0.3) / 3, rel_tol=1e-6)
+    # sampled pairs: an all-valid mask changes nothing, an empty one gives 0 (no pair to learn from)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert float(ranking_loss(pred, target, 0.5, 32, g(), valid=torch.ones(1, 3, dtype=torch.bool))) == \
+        pytest.approx(float(ranking_loss(pred, target, 0.5, 32, g())))
+    assert float(ranking_loss(pred, target, 0.5, 32, g(), valid=torch.zeros(1, 3, dtype=torch.bool))) == 0.0
+    mb = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mb[0, 0, 1, 3] = True  # one pixel in the top-right 2x2 patch
+    assert unmasked_patches(mb, 2).tolist() == [[True, False, True, True]]
+
+
+def test_open_gates_control_reconstructs_exactly_like_plain_ear():
+    unet = EARUNet(UNetConfig(widths=(4, 4, 8)))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mb = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    mb[:, :, 8:16, 8:16] = True
+    model = wrap_with_fader(unet, None, FaderConfig(patch_size=8, hidden=8, gates="open")).eval()
+    out = model(x, mb)
+    assert torch.equal(out.soft_mask, torch.ones(2, 1, 4, 4))
+    assert torch.allclose(out.reconstruction, model.without_head()(x, mb).reconstruction, atol=1e-6)
+    paper = wrap_with_fader(unet, None, FaderConfig(patch_size=8, hidden=8)).eval()
+    assert not torch.allclose(paper(x, mb).reconstruction, out.reconstruction)  # min-max closes some skip
+
+
+def test_focused_calibration_ignores_masked_patches():
+    """A masked patch is a flat mosaic cell the head scores high; with focus='unmasked' it does not
+    move the calibration, so the level is set by the patches the gates must judge."""
+    from fader_kit.fader import calibration_from, unmasked_patches
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mb = torch.zeros(4, 1, 32, 32, dtype=torch.bool)
+    mb[:, :, :16, :16] = True  # the top-left 2x2 of the 4x4 patch grid is masked
+    pred = torch.arange(16.0) * 0.01
+    pred[[0, 1, 4, 5]] += 10.0  # the head scores the masked (flat) patches high
+    cals = {}
+    for focus in ("all", "unmasked"):
+        cfg = FaderConfig(patch_size=8, hidden=8, normaliser="calibrated", focus=focus)
+        model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None, cfg)
+        model.predict_errors = lambda obf: pred.expand(obf.shape[0], -1)
+        cals[focus] = model.calibrate(x, mb)
+    keep = unmasked_patches(mb, 8)
+    assert int(keep.sum()) == 4 * 12 and not keep[:, [0, 1, 4, 5]].any()
+    batch = pred.expand(4, -1)
+    assert torch.allclose(cals["unmasked"], calibration_from(batch[keep]))
+    assert torch.allclose(cals["all"], calibration_from(batch))
+    assert cals["all"][0] > 5 > cals["unmasked"][0]  # the masked patches' 10s set the level only with 'all'
+
+
+def test_fit_without_masks_uses_the_wrapped_maskers_masks_and_a_misplaced_config_is_named(monkeypatch):
+    from fader_kit.config import TrainConfig
+    from fader_kit.interfaces import Masker, MaskerInfo
+    import fader_kit.training as training
+
+    class Corner(Masker):
+        info = MaskerInfo(name="corner", weights="none")
+
+        def score_map(self, images):
+            out = torch.zeros(images.shape[0], 1, *images.shape[-2:])
+            out[..., :8, :8] = 1.0
+            return out
+
+        def mask(self, images):
+            return self.score_map(images) > 0.5
+
+    seen = {}
+    monkeypatch.setattr(training, "train_fader", lambda model, images, masks, *a, **k: seen.setdefault("m", masks))
+    model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), Corner(), FaderConfig(patch_size=8, hidden=8))
+    x = torch.rand(3, 3, 32, 32)
+    model.fit(x)
+    assert seen["m"].shape == (3, 1, 32, 32) and seen["m"][:, :, :8, :8].all() and not seen["m"][:, :, 8:].any()
+    monkeypatch.undo()
+    with pytest.raises(TypeError, match="train_config="):
+        model.fit(x, TrainConfig(epochs=1))

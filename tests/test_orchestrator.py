@@ -13,7 +13,8 @@ def both(tmp_path_factory):
     ev = tmp_path_factory.mktemp("evaluate")
     be = tmp_path_factory.mktemp("bench")
     common = ["--data", "synthetic", "--profile", "smoke", "--seeds", "0,1", "--quiet"]
-    assert main(["evaluate", "--category", "washer", "--out", str(ev), *common]) == 0
+    # table3's "ours" is the paper's head: evaluate runs it with --fader-variant paper
+    assert main(["evaluate", "--category", "washer", "--fader-variant", "paper", "--out", str(ev), *common]) == 0
     assert main(["bench", "table3", "--categories", "washer", "--variants", "ear,ours", "--figures", "0",
                  "--no-report", "--out", str(be), *common]) == 0
     return json.loads((ev / "metrics.json").read_text()), ResultStore.open_existing(be).rows(), be
@@ -65,9 +66,32 @@ def test_bench_report_gives_seed_spread_and_the_paired_interval(both):
     text, paths = build_report(folder, figures=False)
     assert "Seeds and intervals" in text
     (cmp_path,) = [p for p in paths if p.name == "comparisons.csv"]
-    (line,) = list(csv.DictReader(cmp_path.open()))
-    assert line["variant"] == "ours" and line["seeds"] == "2"
+    lines = {line["variant"]: line for line in csv.DictReader(cmp_path.open())}
+    assert set(lines) == {"ours", "ours+masker", "ear+masker"}  # the fused scores get their own lines
+    line = lines["ours"]
+    assert line["seeds"] == "2"
     assert float(line["delta_image_auroc_ci_low"]) <= float(line["delta_image_auroc"]) <= float(line["delta_image_auroc_ci_high"])
     assert line["verdict_image_auroc"] in ("gain", "loss", "no difference")
     ear = [r.image_auroc for r in rows if r.unit.variant == "ear"]
     assert float(line["ear_image_auroc_mean"]) == pytest.approx(sum(ear) / len(ear))
+    # against the better of EAR and the masker alone: the baseline named is the one with the higher mean
+    ear_mean, alone_mean = float(line["ear_image_auroc_mean"]), float(line["alone_image_auroc_mean"])
+    assert line["best_baseline_image_auroc"] == ("EAR" if ear_mean >= alone_mean else "masker alone")
+    assert float(line["delta_best_image_auroc"]) == pytest.approx(
+        float(line["after_image_auroc_mean"]) - max(ear_mean, alone_mean), abs=1e-3)
+    assert "## Variants over every cell" in text
+
+
+def test_fused_score_is_reported_by_both_commands_and_paired_against_ear(both):
+    metrics, rows, _ = both
+    by = {(r.unit.variant, r.unit.seed): r for r in rows}
+    for seed_row in metrics["per_seed"]:
+        s = seed_row["seed"]
+        assert seed_row["ear_fused"] == by[("ear", s)].config["fused"]
+        assert seed_row["fader_fused"] == by[("ours", s)].config["fused"]
+        # fusing adds the masker's map: the result is not the reconstruction's own number
+        assert seed_row["ear_fused"]["image_auroc"] != seed_row["ear"]["image_auroc"]
+    for name in ("ear_fused", "fader_fused"):
+        c = metrics["fused_comparison"][name]["image_auroc"]
+        assert c["before_mean"] == pytest.approx(metrics["ear"]["image_auroc"], abs=1e-3)
+        assert c["after_mean"] == pytest.approx(metrics[name]["image_auroc"], abs=1e-3)
