@@ -146,10 +146,10 @@ HEAD_VARIANTS: dict[str, dict[str, object]] = {
 
 #: The head ``fader-kit evaluate`` trains unless told otherwise, chosen on the development grid
 #: (MPDD metal_plate and the four synthetic categories, four maskers; docs/fader-head-experiments.md):
-#: of the head variants it came closest to the better of EAR and the masker alone (mean -0.004 image
-#: AUROC against -0.048 for ``paper``) and never cost pixel AUROC on average.  Its calibrated gates
-#: rarely close, so it measured no different from the control ``open_gates``: the head earned no
-#: gain of its own.  The paper's tables (``bench table2..5``) keep ``paper``.
+#: of the head variants it came closest to the better of EAR and the masker alone (mean -0.006 image
+#: AUROC against -0.048 for ``paper``; worst cell -0.032 against EAR, ``paper`` -0.177).  Its
+#: calibrated gates rarely close, so it measured no different from the control ``open_gates``: the
+#: head earned no gain of its own.  The paper's tables (``bench table2..5``) keep ``paper``.
 DEFAULT_HEAD_VARIANT = "pseudo_focused"
 
 
