@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from fader_kit.cache import WorkCache, alone_key, fused_key
-from fader_kit.stats import SeedSummary, paired_bootstrap
+from fader_kit.stats import ScoreDetail, SeedSummary, paired_bootstrap
 
 from . import paper_numbers as paper
 from .store import ResultRow, ResultStore
@@ -291,14 +291,11 @@ def comparisons(rows: list[ResultRow], cache: WorkCache) -> list[dict[str, objec
                                   [{"image_auroc": f.image_auroc, "pixel_auroc": f.pixel_auroc} for _, f in pairs],
                                   cache)
             control = [ok.get((m, CONTROL, c, s)) for s in seeds]
-            if v != CONTROL and all(control):
-                details = [(cache.load_scores(k.work_key), cache.load_scores(f.work_key))
-                           for k, (_, f) in zip(control, pairs)]
-                if all(a is not None and b is not None for a, b in details):
-                    try:  # what the head adds over the same training with every skip open
-                        row["vs_control"] = paired_bootstrap([a for a, _ in details], [b for _, b in details])
-                    except ValueError:
-                        pass
+            if v != CONTROL and all(control):  # what the head adds over the same training with every skip open
+                vs_control, _ = _paired(_load(cache, [k.work_key for k in control]),
+                                        _load(cache, [f.work_key for _, f in pairs]))
+                if vs_control is not None:
+                    row["vs_control"] = vs_control
             out.append(row)
         fused = [f.config.get("fused") for _, f in pairs]
         if all(fused):
@@ -320,26 +317,34 @@ def _comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[
     alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
     for metric in ("image_auroc", "pixel_auroc"):
         row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
-    details = [(cache.load_scores(b), cache.load_scores(a)) for b, a in detail_keys]
-    if all(b is not None and a is not None for b, a in details):
-        try:
-            row["comparison"] = paired_bootstrap([b for b, _ in details], [a for _, a in details])
-        except ValueError as exc:  # e.g. test sets that differ between seeds
-            row["comparison_error"] = str(exc)
+    after_details = _load(cache, [a for _, a in detail_keys])
+    comparison, error = _paired(_load(cache, [b for b, _ in detail_keys]), after_details)
+    if comparison is None:
+        row["comparison_error"] = error
     else:
-        row["comparison_error"] = "score detail missing from the cache (rerun to recompute it)"
-    alone_details = [cache.load_scores(alone_key(str(e.config.get("masker_key")))) for e, _ in pairs]
-    if "comparison" in row and all(d is not None for d in alone_details):
-        try:
-            vs_alone = paired_bootstrap(alone_details, [a for _, a in details])
-        except ValueError:
-            vs_alone = None
+        row["comparison"] = comparison
+        vs_alone, _ = _paired(_load(cache, [alone_key(str(e.config.get("masker_key"))) for e, _ in pairs]), after_details)
         if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
             row["vs_best"] = {m: max(row["comparison"][m], vs_alone[m], key=lambda c: c.before_mean)
                               for m in ("image_auroc", "pixel_auroc")}
             row["best_baseline"] = {m: "EAR" if row["vs_best"][m] is row["comparison"][m] else "masker alone"
                                     for m in ("image_auroc", "pixel_auroc")}
     return row
+
+
+def _load(cache: WorkCache, keys: list[str]) -> list[ScoreDetail | None]:
+    return [cache.load_scores(k) for k in keys]
+
+
+def _paired(before: list[ScoreDetail | None], after: list[ScoreDetail | None]) -> tuple[dict | None, str | None]:
+    """The paired bootstrap of ``after`` against ``before`` (cached details, one per seed), or None and
+    why not."""
+    if any(d is None for d in (*before, *after)):
+        return None, "score detail missing from the cache (rerun to recompute it)"
+    try:
+        return paired_bootstrap(before, after), None
+    except ValueError as exc:  # e.g. test sets that differ between seeds
+        return None, str(exc)
 
 
 def comparison_lines(comps: list[dict[str, object]]) -> list[str]:

@@ -302,13 +302,17 @@ class CategoryWorkbench:
         self._masks[mk] = ms
         return ms, True
 
+    def _save_detail(self, key: str, test_maps: Tensor) -> ScoreDetail:
+        """The per-image score detail of ``test_maps`` (for paired intervals), cached under ``key``."""
+        split = self.split()
+        detail = ScoreDetail.from_maps(test_maps, split.labels, split.masks)
+        self.cache.save_scores(key, detail)
+        return detail
+
     def _save_alone_detail(self, masker_key: str, masks: MaskSet) -> None:
         """The masker alone's per-image score detail (paired intervals against it), once per masker key."""
-        if masks.test_scores is None or self.cache.scores_path(keys.alone_key(masker_key)).is_file():
-            return
-        split = self.split()
-        self.cache.save_scores(keys.alone_key(masker_key),
-                               ScoreDetail.from_maps(masks.test_scores.float(), split.labels, split.masks))
+        if masks.test_scores is not None and not self.cache.scores_path(keys.alone_key(masker_key)).is_file():
+            self._save_detail(keys.alone_key(masker_key), masks.test_scores.float())
 
     def unet(self, ear_key: str, masks: MaskSet) -> tuple[EARUNet, dict[str, Any]]:
         """The EAR U-Net of ``ear_key``: in memory, from the cache file, or trained now."""
@@ -346,8 +350,7 @@ class CategoryWorkbench:
         maps = anomaly_maps(model, split.test, masks.test, batch_size=s.profile.eval_batch_size,
                             device=self.device, progress=s.progress)
         metrics = metrics_from_maps(maps, split.labels, split.masks)
-        detail = ScoreDetail.from_maps(maps, split.labels, split.masks)
-        self.cache.save_scores(work_key, detail)
+        detail = self._save_detail(work_key, maps)
         diagnostics = diagnose(model, split.test, masks.test, split.labels, split.masks,
                                batch_size=s.profile.eval_batch_size, device=self.device)
         fused = fused_detail = None
@@ -357,8 +360,7 @@ class CategoryWorkbench:
             fused_maps = fuse_maps(maps, masks.test_scores.float(),
                                    fit_fusion(normal, masks.train_scores.float()))
             fused = metrics_from_maps(fused_maps, split.labels, split.masks)
-            fused_detail = ScoreDetail.from_maps(fused_maps, split.labels, split.masks)
-            self.cache.save_scores(fused_key(work_key), fused_detail)
+            fused_detail = self._save_detail(fused_key(work_key), fused_maps)
         timings["evaluate"] = time.perf_counter() - t
         return Evaluation(metrics=metrics, detail=detail, timings=timings, model=model, diagnostics=diagnostics,
                           fused=fused, fused_detail=fused_detail)
