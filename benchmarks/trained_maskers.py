@@ -14,7 +14,10 @@ test set.  One row per (category, masker, seed):
 - ``threads``, ``load_before`` / ``load_after`` (1-min load average), ``cpus``: the conditions;
 - ``codebook`` / ``centres``...: ``MaskerInfo.details`` (which variant ran);
 - for ``ami_net``, ``k_sweep``: the token mask's TPR / FPR at other ``k_sigma`` values
-  (``--k-sigmas``), same fitted model.
+  (``--k-sigmas``), same fitted model;
+- ``diagnostics``: pixel and image AUROC of the masker's intermediate maps
+  (``diagnostic_maps()``: DSR's coarse segmentation and reconstruction gap, AMI-Net's centre
+  distance), to see which stage localises a defect and which loses it.
 
 Rows are appended to ``<out>/rows.jsonl`` (and ``rows.csv``) as soon as each is measured; a rerun
 with the same ``--out`` skips the rows already there, so an interrupted run resumes.  The summary
@@ -82,7 +85,7 @@ def _load() -> float:
 
 def _variant(details: dict[str, Any]) -> str:
     """The details that say which variant of a masker ran (codebook, centres, k_sigma, ...)."""
-    keys = ("codebook", "centres", "k_sigma", "mask_rule")
+    keys = ("codebook", "output", "centres", "k_sigma", "mask_rule")
     return " ".join(f"{k}={details[k]}" for k in keys if k in details)
 
 
@@ -149,6 +152,12 @@ def measure_one(
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_before": load_before,
         "n_train": int(split.train.shape[0]), "n_test": int(split.test.shape[0]), "device": device,
     }
+    diagnostics = getattr(masker, "diagnostic_maps", None)
+    if diagnostics is not None:  # which stage of the masker localises, and which loses it
+        row["diagnostics"] = {
+            key: {"pixel_auroc": pixel_auroc(m, split.masks), "image_auroc": image_auroc(m.flatten(1).amax(1), split.labels)}
+            for key, m in diagnostics(split.test).items()
+        }
     if name == "ami_net" and k_sigmas:
         row["k_sweep"] = k_sigma_sweep(masker, split.test, gt, k_sigmas, batch, device)
         row["k_sweep_score"] = k_sigma_sweep(masker, split.test, gt, k_sigmas, batch, device, "score_tokens")
@@ -265,10 +274,33 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = []
         for k in ks:
             vals = [sw[k] for sw in sweeps if k in sw]
-            tpr = mean_std([v[0] for v in vals])[0] if vals else float("nan")
-            fpr = mean_std([v[1] for v in vals])[0] if vals else float("nan")
+            if not vals:
+                cells.append("–")
+                continue
+            tpr, fpr = mean_std([v[0] for v in vals])[0], mean_std([v[1] for v in vals])[0]
             cells.append(f"{tpr:.3f} / {fpr:.3f}")
         lines.append(f"| {category} | `{masker}` | {rule} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diagnostics_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Pixel and image AUROC of each masker's intermediate maps (``diagnostics`` of the rows), beside
+    its score map's: mean ± std over seeds."""
+    groups: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        if not r.get("diagnostics"):
+            continue
+        groups.setdefault((r["category"], r["masker"], "score map (the output)"), []).append(
+            (r["pixel_auroc"], r["image_auroc"]))
+        for key, d in r["diagnostics"].items():
+            groups.setdefault((r["category"], r["masker"], key), []).append((d["pixel_auroc"], d["image_auroc"]))
+    if not groups:
+        return ""
+    lines = ["| category | masker | map | seeds | pixel AUROC | image AUROC (max) |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for (category, masker, key), vals in groups.items():
+        n = len(vals)
+        px, im = mean_std([v[0] for v in vals]), mean_std([v[1] for v in vals])
+        lines.append(f"| {category} | `{masker}` | {key} | {n} | {_cell(px, 3, n)} | {_cell(im, 3, n)} |")
     return "\n".join(lines)
 
 
@@ -341,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = sweep_table(rows)
     if sweep:
         text += "\n\nami_net token mask, coverage of defect / normal pixels by k_sigma (mean over seeds):\n\n" + sweep
+    diag = diagnostics_table(rows)
+    if diag:
+        text += "\n\nintermediate maps of the maskers (which stage localises):\n\n" + diag
     print(text)
     (args.out / "summary.md").write_text(text + "\n", encoding="utf-8")
     return 0

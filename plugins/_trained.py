@@ -240,19 +240,35 @@ class TrainedMasker(Masker, abc.ABC):
         """Raise ValueError when the model cannot work at ``size`` (subclasses override)."""
 
     @torch.no_grad()
-    def score_map(self, images: Tensor) -> Tensor:
+    def _map_over_batches(self, images: Tensor, fn: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``fn`` on batches resized to the work size, in eval mode; its maps ``[B, 1, h, w]`` are
+        resized back (bilinear) to the input size and joined."""
         images = check_images(images, "images")
         if not self.fitted:
             raise RuntimeError(f"masker {self.name!r} is not fitted: call fit() on normal images or load()")
         out_size = (int(images.shape[-2]), int(images.shape[-1]))
         for module in self._trainable().values():
             module.eval()
-        maps = []
+        maps: dict[str, list[Tensor]] = {}
         for idx in batches(images.shape[0], self.config.eval_batch_size):
             batch = resize(images[idx].float().to(self._device), self.work_size)
-            score = self._score(batch).float()
-            maps.append(F.interpolate(score, size=out_size, mode="bilinear", align_corners=False).cpu())
-        return torch.cat(maps)
+            for name, m in fn(batch).items():
+                maps.setdefault(name, []).append(
+                    F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu()
+                )
+        return {name: torch.cat(parts) for name, parts in maps.items()}
+
+    def score_map(self, images: Tensor) -> Tensor:
+        return self._map_over_batches(images, lambda batch: {"score": self._score(batch)})["score"]
+
+    def diagnostic_maps(self, images: Tensor) -> dict[str, Tensor]:
+        """The model's intermediate maps (``_diagnostics``), each ``[B, 1, H, W]`` at the input size:
+        which stage of a masker localises a defect, and which loses it.  ``{}`` when it has none."""
+        return self._map_over_batches(images, self._diagnostics)
+
+    def _diagnostics(self, images: Tensor) -> dict[str, Tensor]:
+        """Named intermediate maps of a batch at the work size (subclasses override)."""
+        return {}
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -267,7 +283,10 @@ class TrainedMasker(Masker, abc.ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config", {})
+        # an option added after the state was saved reads as its default (new options keep the
+        # earlier behaviour at their default, so an older fitted masker still loads)
+        defaults = type(self.config).model_construct().model_dump(mode="json")
+        saved = {**defaults, **state.get("config", {})}
         mine = self.config.model_dump(mode="json")
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k != "eval_batch_size")
         if differ:

@@ -97,6 +97,13 @@ class AMINetConfig(TrainedMaskerConfig, BackboneOptions):
         if self.k_sigma is not None:
             return self.k_sigma
         return 4.0 if self.mask_rule == "score_mad" else 2.0
+
+    @property
+    def inpaint_k(self) -> float:
+        """k of the distance rule that picks the tokens to inpaint: ``k`` when the binary mask is that
+        rule's own (``tokens``, ``score_tokens``, as AMI-Net), else 2 (``score_mad`` / ``quantile``:
+        ``k_sigma`` then sets only the mask's threshold, so a sweep of it leaves the score unchanged)."""
+        return self.k if self.mask_rule in ("tokens", "score_tokens") else 2.0
     feature_norm: Literal["standardize", "l2", "none"] = Field(
         "standardize",
         description="features before tokenising: standardize = per-channel z-score with the normal fit "
@@ -347,8 +354,7 @@ class AMINetMasker(TrainedMasker):
         cfg = self.config
         f = self._features(images)
         dist, assign, _ = self.net.cluster_distances(f)
-        k = cfg.k_sigma if cfg.k_sigma is not None else 2.0  # AMI-Net's inpainting mask: mean + k std
-        masked = outlier_token_mask(dist, assign, cfg.num_centres, k)
+        masked = outlier_token_mask(dist, assign, cfg.num_centres, cfg.inpaint_k)  # AMI-Net's: mean + k std
         rows, cols = f.shape[-2] // cfg.patch_size, f.shape[-1] // cfg.patch_size
         pred = self.net.inpaint_tokens(f, masked)
         recon = self.net.unpatchify(pred, rows, cols)
@@ -367,6 +373,11 @@ class AMINetMasker(TrainedMasker):
             "distance": dist.view(-1, 1, rows, cols), "token_mask": masked.view(-1, 1, rows, cols),
             "score_token_mask": score_masked.view(-1, 1, rows, cols),
         }
+
+    def _diagnostics(self, images: Tensor) -> dict[str, Tensor]:
+        """``centre_distance``: each token's distance to its centre (what AMI-Net's own token rule
+        thresholds), on the token grid."""
+        return {"centre_distance": self._analyse(images)["distance"]}
 
     def _score(self, images: Tensor) -> Tensor:
         out = self._analyse(images)
@@ -389,7 +400,7 @@ class AMINetMasker(TrainedMasker):
         """The outlier-token mask ``[B, 1, H, W]`` (bool), nearest-upsampled to the input size: by
         centre distance (``tokens``, AMI-Net's) or by inpainting score (``score_tokens`` /
         ``score_mad``: the rule of ``config.mask_rule`` when that is one of them)."""
-        if rule != "tokens" and rule != self.config.mask_rule:
+        if rule != self.config.mask_rule:  # e.g. AMI-Net's distance rule on a masker fitted for score_mad
             return self._with_rule(rule).token_mask(images, rule)
         images = check_images(images, "images")
         if not self.fitted:

@@ -145,3 +145,32 @@ def test_robust_rule_is_not_raised_by_the_outliers_themselves():
     assert robust_outlier_mask(score, 4.0)[0].tolist() == [False] * 12 + [True] * 4
     # the mean + k std rule with one cluster misses them at k = 2: the defects inflate the std
     assert not outlier_token_mask(score, torch.zeros(1, 16, dtype=torch.long), 1, 2.0).any()
+
+
+def test_score_mad_k_sets_the_threshold_only(fitted):
+    """With the robust rule, k_sigma moves the mask's threshold and leaves the score map alone (the
+    tokens to inpaint are AMI-Net's mean + 2 std rule); a larger k gives a subset of the mask."""
+    images, _ = stripes_with_defects(3, 64, seed=3, defect=True, kind="red")
+    assert fitted.config.mask_rule == "score_mad"
+    original = fitted.config
+    try:
+        before_maps, before_mask = fitted.score_map(images), fitted.mask(images)
+        fitted.config = original.model_copy(update={"k_sigma": 6.0})
+        after_maps, after_mask = fitted.score_map(images), fitted.mask(images)
+    finally:
+        fitted.config = original
+    assert torch.equal(before_maps, after_maps)
+    assert after_mask.sum() < before_mask.sum() and not (after_mask & ~before_mask).any()
+
+
+def test_distance_rule_follows_its_k_on_a_score_mad_masker(fitted):
+    """token_mask(rule="tokens") is AMI-Net's own rule at k_sigma, whatever the masker's mask rule."""
+    images, _ = stripes_with_defects(3, 64, seed=3, defect=True, kind="red")
+    original = fitted.config
+    try:
+        loose = fitted.token_mask(images, "tokens")
+        fitted.config = original.model_copy(update={"k_sigma": 0.5})
+        looser = fitted.token_mask(images, "tokens")
+    finally:
+        fitted.config = original
+    assert looser.sum() > loose.sum() and not (loose & ~looser).any()

@@ -15,6 +15,7 @@ from fader_kit_plugins.dsr import (
     distant_code_anomalies,
     focal_loss,
     paste_colour_anomalies,
+    paste_texture_anomalies,
     perlin_masks,
     perlin_noise,
 )
@@ -57,6 +58,21 @@ def test_colour_anomalies_only_inside_the_mask():
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_texture_anomalies_are_structured_seeded_and_only_inside_the_mask():
+    images = torch.full((3, 3, 32, 32), 0.5)
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    a = paste_texture_anomalies(images, mask, torch.Generator().manual_seed(1))
+    b = paste_texture_anomalies(images, mask, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    outside = mask.expand_as(images) == 0
+    assert torch.equal(a[outside], images[outside])
+    inside = a[:, :, 8:24, 8:24]
+    # a texture, not a flat colour: pixels inside the mask vary within each image
+    assert (inside.flatten(1).std(1) > 0.01).all()
+    assert a.min() >= 0 and a.max() <= 1
+
+
 def test_focal_loss_by_hand():
     probs = torch.tensor([0.2, 0.8]).view(1, 2, 1, 1)
     eps = 1e-5
@@ -78,6 +94,8 @@ def test_distant_code_anomalies_draw_from_the_allowed_ranks():
     # ranks [0.05 K, strength K + 1): the nearest 5 % (2 codes) are skipped
     assert first.min() >= 2 and first.max() <= 20 and len(first.unique()) > 10
     assert second.min() >= 2 and second.max() <= k - 2 and second.max() > 20
+    # an empty mask (a normal sample, or an image that draws another anomaly kind) changes nothing
+    assert torch.equal(distant_code_anomalies(z, q, codebook, torch.zeros_like(mask), torch.ones(2), torch.Generator()), q)
 
 
 def _official_vq_state(h: int, rh: int, e: int, k: int) -> dict[str, torch.Tensor]:
@@ -145,6 +163,25 @@ def test_dsr_ranks_pasted_defect_above_normal_pixels(fitted):
         assert pixel_auroc(maps, masks) > 0.9, kind
     binary = fitted.mask(images)
     assert binary[masks].float().mean() > 3 * binary[~masks].float().mean()
+
+
+def test_dsr_diagnostic_maps_are_its_intermediate_stages(fitted):
+    images, _ = stripes_with_defects(4, 64, seed=1, defect=True, kind="blend")
+    images = images[:, :, :48, :48]  # any input size: resized like the score map
+    maps = fitted.diagnostic_maps(images)
+    assert set(maps) == {"coarse", "reconstruction_gap"}
+    assert all(m.shape == (4, 1, 48, 48) for m in maps.values())
+    assert 0 <= maps["coarse"].min() and maps["coarse"].max() <= 1 and maps["reconstruction_gap"].min() >= 0
+    # DSR's output is the upsampling module's refinement of the coarse map: the two differ ...
+    assert fitted.info.details["output"] == "upsampled"
+    assert not torch.allclose(maps["coarse"], fitted.score_map(images), atol=1e-3)
+    # ... and output="coarse" scores with the coarse map itself
+    original = fitted.config
+    try:
+        fitted.config = original.model_copy(update={"output": "coarse"})
+        assert torch.allclose(maps["coarse"], fitted.score_map(images))
+    finally:
+        fitted.config = original
 
 
 def test_dsr_save_load_round_trip(fitted, tmp_path):

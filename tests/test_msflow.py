@@ -141,6 +141,20 @@ def test_msflow_save_load_round_trip(fitted, tmp_path):
         other.load(path)
 
 
+def test_state_saved_before_an_option_existed_loads_at_its_default(fitted):
+    """An option missing from a saved state (added by a later release) reads as its default."""
+    state = fitted.state_dict()
+    del state["config"]["warmup_epochs"]  # as if saved by a release that had no such option
+    options = dict(epochs=12, batch_size=4, lr=2e-3, parallel_blocks=(1, 1, 1), cond_channels=8, pool="none",
+                   threshold_quantile=0.98)
+    with pytest.raises(ValueError, match="warmup_epochs: saved 3 vs 1"):  # the fixture's own value is not the default
+        create_masker("msflow", **options, warmup_epochs=1).load_state_dict(state)
+    fresh = create_masker("msflow", **options)  # default warmup_epochs=3
+    fresh.load_state_dict(state)
+    images, _ = stripes_with_defects(2, 32, seed=4, defect=True)
+    assert torch.equal(fresh.score_map(images), fitted.score_map(images))
+
+
 def test_msflow_bad_options_and_inputs():
     with pytest.raises(ValueError, match="msflow.*parallel_blocks"):
         create_masker("msflow", parallel_blocks=(1, 1))

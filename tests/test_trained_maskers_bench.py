@@ -69,3 +69,18 @@ def test_rows_are_appended_and_a_rerun_resumes(tmp_path, monkeypatch):
     assert mean == pytest.approx(sum(values) / 3) and std >= 0
     assert "| stripes | `patch_stats` |" in bench.table(summary)
     assert json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[0])["seed"] == 0
+
+
+def test_diagnostics_table_sets_intermediate_maps_beside_the_output():
+    rows = [
+        {"category": "c", "masker": "dsr", "pixel_auroc": 0.7, "image_auroc": 0.9,
+         "diagnostics": {"coarse": {"pixel_auroc": 0.8, "image_auroc": 1.0}}},
+        {"category": "c", "masker": "dsr", "pixel_auroc": 0.9, "image_auroc": 0.7,
+         "diagnostics": {"coarse": {"pixel_auroc": 0.6, "image_auroc": 0.8}}},
+        {"category": "c", "masker": "patch_stats", "pixel_auroc": 0.5, "image_auroc": 0.5},  # no diagnostics
+    ]
+    lines = bench.diagnostics_table(rows).splitlines()
+    assert len(lines) == 4 and "patch_stats" not in "\n".join(lines)
+    assert lines[2] == "| c | `dsr` | score map (the output) | 2 | 0.800 ± 0.141 | 0.800 ± 0.141 |"
+    assert lines[3] == "| c | `dsr` | coarse | 2 | 0.700 ± 0.141 | 0.900 ± 0.141 |"
+    assert bench.diagnostics_table(rows[2:]) == ""
