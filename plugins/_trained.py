@@ -240,9 +240,11 @@ class TrainedMasker(Masker, abc.ABC):
         """Raise ValueError when the model cannot work at ``size`` (subclasses override)."""
 
     @torch.no_grad()
-    def _map_over_batches(self, images: Tensor, fn: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+    def _map_over_batches(
+        self, images: Tensor, fn: Callable[[Tensor], dict[str, Tensor]], mode: str = "bilinear"
+    ) -> dict[str, Tensor]:
         """``fn`` on batches resized to the work size, in eval mode; its maps ``[B, 1, h, w]`` are
-        resized back (bilinear) to the input size and joined."""
+        resized back to the input size (``mode``: bilinear, or nearest for masks) and joined."""
         images = check_images(images, "images")
         if not self.fitted:
             raise RuntimeError(f"masker {self.name!r} is not fitted: call fit() on normal images or load()")
@@ -254,7 +256,8 @@ class TrainedMasker(Masker, abc.ABC):
             batch = resize(images[idx].float().to(self._device), self.work_size)
             for name, m in fn(batch).items():
                 maps.setdefault(name, []).append(
-                    F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu()
+                    F.interpolate(m.float(), size=out_size, mode=mode,
+                                  align_corners=False if mode == "bilinear" else None).cpu()
                 )
         return {name: torch.cat(parts) for name, parts in maps.items()}
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from fader_kit.backbones import create_feature_extractor, resize_features
 from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import MaskerInfo, check_images
+from fader_kit.interfaces import MaskerInfo
 
 from ._trained import (
     BackboneOptions,
@@ -46,7 +46,6 @@ from ._trained import (
     batches,
     gaussian_blur,
     progress_bar,
-    resize,
     trained_factory,
 )
 
@@ -402,16 +401,8 @@ class AMINetMasker(TrainedMasker):
         ``score_mad``: the rule of ``config.mask_rule`` when that is one of them)."""
         if rule != self.config.mask_rule:  # e.g. AMI-Net's distance rule on a masker fitted for score_mad
             return self._with_rule(rule).token_mask(images, rule)
-        images = check_images(images, "images")
-        if not self.fitted:
-            raise RuntimeError(f"masker {NAME!r} is not fitted: call fit() on normal images or load()")
-        self.net.eval()
-        out = []
-        for idx in batches(images.shape[0], self.config.eval_batch_size):
-            batch = resize(images[idx].float().to(self.device), self.work_size)
-            tokens = self._analyse(batch)["token_mask" if rule == "tokens" else "score_token_mask"].float()
-            out.append(F.interpolate(tokens, size=images.shape[-2:], mode="nearest").bool().cpu())
-        return torch.cat(out)
+        key = "token_mask" if rule == "tokens" else "score_token_mask"
+        return self._map_over_batches(images, lambda batch: {key: self._analyse(batch)[key]}, mode="nearest")[key].bool()
 
     def _with_rule(self, rule: str) -> "AMINetMasker":
         """A view of this fitted masker whose config uses ``rule`` (same modules, no copy)."""
