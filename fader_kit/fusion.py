@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+
 class MapScale(BaseModel):
     """Where a map's normal values lie: ``(map - centre) / scale`` puts the median of normal pixels at 0
     and their ``quantile`` at 1."""
