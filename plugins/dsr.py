@@ -182,8 +182,10 @@ def perlin_masks(n: int, size: tuple[int, int], generator: torch.Generator, p_no
 
 def blend_anomalies(images: Tensor, masks: Tensor, source: Tensor, generator: torch.Generator) -> Tensor:
     """Image-space anomalies: ``(1 - beta) * source + beta * image`` inside ``masks``, beta ~ U(0, 0.8)
-    per image; ``source`` is ``[n, 3, 1, 1]`` (a flat colour) or ``[n, 3, H, W]`` (a texture)."""
-    beta = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.8
+    per image; ``source`` is ``[n, 3, 1, 1]`` (a flat colour) or ``[n, 3, H, W]`` (a texture).  The
+    random draws come from the CPU ``generator``; the result is on ``images``' device."""
+    beta = (torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.8).to(images)
+    source = source.to(images)
     blended = (1 - beta) * source + beta * images
     return images * (1 - masks) + blended * masks
 
@@ -841,8 +843,7 @@ class DSRMasker(TrainedMasker):
                 # pasted image, the pixel mask as target; restoration targets stay the clean image's
                 pasted = per_image((torch.rand(b, generator=generator) < cfg.image_anomaly_share).float())
                 if bool(pasted.any()):
-                    x_anom = self._input(paste_texture_anomalies(self._input(x).cpu(), mask.cpu(), generator))
-                    enc_a = vq.encode(x_anom.to(self.device))
+                    enc_a = vq.encode(self._input(paste_texture_anomalies(self._input(x), mask, generator)))
                     feat_lo = pasted * enc_a["q_lo"] + (1 - pasted) * feat_lo
                     feat_hi = pasted * enc_a["q_hi"] + (1 - pasted) * feat_hi
                     target = pasted * mask + (1 - pasted) * target
