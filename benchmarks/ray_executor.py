@@ -41,6 +41,7 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fader_kit.errors import UserError
 from fader_kit.pipeline import CategoryWorkbench
 from fader_kit.registry import MaskerRegistry
 
@@ -54,7 +55,7 @@ INSTALL_HINT = "pip install 'fader-kit[ray]'"
 FORWARDED_ENV_PREFIX = "FADER_KIT_"
 
 
-class RayNotInstalledError(ValueError):
+class RayNotInstalledError(UserError, ValueError):
     """``--executor ray`` without the ``[ray]`` extra."""
 
 

@@ -3,51 +3,35 @@
 ``bench`` / ``report`` come from the ``fader_kit_bench`` plugin through the ``register_commands`` hook,
 so this module imports neither ``fader_kit_bench`` nor ``fader_kit_plugins``.
 
-Errors a user can fix (a missing folder, an unknown masker, missing weights, a bad option) are
-printed as one ``error:`` line and exit with status 2 (``FADER_KIT_DEBUG=1`` shows the traceback);
-anything else is a bug and keeps its traceback.
+Errors a user can fix (:class:`fader_kit.errors.UserError`: a missing folder, an unknown masker,
+missing weights, a bad option) are printed as one ``error:`` line and exit with status 2
+(``FADER_KIT_DEBUG=1`` shows the traceback); anything else is a bug: its traceback is shown, with
+a line saying so, and the exit status is 1.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import __version__
+from .errors import BUG_HINT, ConfigError, UserError
 
 if TYPE_CHECKING:
     from .pipeline import EvaluationResult
 
 EXIT_USAGE = 2
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that describe bad input rather than a bug."""
-    from pydantic import ValidationError
-
-    from .data import DataError
-    from .registry import UnknownMaskerError
-    from .weights import MissingWeightsError
-
-    return (DataError, UnknownMaskerError, MissingWeightsError, ValidationError, ValueError, FileNotFoundError)
+EXIT_BUG = 1
 
 
 def parse_options(pairs: Sequence[str] | None, argument: str = "--masker-option") -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, booleans, lists)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"argument {argument} {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    from .util.options import parse_options as parse
+
+    return parse(pairs, argument)
 
 
 def add_masker_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,9 +131,9 @@ def parse_seeds(text: str, argument: str = "--seeds") -> tuple[int, ...]:
             lo, dash, hi = part.strip().partition("-")
             seeds.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
     except ValueError:
-        raise ValueError(f"argument {argument} {text!r}: expected comma-separated integers or ranges, e.g. 0,1,2 or 0-2") from None
+        raise ConfigError(f"argument {argument} {text!r}: expected comma-separated integers or ranges, e.g. 0,1,2 or 0-2") from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"argument {argument} {text!r}: expected distinct seeds")
+        raise ConfigError(f"argument {argument} {text!r}: expected distinct seeds")
     return tuple(seeds)
 
 
@@ -260,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {err}", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except user_errors() as exc:
+    except UserError as exc:
         if os.environ.get("FADER_KIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -268,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished results were kept", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"internal error: {BUG_HINT}", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":  # pragma: no cover

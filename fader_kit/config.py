@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import ConfigError
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -156,7 +158,7 @@ DEFAULT_HEAD_VARIANT = "pseudo_focused"
 def fader_variant(base: FaderConfig, name: str) -> FaderConfig:
     """``base`` (a profile's head configuration) with the changes of head variant ``name``."""
     if name not in HEAD_VARIANTS:
-        raise ValueError(f"unknown FADeR variant {name!r}; choose one of {', '.join(HEAD_VARIANTS)}")
+        raise ConfigError(f"unknown FADeR variant {name!r}; choose one of {', '.join(HEAD_VARIANTS)}")
     return FaderConfig(**{**base.model_dump(), **HEAD_VARIANTS[name]})
 
 
@@ -215,4 +217,4 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

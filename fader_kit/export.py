@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
+from .errors import UserError
 from .fader import FaderModel, theta
 from .scoring import anomaly_map, image_score
 
@@ -42,7 +43,7 @@ OUTPUTS = ("anomaly_map", "score")
 DEFAULT_TOLERANCE = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A user-fixable export problem (missing extra, no image size, a parity failure)."""
 
 

@@ -45,6 +45,7 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from . import hookspecs
+from .errors import UserError
 from .interfaces import Masker, MaskerInfo, keyword_parameters
 
 #: Keywords the host offers to every masker factory; left out where the factory does not take them.
@@ -60,14 +61,14 @@ HOOKS = ("register_maskers", "register_commands")
 M = TypeVar("M", bound=BaseModel)
 
 
-class UnknownMaskerError(KeyError):
+class UnknownMaskerError(UserError, KeyError):
     """Raised for a masker name that no loaded plugin registered."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
 
 
-class MaskerOptionError(ValueError, TypeError):
+class MaskerOptionError(UserError, ValueError, TypeError):
     """An option a masker does not accept, or a bad value for one.
 
     A ValueError (the CLI prints it as one ``error:`` line) and, for callers written against

@@ -32,13 +32,15 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .errors import UserError
+
 ENV_FOLDER = "FADER_KIT_WEIGHTS"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 RANDOM_INIT = "random-init"
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(UserError, RuntimeError):
     """Pretrained weights were asked for and could not be found (or read) anywhere.
 
     ``model`` is the model the weights were for; ``looked_for`` the places searched.

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad or missing input data.  The message always names the offending file, folder or argument.
 
     A subclass of ``ValueError`` so that callers that already catch bad arguments catch this too;
