@@ -22,7 +22,7 @@ from . import __version__
 from .errors import BUG_HINT, ConfigError, UserError
 
 if TYPE_CHECKING:
-    from .pipeline import EvaluationResult
+    from .engine.evaluate import EvaluationResult
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
@@ -98,25 +98,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import get_profile
+    from .config import fader_variant, get_profile
     from .devices import resolve_device
-    from .pipeline import evaluate_category
+    from .engine.evaluate import evaluate_category
     from .registry import default_registry
 
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
-    options = masker_options(args, str(device))  # the category is not an option: it is in every key already
+    options = masker_options(args)  # the category is not an option: it is in every key already
     registry = default_registry()
     registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
-    from .config import fader_variant
-
     head = fader_variant(profile.fader_head, args.fader_variant)
     result = evaluate_category(
         args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
-        masker_options=options, create_masker=lambda: registry.create(args.masker, category=args.category, **options),
-        ear_masks=args.ear_masks, fader_config=head, fader_variant=args.fader_variant, progress=not args.quiet,
+        masker_options=options, registry=registry, ear_masks=args.ear_masks, fader_config=head,
+        fader_variant=args.fader_variant, fused=args.fused, progress=not args.quiet,
     )
     print_evaluation(result)
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
@@ -194,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"FADeR head (default: {DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' is "
                         "FADeR exactly as the paper reads; 'open_gates' the control (see "
                         "docs/fader-head-experiments.md)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--fused", action="store_true",
+                   help="also score each model's map fused with the masker's own score map (beyond the paper)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (numbers depend on the count)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 
+class MaskerContractError(ValueError):
+    """A masker returned something the contract does not allow (a wrong shape or dtype).  It names
+    the masker: the fault is in the plugin, not in the user's input."""
+
+
 class MaskerInfo(BaseModel):
     """What a masker is and where its weights came from.
 
