@@ -43,6 +43,13 @@ class UNetConfig(_Frozen):
     def depth(self) -> int:
         return len(self.widths)
 
+    def key_payload(self) -> dict[str, object]:
+        """The settings that change a trained U-Net: every field.  ``channels_last`` changes only
+        the memory layout, but the convolutions then round differently (measured: up to ~1e-8 on a
+        smoke U-Net's output, and training compounds it), so the numbers are not bit-identical and
+        it stays in the key."""
+        return self.model_dump(mode="json")
+
 
 Schedule = Literal["fixed", "warmup", "sgdr", "cosine"]
 
@@ -65,6 +72,29 @@ class TrainConfig(_Frozen):
     ranking_pairs: int | None = Field(
         4096, ge=1, description="FADeR: patch pairs sampled per image for Eq. 3 (None = all pairs)"
     )
+
+    def key_payload(self, role: Literal["ear", "fader"]) -> dict[str, object]:
+        """Exactly the settings that change what this run trains, for ``role``: the EAR U-Net
+        (:func:`~fader_kit.training.train_reconstructor`) or the FADeR head and decoder fine-tune
+        (:func:`~fader_kit.training.train_fader`).  What a cache key of that artifact must hold: a
+        field the role or the schedule never reads is left out, so changing it reuses the artifact."""
+        if role not in ("ear", "fader"):
+            raise ConfigError(f"unknown training role {role!r}; use 'ear' or 'fader'")
+        out: dict[str, object] = {
+            "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "schedule": self.schedule,
+            "recalibrate_bn": self.recalibrate_bn, "random_blobs": self.random_blobs,
+        }
+        if self.schedule in ("warmup", "cosine"):
+            out["warmup_epochs"] = self.warmup_epochs
+        if self.schedule == "cosine":
+            out["final_lr_factor"] = self.final_lr_factor
+        if self.schedule == "sgdr":
+            out["sgdr_period"] = self.sgdr_period
+        if self.random_blobs:
+            out["blob_coverage"] = self.blob_coverage
+        if role == "fader":
+            out.update(decoder_lr_factor=self.decoder_lr_factor, ranking_pairs=self.ranking_pairs)
+        return out
 
 
 class FaderConfig(_Frozen):

@@ -60,7 +60,7 @@ _VARIANTS: tuple[HeadVariant, ...] = (
                 description="Table 3: bilinear Theta (gate resize) instead of nearest"),
     HeadVariant(name="sigmoid", kind="ablation", changes={"normaliser": "sigmoid"},
                 description="Table 3's extra column: sigmoid of the per-image z-score instead of min-max"),
-    # beyond the paper, one change at a time
+    # beyond the paper, one change at a time (docs/fader-head-experiments.md)
     HeadVariant(name="calibrated", kind="experiment", changes={"normaliser": "calibrated"},
                 description="one fixed gate scale from normal training images, so a normal image keeps its skips open"),
     HeadVariant(name="ungated", kind="experiment", changes={"target": "ungated"},
@@ -72,6 +72,10 @@ _VARIANTS: tuple[HeadVariant, ...] = (
     HeadVariant(name="pseudo_calibrated", kind="experiment",
                 changes={"pseudo_anomalies": 1.0, "normaliser": "calibrated"},
                 description="pseudo-anomalies with calibrated gates"),
+    # the control (kept where it stood among the head variants: tables list their columns in this order)
+    HeadVariant(name="open_gates", kind="control", changes={"gates": "open"},
+                description="control: trained like FADeR but every gate stays 1, so what the head adds can be told "
+                            "from what the decoder fine-tuning gives"),
     HeadVariant(name="focused", kind="experiment", changes={"normaliser": "calibrated", "focus": "unmasked"},
                 description="calibrated gates; Eq. 3 and the calibration on unmasked patches only"),
     HeadVariant(name="pseudo_focused", kind="experiment", changes=dict(_PSEUDO_FOCUSED),
@@ -84,10 +88,6 @@ _VARIANTS: tuple[HeadVariant, ...] = (
     HeadVariant(name="procedural_focused", kind="experiment",
                 changes={**_PSEUDO_FOCUSED, "pseudo_source": "procedural"},
                 description="procedurally generated pseudo-anomalies with the pseudo_focused head"),
-    # the control
-    HeadVariant(name="open_gates", kind="control", changes={"gates": "open"},
-                description="control: trained like FADeR but every gate stays 1, so what the head adds can be told "
-                            "from what the decoder fine-tuning gives"),
 )
 
 #: The head ``fader-kit evaluate`` trains unless told otherwise, chosen on the development grid
