@@ -197,7 +197,8 @@ class HeadExperiment(_Frozen):
 
     context: Literal["token", "neighbours"] = Field(
         "token", description="head input: the m x m patch alone (paper) or the 3m x 3m window around it")
-    pseudo_area: float = Field(0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
+    pseudo_area: float = Field(
+        0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
     pseudo_source: Literal["image", "procedural"] = Field(
         "image", description="what is pasted: a colour-shifted square of another training image, or a procedurally "
         "generated texture or shape (fader_kit.data.procedural: noise, gratings, flat and smooth fills, edges) -- "
