@@ -342,3 +342,16 @@ def test_evaluate_table_names_the_head(capsys):
     result.fader_variant = "ours"
     print_evaluation(result)
     assert "FADeR (paper) " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["neighbours", "open_gates"])
+def test_experimental_variants_export_to_onnx(tmp_path, name):
+    """The experiment travels with the config into the export's copy of the model."""
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnx", reason="needs the [export] extra")
+    from fader_kit.export import export_model
+
+    prof = get_profile("smoke")
+    model = seeded_init(lambda: wrap_with_fader(EARUNet(prof.unet), None, resolve(prof.fader_head, name)), 0).eval()
+    report = export_model(model, tmp_path / "m.onnx", prof.image_size)
+    assert report.max_abs_diff_map is not None and report.max_abs_diff_map <= 1e-4
