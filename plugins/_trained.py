@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from fader_kit.data import DataError
+from fader_kit.errors import UserError
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 from fader_kit.registry import masker_config
 
@@ -213,7 +215,7 @@ class TrainedMasker(Masker, abc.ABC):
         """Train on normal images ``[N, 3, H, W]`` and calibrate the mask threshold on them."""
         images = check_images(images, "images")
         if images.shape[0] < 2:
-            raise ValueError(f"{self.name}.fit needs at least 2 normal images, got {images.shape[0]}")
+            raise DataError(f"{self.name}.fit needs at least 2 normal images, got {images.shape[0]}")
         size = self.config.image_size
         work = (size, size) if size is not None else (int(images.shape[-2]), int(images.shape[-1]))
         self._check_work_size(work)
@@ -294,12 +296,12 @@ class TrainedMasker(Masker, abc.ABC):
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k != "eval_batch_size")
         if differ:
             detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs {mine.get(k)!r}" for k in differ)
-            raise ValueError(f"saved {self.name!r} state was fitted with other options ({detail}); "
+            raise UserError(f"saved {self.name!r} state was fitted with other options ({detail}); "
                              f"create the masker with the saved options")
         modules = self._trainable()
         missing = sorted(set(state["modules"]) ^ set(modules))
         if missing:
-            raise ValueError(f"saved {self.name!r} state does not match this masker's modules: {missing}")
+            raise UserError(f"saved {self.name!r} state does not match this masker's modules: {missing}")
         for key, module_state in state["modules"].items():
             modules[key].load_state_dict(module_state)
         self._load_extra_state(state.get("extra", {}))

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from fader_kit.errors import ConfigError, UserError
 from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import MaskerInfo
 from fader_kit.weights import MissingWeightsError, find_local_weights, read_checkpoint
@@ -524,7 +525,7 @@ def load_general_vq(vq: DiscreteLatentModel, cfg: DSRConfig, progress: bool = Fa
         state = torch.load(path, map_location="cpu", weights_only=True)
         vq.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise RuntimeError(f"dsr: cached general VQ model {path} does not load ({exc}); delete it to retrain") from None
+        raise UserError(f"dsr: cached general VQ model {path} does not load ({exc}); delete it to retrain") from None
     return path
 
 
@@ -687,7 +688,7 @@ class DSRMasker(TrainedMasker):
     def _check_work_size(self, size: tuple[int, int]) -> None:
         unit = 32 * self.config.seg_downsample
         if min(size) < 64:
-            raise ValueError(f"dsr: image size {size} must be at least 64 (the 1/8 feature grid is pooled twice)")
+            raise ConfigError(f"dsr: image size {size} must be at least 64 (the 1/8 feature grid is pooled twice)")
         if size[0] % unit or size[1] % unit:
             raise ValueError(
                 f"dsr: image size {size} must be divisible by {unit} (VQ strides, U-Net depth, seg_downsample)"
