@@ -301,7 +301,8 @@ def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skip
 
 def test_named_head_variants_and_the_evaluate_argument():
     from fader_kit.cli import build_parser
-    from fader_kit.config import HEAD_VARIANTS, fader_variant
+    from fader_kit.variants import HEAD_VARIANTS
+    from fader_kit.variants import resolve as fader_variant
 
     base = FaderConfig(hidden=16)
     assert fader_variant(base, "paper") == base  # the paper's head, unchanged
@@ -310,7 +311,7 @@ def test_named_head_variants_and_the_evaluate_argument():
     with pytest.raises(ValueError, match="unknown FADeR variant 'nope'"):
         fader_variant(base, "nope")
     parser = build_parser()
-    from fader_kit.config import DEFAULT_HEAD_VARIANT
+    from fader_kit.variants import DEFAULT_HEAD_VARIANT
 
     assert DEFAULT_HEAD_VARIANT in HEAD_VARIANTS and DEFAULT_HEAD_VARIANT != "open_gates"  # the control is no head
     assert parser.parse_args(["evaluate", "--category", "washer"]).fader_variant == DEFAULT_HEAD_VARIANT
