@@ -21,6 +21,7 @@ from .obfuscation import obfuscate
 from .ranking import patch_errors, ranking_loss, unmasked_patches  # noqa: F401 (public here too)
 from .scoring import anomaly_map as riad_anomaly_map
 from .scoring import image_score
+from .util.quantiles import quantiles
 
 
 # -- tokens and targets ---------------------------------------------------------------------------
@@ -119,12 +120,8 @@ def calibration_from(pred: Tensor, quantile: float = 0.995, width: float = 2.0) 
     ``start`` = the ``quantile`` of the predictions, ``end`` = median + width * (start - median).
     Gates stay 1 up to ``start`` and reach 0 at ``end``; ``end > start`` always holds."""
     flat = pred.detach().flatten().float()
-    if flat.numel() < 2:
-        raise ValueError("calibration needs the predictions of at least two normal patches")
-    if flat.numel() > 2**24:  # torch.quantile's input limit: an evenly spaced sample is plenty
-        flat = flat.sort().values[torch.linspace(0, flat.numel() - 1, 2**24).long()]
-    start = torch.quantile(flat, quantile)
-    median = flat.median()
+    start = torch.tensor(quantiles(flat, [quantile], what="calibration of the head's predictions")[0])
+    median = flat.median()  # the lower middle value, as torch defines it
     spread = torch.clamp(start - median, min=1e-6 * (flat.abs().max() + 1e-12))
     return torch.stack([start, median + width * spread]).to(pred.dtype)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from fader_kit.data import DataError
 from fader_kit.errors import UserError
+from fader_kit.util.quantiles import quantiles
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 from fader_kit.registry import masker_config
 
@@ -136,12 +136,9 @@ def calibration_split(n: int, fraction: float, generator: torch.Generator) -> tu
     return order[n_cal:].sort().values, order[:n_cal].sort().values
 
 
-def quantile_threshold(maps: Tensor, q: float, max_values: int = 4_000_000) -> float:
-    """The ``q`` quantile of all values in ``maps`` (an evenly strided subsample beyond ``max_values``)."""
-    flat = maps.detach().flatten().float().cpu()
-    if flat.numel() > max_values:
-        flat = flat[:: int(np.ceil(flat.numel() / max_values))]
-    return float(np.quantile(flat.numpy().astype(np.float64), q))
+def quantile_threshold(maps: Tensor, q: float) -> float:
+    """The ``q`` quantile of all values in ``maps`` (every value: a partition has no size limit)."""
+    return quantiles(maps.double(), [q], what="threshold of the normal scores")[0]
 
 
 # -- the base class -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import Tensor
 from fader_kit.data import DataError
 from fader_kit.errors import ConfigError
 from fader_kit.hookspecs import hookimpl
+from fader_kit.util.quantiles import quantiles
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 
 
@@ -96,7 +97,7 @@ class PatchStatsMasker(Masker):
         self.precision = torch.linalg.inv(cov).float()
         self.grid = (images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size)
         normal = self._patch_scores(cal_images)
-        self.threshold = float(torch.quantile(normal.flatten().double(), self.config.quantile))
+        self.threshold = quantiles(normal.double(), [self.config.quantile], what="patch_stats threshold")[0]
         return self
 
     def _patch_scores(self, images: Tensor) -> Tensor:

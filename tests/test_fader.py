@@ -288,7 +288,6 @@ def test_target_switch_takes_the_error_of_the_ungated_reconstruction():
 
 def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skips_open():
     from fader_kit.config import TrainConfig
-    from fader_kit.training import train_fader
 
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     cfg = FaderConfig(patch_size=8, hidden=8, normaliser="calibrated", pseudo_anomalies=1.0, target="ungated")

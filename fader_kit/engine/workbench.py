@@ -15,7 +15,6 @@ from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, Field
-from torch import Tensor
 
 from ..config import FaderConfig, Profile, TrainConfig
 from ..data import CategorySplit, DataError, SyntheticConfig, load_category
