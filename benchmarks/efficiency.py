@@ -10,7 +10,6 @@ L2 + SSIM + MSGMS loss and the Adam update, at a profile's image size and widths
 """
 from __future__ import annotations
 
-import time
 
 import torch
 from pydantic import BaseModel
