@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, UserError
 from ..registry import MaskerRegistry
-from .runner import FigureHook, Grid, MeasureHook, GridRunner, PlannedUnit, Recorder, RunSummary, failure_reason, minutes
+from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, RunSummary, failure_reason, minutes
 from .store import ResultRow
 
 Log = Callable[[str], None]
@@ -248,18 +248,12 @@ class RayExecutor:
     def _run(self, ray: Any) -> RunSummary:
         p, o, g = self.planner, self.options, self.task_grid
         resources = self._check_resources(ray)
-        units = p.plan()
-        todo = [u for u in units if not p.store.is_done(u.unit, u.work_key)]
         s = p.summary
-        s.planned, s.skipped = len(units), len(units) - len(todo)
         where = (f"Ray at {o.address}" if o.address else "local Ray") + f" ({resources}"
         where += f"; started in {self.startup_seconds:.1f}s)" if self.startup_seconds is not None else ")"
         threads = o.task_threads()
-        self.log(f"{g.table} on {g.data} ({g.profile.name} profile, {g.profile.image_size}px, device {g.device}, "
-                 f"{threads} thread{'s' if threads != 1 else ''} per unit, seeds {','.join(map(str, g.seeds))}) on "
-                 f"{where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU per unit: {len(units)} units, "
-                 f"{s.skipped} already finished, {len(todo)} to run -> {p.store.path}")
-        recorder = Recorder(p.store, s, len(todo), self.log)
+        todo, recorder = p.start(f"{threads} thread{'s' if threads != 1 else ''} per unit",
+                                 f" on {where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU per unit")
 
         to_compute = []
         for pu in todo:  # same settings finished in another table: copied here, no task

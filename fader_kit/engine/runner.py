@@ -219,19 +219,24 @@ class GridRunner:
                         units.append(PlannedUnit(unit, source, head, uk))
         return units
 
-    # -- the serial executor -----------------------------------------------------------------
-    def run(self) -> RunSummary:
+    def start(self, threads: str, where: str = "") -> tuple[list[PlannedUnit], Recorder]:
+        """Plan, skip the units already finished with the same settings, say what will run, and
+        return the rest with the recorder that writes them (every executor starts here)."""
         g = self.grid
         units = self.plan()
         todo = [u for u in units if not self.store.is_done(u.unit, u.work_key)]
         s = self.summary
         s.planned, s.skipped = len(units), len(units) - len(todo)
-        threads = torch.get_num_threads()
         self.log(f"{g.table} on {g.data} ({g.profile.name} profile, {g.profile.image_size}px, device {g.device}, "
-                 f"{threads} thread{'s' if threads != 1 else ''}, seed{'s' if len(g.seeds) > 1 else ''} "
-                 f"{','.join(map(str, g.seeds))}): {len(units)} units, {s.skipped} already finished, "
-                 f"{len(todo)} to run -> {self.store.path}")
-        recorder = Recorder(self.store, s, len(todo), self.log)
+                 f"{threads}, seed{'s' if len(g.seeds) > 1 else ''} {','.join(map(str, g.seeds))}){where}: "
+                 f"{len(units)} units, {s.skipped} already finished, {len(todo)} to run -> {self.store.path}")
+        return todo, Recorder(self.store, s, len(todo), self.log)
+
+    # -- the serial executor -----------------------------------------------------------------
+    def run(self) -> RunSummary:
+        g, s = self.grid, self.summary
+        n = torch.get_num_threads()
+        todo, recorder = self.start(f"{n} thread{'s' if n != 1 else ''}")
         benches: dict[tuple[str, int], CategoryWorkbench] = {}
         for i, pu in enumerate(todo, 1):
             wkey = (pu.unit.category, pu.unit.seed)
