@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from fader_kit.data import DataError
-from fader_kit.errors import UserError
+from fader_kit.errors import ConfigError
 from fader_kit.util.quantiles import quantiles
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 from fader_kit.registry import masker_config
@@ -293,12 +293,12 @@ class TrainedMasker(Masker, abc.ABC):
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k != "eval_batch_size")
         if differ:
             detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs {mine.get(k)!r}" for k in differ)
-            raise UserError(f"saved {self.name!r} state was fitted with other options ({detail}); "
+            raise ConfigError(f"saved {self.name!r} state was fitted with other options ({detail}); "
                              f"create the masker with the saved options")
         modules = self._trainable()
         missing = sorted(set(state["modules"]) ^ set(modules))
         if missing:
-            raise UserError(f"saved {self.name!r} state does not match this masker's modules: {missing}")
+            raise ConfigError(f"saved {self.name!r} state does not match this masker's modules: {missing}")
         for key, module_state in state["modules"].items():
             modules[key].load_state_dict(module_state)
         self._load_extra_state(state.get("extra", {}))

@@ -112,14 +112,9 @@ def evaluate_category(
                                                         config=head)),
                 seeds=tuple(seeds), profile=profile, device=str(device), ear_masks=ear_masks, fused=fused,
                 save_models=True, progress=progress)
-    runner = GridRunner(grid, registry=registry, log=log)
+    runner = GridRunner(grid, registry=registry, log=log, fail_fast=True)  # one model: its error is the command's
     units = runner.plan()
-    summary = runner.run()
-    if summary.failed:
-        from ..errors import UserError
-
-        first = summary.failures[0]
-        raise UserError(f"evaluate: {summary.failed} of {summary.planned} rows failed; first: {first}")
+    runner.run()
     rows = {(r.unit.variant, r.unit.seed): r for r in (store.get(u.unit) for u in units) if r is not None}
     per_seed = []
     for seed in seeds:

@@ -173,8 +173,10 @@ class GridRunner:
     """Plans a grid and computes its rows; ``registry`` and ``log`` are injectable (tests, notebooks)."""
 
     def __init__(self, grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
-                 figure: FigureHook | None = None, measure: MeasureHook | None = None) -> None:
+                 figure: FigureHook | None = None, measure: MeasureHook | None = None, fail_fast: bool = False
+                 ) -> None:
         self.grid = grid
+        self.fail_fast = fail_fast  # raise a unit's exception instead of recording a failed row
         self.registry = registry
         self.log = log
         self.figure = figure
@@ -271,6 +273,8 @@ class GridRunner:
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded, and the rest of the grid goes on
+            if self.fail_fast:
+                raise
             return self.failed_row(pu, exc), {}
 
     def failed_row(self, pu: PlannedUnit, exc: BaseException | str) -> ResultRow:
