@@ -23,6 +23,7 @@ hub copies of those models are ``.safetensors``.)
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import threading
 from pathlib import Path
@@ -32,7 +33,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UnsafeFileError, UserError
 
 ENV_FOLDER = "FADER_KIT_WEIGHTS"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -117,7 +118,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(
+            f"refused to load checkpoint {path}: it holds pickled Python objects, not only tensors, and loading it "
+            "could run code; convert it to .safetensors (or a plain state dict) with trusted code") from exc
     except Exception as exc:
         raise MissingWeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, nn.Module):
@@ -280,7 +285,7 @@ def _converted_timm_state(model: nn.Module, path: Path) -> dict[str, torch.Tenso
     from timm.models import load_state_dict as timm_load_state_dict
 
     try:
-        state = timm_load_state_dict(str(path), weights_only=False)
+        state = timm_load_state_dict(str(path), weights_only=True)  # never unpickle code
     except Exception as exc:
         raise MissingWeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
@@ -419,7 +424,7 @@ def load_open_clip_model(
     def from_file(path: Path) -> nn.Module:
         model = open_clip.create_model(architecture, pretrained=None)
         try:
-            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=False)
+            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)  # never unpickle code
         except Exception as exc:
             first = " | ".join(str(exc).splitlines()[:4])
             raise MissingWeightsError(
