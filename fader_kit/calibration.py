@@ -84,7 +84,7 @@ class PixelQuantiles(BaseModel):
         stored rates; below the smallest positive stored rate, the maximum."""
         pos = [(r, v) for r, v in zip(self.rates, self.values) if r > 0]
         top = max(self.values)
-        if rate <= pos[-1][0]:
+        if rate < pos[-1][0]:
             return top
         if rate >= pos[0][0]:
             return pos[0][1]

@@ -208,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "and score [B]. Needs the [export] extra (onnx, onnxruntime).",
     )
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="a fader-kit evaluate --out folder (its fader.pt) or a FaderModel checkpoint file")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a fader-kit fit folder (MODEL_DIR: the graph then takes images only, masker inside, "
+                        "calibration in its metadata), a fader-kit evaluate --out folder (its fader.pt) or a FaderModel "
+                        "checkpoint file")
     p.add_argument("--size", type=int, default=None,
                    help="image side the graph is built for (default: the run's profile image size)")
     p.add_argument("--no-head", action="store_true", help="export plain EAR (the same U-Net without FADeR's gates)")
@@ -217,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check after export")
     p.set_defaults(func=cmd_export)
 
+    from .deploy_cli import add_deploy_commands
+
+    add_deploy_commands(sub)  # fit, predict
     from .registry import default_registry
 
     default_registry().register_commands(sub)  # plugins' sub-commands, e.g. fader_kit_bench's bench / report
@@ -224,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy_cli import cmd_export_detector, is_detector_dir
+
+    if is_detector_dir(args.source):  # a fader-kit fit folder: the masker goes inside the graph
+        return cmd_export_detector(args)
     from .export import export_onnx
 
     report = export_onnx(args.source, args.onnx, size=args.size, head=not args.no_head, opset=args.opset,

@@ -222,15 +222,26 @@ class Detector:
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.no_grad()
-    def score_batch(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(anomaly maps [B, 1, S, S], scores [B])`` on the CPU for a batch ``[B, 3, S, S]`` in [0, 1]."""
+    def score_batch(self, images: Tensor, watch: Any = None) -> tuple[Tensor, Tensor]:
+        """``(anomaly maps [B, 1, S, S], scores [B])`` on the CPU for a batch ``[B, 3, S, S]`` in [0, 1];
+        ``watch`` (a :class:`~fader_kit.util.timing.Stopwatch`) gets the masker and FADeR + map times."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
             raise ConfigError(f"images must be [B, 3, {self.image_size}, {self.image_size}] for this detector, got "
                               f"{list(images.shape)}: pass files, PIL images or arrays to predict() to have them converted")
-        x = images.to(self.device, torch.float32)
-        mb = self.masker.mask(x)
-        maps = self.model.anomaly_map(x, mb, self.settings.kernel_size)
-        return maps.cpu(), maps.flatten(1).amax(dim=1).cpu()
+        from contextlib import nullcontext
+
+        from .util.timing import synchronize
+
+        step = watch if watch is not None else (lambda name: nullcontext())
+        with step("masker"):
+            x = images.to(self.device, torch.float32)
+            mb = self.masker.mask(x)
+            if watch is not None:
+                synchronize(self.device)
+        with step("fader_map"):
+            maps = self.model.anomaly_map(x, mb, self.settings.kernel_size)
+            maps = maps.cpu()
+        return maps, maps.flatten(1).amax(dim=1)
 
     def as_tensor(self, images: Sequence[Any] | Tensor) -> Tensor:
         """Paths, PIL images, ``[H, W(, C)]`` uint8 arrays or a float tensor -> ``[B, 3, S, S]``,
