@@ -7,7 +7,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .calibration import Calibration
 from .config import PROFILES, FaderConfig, Profile, TrainConfig, UNetConfig, get_profile
+from .detector import Detector, Prediction
 from .fader import FaderHead, FaderModel, FaderOutput, ViTHead, ranking_loss, soft_mask, wrap_with_fader
 from .interfaces import Masker, MaskerInfo, Reconstructor
 from .metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc
@@ -18,8 +20,8 @@ from .training import train_fader, train_reconstructor
 from .unet import EARUNet
 
 __all__ = [
-    "PROFILES", "EARUNet", "FaderConfig", "FaderHead", "FaderModel", "FaderOutput", "Masker", "MaskerInfo",
-    "MaskerRegistry", "Profile", "Reconstructor", "TrainConfig", "UNetConfig", "ViTHead", "__version__", "aupro",
+    "PROFILES", "Calibration", "Detector", "EARUNet", "FaderConfig", "FaderHead", "FaderModel", "FaderOutput", "Masker", "MaskerInfo",
+    "MaskerRegistry", "Prediction", "Profile", "Reconstructor", "TrainConfig", "UNetConfig", "ViTHead", "__version__", "aupro",
     "auroc", "create_masker", "f1_max", "get_profile", "image_auroc", "image_score", "list_maskers", "mean_smooth",
     "mosaic", "msgms_map", "obfuscate", "pixel_auroc", "plugin_errors", "ranking_loss", "soft_mask",
     "train_fader", "train_reconstructor", "wrap_with_fader",

@@ -161,7 +161,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float 
 
 
 def overlay_name(path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:80]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{path.parent.name}_{path.stem}")[:80]
     return f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.png"
 
 
