@@ -161,9 +161,9 @@ class Calibration(BaseModel):
 
 def rate_warnings(n: int, rate: float) -> list[str]:
     if rate < 1.0 / n:
-        return [f"the asked false-alarm rate {rate:g} is below 1/{n} (one held-out normal image): the image threshold "
-                f"is the highest held-out score, and the real rate can only be told to be about 1/{n + 1}; hold out "
-                f"more normal images (--holdout) for a finer estimate"]
+        return [f"the asked false-alarm rate {rate:g} is below 1/{n} (one of the {n} held-out normal images): the "
+                f"image threshold is the highest held-out score, and its real false-alarm rate can only be told to be "
+                f"about 1/{n + 1}; hold out more normal images (--holdout, or more images) for a finer estimate"]
     return []
 
 

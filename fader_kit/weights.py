@@ -23,7 +23,6 @@ hub copies of those models are ``.safetensors``.)
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import threading
 from pathlib import Path
@@ -118,11 +117,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(
-            f"refused to load checkpoint {path}: it holds pickled Python objects, not only tensors, and loading it "
-            "could run code; convert it to .safetensors (or a plain state dict) with trusted code") from exc
+        from .util.safe_load import torch_load_safe
+
+        obj = torch_load_safe(path, "checkpoint")
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise MissingWeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, nn.Module):

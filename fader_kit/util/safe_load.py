@@ -7,6 +7,7 @@ file holding other objects is refused with :class:`~fader_kit.errors.UnsafeFileE
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ def torch_load_safe(path: str | Path, what: str = "file", map_location: Any = "c
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        if "global" not in text.lower():
+            raise  # not a refusal (e.g. "Unsupported operand"): a damaged or foreign file, for the caller to report
+        found = re.search(r"Unsupported global: (GLOBAL \S+)", text)
+        what_global = f"it asks for {found.group(1)}" if found else "it holds pickled Python objects"
         raise UnsafeFileError(
-            f"refused to load {what} {path}: it holds pickled Python objects, not only tensors and plain values, "
-            f"and loading it could run code ({first[:200]}). Re-save it from trusted code as tensors and plain "
-            "values, or as .safetensors") from None
+            f"refused to load {what} {path}: {what_global}, not only tensors and plain values, and loading it could "
+            "run code. Re-save it from trusted code as tensors and plain values, or as .safetensors") from None
