@@ -113,6 +113,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         from .deploy_export import OnnxScorer
 
+        if is_detector_dir(items[0]):
+            from .errors import ConfigError
+
+            raise ConfigError(f"with --onnx the graph is the model: drop the detector folder {items[0]} from the inputs")
         scorer: Any = OnnxScorer(args.onnx, threads=args.threads)
         calibration, model_id = scorer.calibration, sha256_of(Path(args.onnx))
         batch_size = args.batch_size or 16

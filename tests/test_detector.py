@@ -58,11 +58,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(data: Path) -> Path:
+def fitted(data: Path) -> tuple[Path, Detector]:
     out = data / "model"
-    fit_detector(data / "normal", masker="patch_stats", profile=TINY, out=out, head_variant=DEFAULT_HEAD_VARIANT,
-                 seed=0, false_alarm_rate=0.2, log=lambda _: None)
-    return out
+    det = fit_detector(data / "normal", masker="patch_stats", profile=TINY, out=out, head_variant=DEFAULT_HEAD_VARIANT,
+                       seed=0, false_alarm_rate=0.2, log=lambda _: None)
+    return out, det
+
+
+@pytest.fixture(scope="module")
+def model_dir(fitted: tuple[Path, Detector]) -> Path:
+    return fitted[0]
 
 
 # -- calibration maths -----------------------------------------------------------------------------
@@ -116,16 +121,19 @@ def test_holdout_split_is_seeded_and_refuses_too_few() -> None:
 
 
 # -- fit, save, load, predict ----------------------------------------------------------------------
-def test_round_trip_scores_equal_after_load(model_dir: Path, data: Path) -> None:
+def test_round_trip_scores_equal_after_load(fitted: tuple[Path, Detector], data: Path) -> None:
+    model_dir, in_memory = fitted
     files = sorted(str(p) for p in (data / "new").glob("[abcd]_*.png"))
     det = Detector.load(model_dir)
+    before = in_memory.predict(files)
     manifest = json.loads((model_dir / "detector.json").read_text())
     assert manifest["format_version"] == 1 and manifest["settings"]["fader_variant"] == DEFAULT_HEAD_VARIANT
     assert manifest["training"]["n_holdout"] == 5 and manifest["training"]["n_train"] == 7
     assert "fader_kit" in manifest["environment"] and (model_dir / "README.md").read_text().startswith("# fader-kit")
     first = det.predict(files)
-    again = Detector.load(model_dir).predict(files)
-    assert [p.score for p in first] == [p.score for p in again]
+    assert [p.score for p in first] == [p.score for p in before]  # fit -> save -> load changes nothing
+    assert [p.anomalous for p in first] == [p.anomalous for p in before]
+    assert all(torch.equal(a.anomaly_map, b.anomaly_map) for a, b in zip(first, before))
     assert all(p.anomaly_map.shape == (32, 32) and p.mask.dtype == torch.bool for p in first)
     # held-out normal images reproduce the stored calibration scores
     held = [str(data / "normal" / f) for f in manifest["training"]["holdout_files"]]
@@ -228,3 +236,58 @@ def test_onnx_export_gives_the_same_decisions(model_dir: Path, data: Path, tmp_p
     for a, b in zip(torch_rows, onnx_rows):
         if a["score"]:
             assert float(a["score"]) == pytest.approx(float(b["score"]), abs=1e-4)
+
+
+def test_predict_time_false_alarm_rate_rederives_the_threshold(model_dir: Path, data: Path) -> None:
+    det = Detector.load(model_dir)
+    files = sorted(str(p) for p in (data / "new").glob("[abcd]_*.png"))
+    loose = det.calibration.with_rate(0.5)
+    assert loose.image_threshold == order_threshold(det.calibration.normal_scores, 0.5)
+    assert loose.image_threshold < det.calibration.image_threshold
+    preds = det.predict(files, false_alarm_rate=0.5)
+    assert [p.anomalous for p in preds] == [p.score > loose.image_threshold for p in preds]
+    assert [p.normalised_score > 0.5 for p in preds] == [p.anomalous for p in preds]  # 0.5 moves with the rate
+
+
+def test_cli_fit_prints_thresholds_and_writes_the_folder(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr("fader_kit.config.get_profile", lambda name: TINY)
+    out = tmp_path / "m"
+    assert main(["fit", "--normal", str(data / "normal"), "--out", str(out), "--quiet", "--false-alarm-rate", "0.2"]) == 0
+    text = capsys.readouterr().out
+    assert "rests on 5 held-out normal images" in text and "detector written to" in text
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["README.md", "calibration.json", "detector.json", "masker.json", "masker.safetensors", "model.safetensors"])
+    assert not list(out.glob("*.pt")) and not list(out.glob(".*tmp"))  # no pickle, no leftovers
+
+
+def test_export_refuses_a_masker_without_a_module_by_name(model_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from fader_kit.deploy_export import detector_graph
+    from fader_kit.export import ExportError
+    from fader_kit.interfaces import Masker
+
+    class Opaque(Masker):
+        def score_map(self, images):
+            return images[:, :1]
+
+    det = Detector.load(model_dir)
+    fake = SimpleNamespace(masker=Opaque(), settings=det.settings.model_copy(update={"masker": "opaque_one"}),
+                           model=det.model, image_size=det.image_size)
+    with pytest.raises(ExportError, match="'opaque_one' cannot be exported"):
+        detector_graph(fake)
+
+
+def test_state_files_round_trip_nested_state_and_refuse_objects(tmp_path: Path) -> None:
+    from fader_kit.statefiles import load_state, save_state
+
+    state = {"threshold": 0.5, "grid": (4, 4), "modules": {"net": {"w": torch.arange(6.0).reshape(2, 3)}},
+             "extra": [torch.ones(2), {"k": None, "inf": float("inf")}]}
+    save_state(state, tmp_path / "s.json", tmp_path / "s.safetensors", meta={"masker": "x"})
+    back, meta = load_state(tmp_path / "s.json", tmp_path / "s.safetensors")
+    assert meta == {"masker": "x"} and back["grid"] == [4, 4] and back["extra"][1] == {"k": None, "inf": float("inf")}
+    assert torch.equal(back["modules"]["net"]["w"], state["modules"]["net"]["w"])
+    assert torch.equal(back["extra"][0], torch.ones(2))
+    with pytest.raises(TypeError, match="modules/obj is a object"):
+        save_state({"modules": {"obj": object()}}, tmp_path / "t.json", tmp_path / "t.safetensors")
