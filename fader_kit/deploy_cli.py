@@ -69,6 +69,9 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the detector's, 16)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2; 0 decodes in line)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="where a masker with a pretrained backbone finds it on this machine (overrides the path "
+                        "stored at fit time; not needed for patch_stats)")
     p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
     p.add_argument("--overwrite", action="store_true", help="start DIR's predictions again instead of resuming")
     p.add_argument("--timings", action="store_true",
@@ -126,7 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             raise ConfigError("predict needs a detector folder and at least one input: fader-kit predict MODEL_DIR "
                               "INPUT... --out DIR")
-        scorer = Detector.load(items.pop(0), device=resolve_device(args.device))
+        overrides = {"weights": args.weights} if args.weights else None
+        scorer = Detector.load(items.pop(0), device=resolve_device(args.device), masker_options=overrides)
         calibration, model_id = scorer.calibration, scorer.manifest.sha256.get("model.safetensors", "")
         batch_size = args.batch_size or scorer.settings.batch_size
     decision = make_decision(calibration, args.threshold, args.false_alarm_rate)

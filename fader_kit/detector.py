@@ -293,15 +293,13 @@ class Detector:
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: str | Path, *, card: str | None = None) -> Path:
         """Write the detector folder; files are written atomically, ``detector.json`` last."""
-        from .statefiles import save_state
-        from .util.files import atomic_write, write_json_atomic, write_text_atomic
+        from .statefiles import save_state, save_tensors
+        from .util.files import write_json_atomic, write_text_atomic
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
-
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
-        atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        save_tensors(state, folder / "model.safetensors")
         save_state(self.masker.state_dict(), folder / "masker.json", folder / "masker.safetensors",
                    meta={"masker": self.settings.masker, "info": self.masker.info.model_dump(mode="json")})
         write_json_atomic(folder / "calibration.json", self.calibration.model_dump(mode="json"))
@@ -317,9 +315,14 @@ class Detector:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> "Detector":
+    def load(cls, folder: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
+             masker_options: dict[str, Any] | None = None) -> "Detector":
         """Rebuild a detector from its folder.  Never unpickles; a missing or damaged file, or a
-        folder of another format version, raises :class:`~fader_kit.errors.ModelDirError` naming it."""
+        folder of another format version, raises :class:`~fader_kit.errors.ModelDirError` naming it.
+
+        ``masker_options`` override the stored ones, e.g. ``{"weights": PATH}`` where a masker with a
+        pretrained backbone finds that backbone on this machine (the folder holds the masker's
+        fitted state, not a pretrained backbone's weights)."""
         from safetensors.torch import load_file
 
         from .config import FaderConfig, UNetConfig
@@ -359,6 +362,6 @@ class Detector:
             registry.get(s.masker)
         except (KeyError, UserError) as exc:
             raise ModelDirError(f"{folder} needs masker {s.masker!r}, which is not installed here ({exc})") from None
-        masker = registry.create(s.masker, **{**s.masker_options, "device": str(device)})
+        masker = registry.create(s.masker, **{**s.masker_options, **(masker_options or {}), "device": str(device)})
         masker.load_state_dict(masker_state)
         return cls(model, masker, calibration, manifest, device)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from .calibration import calibrate, check_rate, validate
@@ -76,7 +77,9 @@ def read_validation(folder: Path, size: int, progress: bool = False) -> tuple[Te
             if m is None:
                 arrays.append(np.zeros((size, size), dtype=bool))
             else:
-                arrays.append(read_mask(m, size, threshold=127, image_path=p, image_size=load_array(p, 8)[1]))
+                with Image.open(p) as img:  # the header alone gives the original size
+                    original = img.size
+                arrays.append(read_mask(m, size, threshold=127, image_path=p, image_size=original))
         masks = torch.from_numpy(np.stack(arrays))[:, None]
     return images, torch.tensor(labels), masks
 

@@ -70,12 +70,23 @@ def join_state(tree: Any, tensors: Mapping[str, Tensor], *, source: str = "state
     return tree
 
 
-def save_state(state: Any, json_path: Path, tensor_path: Path, *, meta: dict[str, Any] | None = None) -> None:
-    """Write ``state`` as ``json_path`` (the tree, with ``meta``) and ``tensor_path`` (safetensors)."""
+def save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """``tensors`` as a safetensors file, atomically, readable as the umask allows (the safetensors
+    writer creates owner-only files, which another account on the deploying machine could not read)."""
+    import os
+
     from safetensors.torch import save_file
 
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def save_state(state: Any, json_path: Path, tensor_path: Path, *, meta: dict[str, Any] | None = None) -> None:
+    """Write ``state`` as ``json_path`` (the tree, with ``meta``) and ``tensor_path`` (safetensors)."""
     tree, tensors = split_state(state)
-    atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
+    save_tensors(tensors, tensor_path)
     payload = {**(meta or {}), "state": tree}
     atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
 
