@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from . import __version__
-from .calibration import Calibration, check_rate, denormalise
+from .calibration import Calibration, denormalise
 from .errors import ConfigError, ModelDirError, UserError
 from .fader import FaderModel
 from .interfaces import Masker
@@ -271,6 +271,8 @@ class Detector:
         For many files use ``fader-kit predict`` (or :func:`fader_kit.predicting.predict_files`),
         which streams them in constant memory."""
         decision = make_decision(self.calibration, threshold, false_alarm_rate)
+        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4):
+            images = [images]  # one image, not a sequence of characters or rows
         items = list(images) if not isinstance(images, Tensor) else images
         bs = batch_size or self.settings.batch_size
         out: list[Prediction] = []

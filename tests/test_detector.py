@@ -142,6 +142,8 @@ def test_round_trip_scores_equal_after_load(fitted: tuple[Path, Detector], data:
     # PIL images and arrays are converted as files are
     pil = det.predict([Image.open(files[2]), np.asarray(Image.open(files[3]))])
     assert pil[0].score == pytest.approx(first[2].score) and pil[1].score == pytest.approx(first[3].score)
+    single = det.predict(files[1])  # one path, not a sequence of characters
+    assert len(single) == 1 and single[0].score == first[1].score and single[0].source == files[1]
 
 
 def test_threshold_override_changes_decisions(model_dir: Path, data: Path) -> None:
