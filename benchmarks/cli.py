@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fader_kit.errors import ConfigError
 from fader_kit.hookspecs import hookimpl
 
 from .tables import TABLES
@@ -37,24 +38,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         table=args.table, out=out, data=args.data, categories=_csv(args.categories), maskers=_csv(args.maskers),
         variants=_csv(args.variants), profile=args.profile, device=args.device or "cpu", seeds=parse_seeds(args.seeds),
-        masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks,
+        masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks, fused=args.fused,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    if args.table == "coverage":
-        if args.executor != "serial":
-            raise ValueError("fader-kit bench coverage runs with --executor serial only")
-        from .coverage import run_coverage
+    if args.executor == "ray":
+        from fader_kit.engine.ray import RayOptions
 
-        summary = run_coverage(cfg)
-    elif args.executor == "ray":
-        from .ray_executor import RayOptions, run_table_ray
+        from .runner import run_table_ray
 
         options = RayOptions(address=args.address, cpus_per_unit=args.cpus_per_unit, gpus_per_unit=args.gpus_per_unit,
                              threads=args.threads, max_retries=args.max_retries)
         summary = run_table_ray(cfg, options)
     else:
         if args.address is not None or args.gpus_per_unit or args.cpus_per_unit != 1.0:
-            raise ValueError("arguments --address, --gpus-per-unit and --cpus-per-unit need --executor ray")
+            raise ConfigError("arguments --address, --gpus-per-unit and --cpus-per-unit need --executor ray")
         summary = run_table(cfg)
     if not args.no_report:
         from .report import build_report
@@ -132,6 +129,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs only, one per category shared by every masker and "
                         "variant (default), or on each masker's masks united with blobs (one per masker)")
+    p.add_argument("--fused", action="store_true",
+                   help="also score every model's map fused with the masker's own score map (beyond the paper; one "
+                        "more pass over the training images per model)")
     p.add_argument("--figures", type=int, default=2, help="anomalous images per figure panel, 0 = no figures (default: 2)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -9,71 +9,23 @@ them for reference, on the same U-Net and seeds.
 
 Ground truth exists only for test images, so the pseudo-maskers ``gt@C`` have *empty* training
 masks: FADeR trains on the random blobs alone (the U-Net is blob-trained anyway, shared by every
-masker).  Rows go into the same store as every table (table ``coverage``), so the usual report,
-seeds and paired intervals apply; :func:`coverage_section` adds the table and the curve figure.
+masker).  ``gt@C`` is a mask source of the engine (:mod:`fader_kit.engine.sources`), so the study
+is a grid like every table: serial or on Ray, into the same store, with the usual report, seeds and
+paired intervals; :func:`coverage_section` adds the table and the curve figure.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 from torch import Tensor
 
-from fader_kit.cache import MaskSet
-from fader_kit.interfaces import MaskerInfo
-from fader_kit.pipeline import CategoryWorkbench
-
-from .runner import BenchConfig, BenchRunner, Log, PlannedUnit, RunSummary
-from .store import ResultRow
+from fader_kit.engine.sources import GT_PREFIX, degrade_masks, gt_masker_name, parse_gt_masker
+from fader_kit.engine.store import ResultRow
 
 COVERAGES: tuple[int, ...] = (0, 25, 50, 75, 100)
-GT_PREFIX = "gt@"
-
-
-def gt_masker_name(percent: int) -> str:
-    return f"{GT_PREFIX}{percent}"
-
-
-def parse_gt_masker(name: str) -> float | None:
-    """``gt@25`` -> 0.25; None for an ordinary masker name."""
-    m = re.fullmatch(r"gt@(\d{1,3})", name)
-    if m is None:
-        return None
-    pct = int(m.group(1))
-    if pct > 100:
-        raise ValueError(f"masker {name!r}: coverage must be 0..100 %")
-    return pct / 100
-
-
-def degrade_masks(gt_masks: Tensor, coverage: float, seed: int) -> Tensor:
-    """Keep ~``coverage`` of the area of every defect (8-connected component) of ``gt_masks``
-    ``[N, 1, H, W]``: per component, pixels are ordered along a random direction, perturbed by a
-    smooth random field (a ragged edge, not a straight cut), and the first ``round(c * area)`` kept.
-    Seeded: the same (masks, coverage, seed) give the same masks."""
-    if not 0.0 <= coverage <= 1.0:
-        raise ValueError(f"coverage must be in [0, 1], got {coverage}")
-    gt = gt_masks.bool().cpu().numpy()
-    out = np.zeros_like(gt)
-    rng = np.random.default_rng(seed)
-    for i in range(gt.shape[0]):
-        labels, n = ndimage.label(gt[i, 0], structure=np.ones((3, 3), dtype=bool))
-        for k in range(1, n + 1):
-            ys, xs = np.nonzero(labels == k)
-            keep = int(round(coverage * ys.size))
-            if keep == 0:
-                continue
-            angle = rng.uniform(0, 2 * np.pi)
-            along = ys * np.sin(angle) + xs * np.cos(angle)
-            scale = max(float(along.max() - along.min()), 1.0)
-            field = ndimage.gaussian_filter(rng.standard_normal(gt.shape[-2:]), sigma=3.0)
-            field /= field.std() + 1e-12
-            order = np.argsort(along / scale + 0.15 * field[ys, xs], kind="stable")[:keep]
-            out[i, 0, ys[order], xs[order]] = True
-    return torch.from_numpy(out)
 
 
 def defect_coverage(masks: Tensor, gt_masks: Tensor) -> list[float]:
@@ -86,40 +38,6 @@ def defect_coverage(masks: Tensor, gt_masks: Tensor) -> list[float]:
             comp = labels == k
             fractions.append(float(mb[i, 0][comp].mean()))
     return fractions
-
-
-class CoverageRunner(BenchRunner):
-    """The table runner with pseudo-maskers ``gt@C`` whose test masks are degraded ground truth."""
-
-    def maskers(self) -> list[str]:
-        names = list(self.config.maskers) if self.config.maskers is not None else list(self.spec.maskers)
-        real = [m for m in names if parse_gt_masker(m) is None]
-        if real and self.config.maskers is not None:
-            known = {e.name for e in self.registry.list()}
-            unknown = [m for m in real if m not in known]
-            if unknown:
-                from fader_kit.registry import UnknownMaskerError
-
-                raise UnknownMaskerError(f"argument --maskers: unknown masker(s) {', '.join(unknown)}; "
-                                         f"registered maskers: {', '.join(sorted(known)) or 'none'}")
-        return names
-
-    def _get_masks(self, pu: PlannedUnit, cat: CategoryWorkbench):
-        c = parse_gt_masker(pu.unit.masker)
-        if c is None:
-            return super()._get_masks(pu, cat)
-        split = cat.split()
-        test = degrade_masks(split.masks, c, seed=pu.unit.seed)
-        train = torch.zeros(split.train.shape[0], 1, *split.train.shape[-2:], dtype=torch.bool)
-        info = MaskerInfo(name=pu.unit.masker, weights="ground-truth", details={"coverage": c})
-        return MaskSet(train=train, test=test, info=info, seconds=0.0), True
-
-
-def run_coverage(config: BenchConfig, *, log: Log = print) -> RunSummary:
-    """Plan and run the coverage benchmark (``config.table`` must be ``coverage``)."""
-    if config.table != "coverage":
-        raise ValueError(f"run_coverage runs table 'coverage', got {config.table!r}")
-    return CoverageRunner(config, log=log).run()
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -181,5 +99,5 @@ def coverage_section(rows: list[ResultRow], folder: Path, *, figure: bool = True
     return lines, written
 
 
-__all__ = ["COVERAGES", "CoverageRunner", "coverage_points", "coverage_section", "defect_coverage",
-           "degrade_masks", "gt_masker_name", "parse_gt_masker", "run_coverage"]
+__all__ = ["COVERAGES", "GT_PREFIX", "coverage_points", "coverage_section", "defect_coverage", "degrade_masks",
+           "gt_masker_name", "parse_gt_masker"]

@@ -121,7 +121,7 @@ def before_after_bars(
 def coverage_curve(path: Path, points: dict[str, dict], variants: Sequence[str]) -> Path:
     """Image and pixel AUROC against the fraction of defect pixels the mask covers: one line per
     variant through the ``gt@C`` points, the maskers' own masks as labelled markers."""
-    from .coverage import parse_gt_masker
+    from fader_kit.engine.sources import parse_gt_masker
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)

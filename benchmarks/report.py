@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from fader_kit.cache import WorkCache, alone_key, fused_key
-from fader_kit.stats import ScoreDetail, SeedSummary, paired_bootstrap
+from fader_kit.engine.aggregate import comparisons
+from fader_kit.engine.keys import safe_name
+from fader_kit.engine.store import DetailStore, ResultRow, ResultStore
+from fader_kit.stats import SeedSummary
 
 from . import paper_numbers as paper
-from .store import ResultRow, ResultStore
 from .tables import CONTROL, EAR, TABLES, TableSpec
 
 DASH = "--"
@@ -145,7 +146,7 @@ def _masker_header(masker: str, cell_weights: set[str]) -> str:
     return f"{masker}{flag}"
 
 
-def render_group(key: GroupKey, rows: list[ResultRow], cache: WorkCache | None = None) -> GroupReport:
+def render_group(key: GroupKey, rows: list[ResultRow], details: DetailStore | None = None) -> GroupReport:
     table, data, profile = key
     spec = TABLES[table]
     cs = cells(rows)
@@ -265,86 +266,14 @@ def render_group(key: GroupKey, rows: list[ResultRow], cache: WorkCache | None =
     failures = [f"- {m}/{v} on {c}: {msg}" for (m, v, c), cell in sorted(cs.items()) for msg in cell.failed]
     if failures:
         md += ["", f"Failed units ({len(failures)}):", *failures]
-    comps = comparisons(rows, cache) if cache is not None else []
+    comps = comparisons(rows, details) if details is not None else []
     md += comparison_lines(comps)
     md += _timing_lines(rows)
     figures = sorted({str(r.config.get("figure")) for r in rows if r.status == "ok" and r.config.get("figure")})
     return GroupReport(key, md, csv_rows, bars, categories, figures, comps)
 
 
-# -- seeds, intervals and the masker alone ------------------------------------------------------------
-def comparisons(rows: list[ResultRow], cache: WorkCache) -> list[dict[str, object]]:
-    """Per (masker, category, FADeR variant): the masker alone, EAR and the variant as mean ± spread
-    over the seeds both finished, and the paired bootstrap interval of variant - EAR
-    (:func:`fader_kit.stats.paired_bootstrap`) from the cached per-image score detail.  Rows that
-    carry a fused score (:mod:`fader_kit.fusion`) add a line ``VARIANT+masker`` (``ear+masker`` for
-    EAR's): that model's map fused with the masker's score map, against plain EAR."""
-    ok = {(r.unit.masker, r.unit.variant, r.unit.category, r.unit.seed): r for r in rows if r.status == "ok"}
-    out: list[dict[str, object]] = []
-    for m, v, c in sorted({(m, v, c) for (m, v, c, _) in ok}):
-        seeds = sorted(s for (mm, vv, cc, s) in ok if (mm, vv, cc) == (m, v, c) and (m, EAR, c, s) in ok)
-        if not seeds:
-            continue
-        pairs = [(ok[(m, EAR, c, s)], ok[(m, v, c, s)]) for s in seeds]
-        if v != EAR:
-            row = _comparison_row(m, v, c, pairs, [(e.work_key, f.work_key) for e, f in pairs],
-                                  [{"image_auroc": f.image_auroc, "pixel_auroc": f.pixel_auroc} for _, f in pairs],
-                                  cache)
-            control = [ok.get((m, CONTROL, c, s)) for s in seeds]
-            if v != CONTROL and all(control):  # what the head adds over the same training with every skip open
-                vs_control, _ = _paired(_load(cache, [k.work_key for k in control]),
-                                        _load(cache, [f.work_key for _, f in pairs]))
-                if vs_control is not None:
-                    row["vs_control"] = vs_control
-            out.append(row)
-        fused = [f.config.get("fused") for _, f in pairs]
-        if all(fused):
-            out.append(_comparison_row(m, f"{v}+masker", c, pairs,
-                                       [(e.work_key, fused_key(f.work_key)) for e, f in pairs],
-                                       fused, cache))
-    return out
-
-
-def _comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[ResultRow, ResultRow]],
-                    detail_keys: list[tuple[str, str]], after: list[dict[str, float]], cache: WorkCache
-                    ) -> dict[str, object]:
-    """One line of the comparison table: EAR of ``pairs`` against ``after`` (metrics per seed) and the
-    paired interval from the cached details under ``detail_keys`` (EAR key, after key) per seed."""
-    row: dict[str, object] = {"masker": masker, "variant": variant, "category": category, "seeds": len(pairs)}
-    for metric in ("image_auroc", "pixel_auroc"):
-        row[f"ear_{metric}"] = SeedSummary.of([getattr(e, metric) for e, _ in pairs])
-        row[f"after_{metric}"] = SeedSummary.of([a[metric] for a in after])
-    alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
-    for metric in ("image_auroc", "pixel_auroc"):
-        row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
-    after_details = _load(cache, [a for _, a in detail_keys])
-    comparison, error = _paired(_load(cache, [b for b, _ in detail_keys]), after_details)
-    if comparison is None:
-        row["comparison_error"] = error
-    else:
-        row["comparison"] = comparison
-        vs_alone, _ = _paired(_load(cache, [alone_key(str(e.config.get("masker_key"))) for e, _ in pairs]), after_details)
-        if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
-            row["vs_best"] = {m: max(row["comparison"][m], vs_alone[m], key=lambda c: c.before_mean)
-                              for m in ("image_auroc", "pixel_auroc")}
-            row["best_baseline"] = {m: "EAR" if row["vs_best"][m] is row["comparison"][m] else "masker alone"
-                                    for m in ("image_auroc", "pixel_auroc")}
-    return row
-
-
-def _load(cache: WorkCache, keys: list[str]) -> list[ScoreDetail | None]:
-    return [cache.load_scores(k) for k in keys]
-
-
-def _paired(before: list[ScoreDetail | None], after: list[ScoreDetail | None]) -> tuple[dict | None, str | None]:
-    """The paired bootstrap of ``after`` against ``before`` (cached details, one per seed), or None and
-    why not."""
-    if any(d is None for d in (*before, *after)):
-        return None, "score detail missing from the cache (rerun to recompute it)"
-    try:
-        return paired_bootstrap(before, after), None
-    except ValueError as exc:  # e.g. test sets that differ between seeds
-        return None, str(exc)
+# -- seeds, intervals and the masker alone: fader_kit.engine.aggregate ------------------------------
 
 
 def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
@@ -377,6 +306,11 @@ def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
                   f"{pair('ear')} | {pair('after')} | {cells_[0]} | {cells_[1]} | {best_txt} |")
     errors = sorted({str(r["comparison_error"]) for r in comps if r.get("comparison_error")})
     md += [f"No interval for some rows: {e}" for e in errors]
+    mixed = [f"{r['masker']}/{r['variant']}/{r['category']} ({', '.join(r['threads_mixed'])} threads)"  # type: ignore[arg-type]
+             for r in comps if r.get("threads_mixed")]
+    if mixed:
+        md.append("Note: these rows pair or average runs made at different torch thread counts (the numbers depend "
+                  "on it; rerun at one count to compare like with like): " + "; ".join(mixed))
     return md
 
 
@@ -539,7 +473,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
     for key, grows in groups.items():
         if key[0] not in TABLES:
             continue
-        g = render_group(key, grows, WorkCache(folder))
+        g = render_group(key, grows, store.details)
         out += [""] + g.markdown + diagnostics_lines(grows)
         if key[0] == "coverage":
             from .coverage import coverage_section
@@ -551,9 +485,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
         comps_all += [{"table": key[0], "data": key[1], "profile": key[2], **c} for c in g.comparisons]
         if figures and g.bars and g.categories:
             from .figures import before_after_bars
-            from fader_kit.cache import safe_name as _safe
-
-            bar_path = folder / "figures" / key[0] / _safe(f"{key[1]}-{key[2]}") / "before_after.png"
+            bar_path = folder / "figures" / key[0] / safe_name(f"{key[1]}-{key[2]}") / "before_after.png"
             before_after_bars(bar_path, [category_label(key[1], c) for c in g.categories],
                               {k: {category_label(key[1], c): v for c, v in s.items()} for k, s in g.bars.items()},
                               TABLES[key[0]].title + f" -- {key[1]}, {key[2]}")

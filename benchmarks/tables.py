@@ -1,40 +1,54 @@
 """What each of the paper's tables measures: its maskers and its variants of the FADeR model.
 
-A *variant* is a named change to the FADeR head's configuration (or ``None`` for plain EAR).
-Every variant of a table is evaluated on the same EAR U-Net and the same binary masks, so the
-columns of a table differ only in what the column says.
+A table's column names a head variant of :mod:`fader_kit.variants` (or ``None`` for plain EAR);
+the head configuration comes from that one registry.  Every variant of a table is evaluated on
+the same EAR U-Net and the same binary masks, so the columns of a table differ only in what the
+column says.  A column keeps the name its results are stored under (table2's ``fader``, table3's
+``ours``): both are aliases of the registry's ``paper``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fader_kit.config import HEAD_VARIANTS, FaderConfig
+from fader_kit.config import FaderConfig
+from fader_kit.errors import ConfigError
+from fader_kit.variants import HEAD_VARIANTS, get_variant
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
-FADER = "fader"  # FADeR as the paper configures it (soft mask, min-max, nearest Theta, MLP head)
+FADER = "fader"  # FADeR as the paper configures it (an alias of the registry's "paper")
 CONTROL = "open_gates"  # FADeR's training with every skip kept open: what the head adds is measured against it
 
 
 class Variant(BaseModel):
-    """One column of a table: ``fader=None`` is plain EAR; otherwise FaderConfig overrides."""
+    """One column of a table: ``head=None`` is plain EAR; otherwise a head variant of the registry."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
+    name: str = Field(description="the column's name, as results are stored and reported")
     title: str
-    fader: dict[str, Any] | None = Field(default=None, description="FaderConfig fields changed from the profile's")
+    head: str | None = Field(default=None, description="the head variant's name or alias (fader_kit.variants)")
+
+    @field_validator("head")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None:
+            get_variant(v)  # an unknown name fails when the table is defined, with the names
+        return v
 
     @property
     def is_ear(self) -> bool:
-        return self.fader is None
+        return self.head is None
+
+    @property
+    def fader(self) -> dict[str, Any] | None:
+        """The head variant's changes to the profile's head configuration (None for plain EAR)."""
+        return None if self.head is None else dict(get_variant(self.head).changes)
 
     def fader_config(self, base: FaderConfig) -> FaderConfig | None:
         """The profile's head configuration with this variant's changes (validated), or None."""
-        if self.fader is None:
-            return None
-        return FaderConfig(**{**base.model_dump(), **self.fader})
+        return None if self.head is None else get_variant(self.head).apply(base)
 
 
 class TableSpec(BaseModel):
@@ -52,16 +66,26 @@ class TableSpec(BaseModel):
         None, description="the variants run when --variants is not given (None = every variant of the table)")
 
     def variant(self, name: str) -> Variant:
+        """The column called ``name``, or the column whose head is the registry variant ``name``
+        under any of its names (``paper`` finds table3's ``ours`` and table2's ``fader``)."""
         for v in self.variants:
             if v.name == name:
                 return v
-        raise ValueError(f"table {self.name} has no variant {name!r}; choose from {', '.join(v.name for v in self.variants)}")
+        try:
+            wanted = get_variant(name).name
+        except ConfigError:
+            wanted = None
+        for v in self.variants:
+            if wanted is not None and v.head is not None and get_variant(v.head).name == wanted:
+                return v
+        raise ConfigError(f"table {self.name} has no variant {name!r}; choose from "
+                          f"{', '.join(v.name for v in self.variants)}")
 
 
-_PAIR = (Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR_EAR", fader={}))
-#: FADeR's head variants beyond the paper (fader_kit.config.HEAD_VARIANTS), as table columns
-_HEAD_VARIANTS = tuple(Variant(name=name, title=f"FADeR ({name})", fader=dict(changes))
-                       for name, changes in HEAD_VARIANTS.items() if name != "paper")
+_PAIR = (Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR_EAR", head="paper"))
+#: FADeR's head variants beyond the paper (experiments and the control of fader_kit.variants), as table columns
+_HEAD_VARIANTS = tuple(Variant(name=name, title=get_variant(name).label, head=name)
+                       for name in HEAD_VARIANTS if name != "paper")
 
 TABLES: dict[str, TableSpec] = {
     "table2": TableSpec(
@@ -73,11 +97,11 @@ TABLES: dict[str, TableSpec] = {
         maskers=("patch_stats",),
         variants=(
             Variant(name=EAR, title="EAR (hard, image)"),
-            Variant(name="vit", title="+ViT head, soft, nearest", fader={"head": "vit"}),
-            Variant(name="hard", title="+MLP, hard, feature map", fader={"masking": "hard"}),
-            Variant(name="bilinear", title="+MLP, soft, bilinear", fader={"theta": "bilinear"}),
-            Variant(name="ours", title="+MLP, soft, nearest (ours)", fader={}),
-            Variant(name="sigmoid", title="+MLP, soft (sigmoid), nearest", fader={"normaliser": "sigmoid"}),
+            Variant(name="vit", title="+ViT head, soft, nearest", head="vit"),
+            Variant(name="hard", title="+MLP, hard, feature map", head="hard"),
+            Variant(name="bilinear", title="+MLP, soft, bilinear", head="bilinear"),
+            Variant(name="ours", title="+MLP, soft, nearest (ours)", head="paper"),
+            Variant(name="sigmoid", title="+MLP, soft (sigmoid), nearest", head="sigmoid"),
         ),
         paper_data="mvtec", layout="columns",
     ),
@@ -85,7 +109,7 @@ TABLES: dict[str, TableSpec] = {
         name="fader_head", title="FADeR head variants beyond the paper, one change at a time (image / pixel AUROC)",
         maskers=("patch_stats",),
         variants=(
-            Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR (paper)", fader={}), *_HEAD_VARIANTS,
+            Variant(name=EAR, title="EAR"), Variant(name=FADER, title=get_variant("paper").label, head="paper"), *_HEAD_VARIANTS,
         ),
         paper_data="mvtec", layout="columns",
     ),

@@ -22,7 +22,7 @@ from . import __version__
 from .errors import BUG_HINT, ConfigError, UserError
 
 if TYPE_CHECKING:
-    from .pipeline import EvaluationResult
+    from .engine.evaluate import EvaluationResult
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
@@ -98,25 +98,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import get_profile
+    from .config import fader_variant, get_profile
     from .devices import resolve_device
-    from .pipeline import evaluate_category
+    from .engine.evaluate import evaluate_category
     from .registry import default_registry
 
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
-    options = masker_options(args, str(device))  # the category is not an option: it is in every key already
+    options = masker_options(args)  # the category is not an option: it is in every key already
     registry = default_registry()
     registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
-    from .config import fader_variant
-
     head = fader_variant(profile.fader_head, args.fader_variant)
     result = evaluate_category(
         args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
-        masker_options=options, create_masker=lambda: registry.create(args.masker, category=args.category, **options),
-        ear_masks=args.ear_masks, fader_config=head, fader_variant=args.fader_variant, progress=not args.quiet,
+        masker_options=options, registry=registry, ear_masks=args.ear_masks, fader_config=head,
+        fader_variant=args.fader_variant, fused=args.fused, progress=not args.quiet,
     )
     print_evaluation(result)
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
@@ -142,17 +140,22 @@ def print_evaluation(result: "EvaluationResult") -> None:
     n = len(result.seeds)
     print(f"\n{result.category} ({result.masker.name}, weights {result.masker.weights}, profile {result.profile}, "
           f"seed{'s' if n > 1 else ''} {','.join(map(str, result.seeds))})")
-    print(f"{'':14} {'image AUROC':>16} {'pixel AUROC':>16}")
-    rows = (("masker_alone", "masker alone"), ("ear", "EAR"), ("fader", "FADeR"), ("ear_fused", "EAR + masker"),
-            ("fader_fused", "FADeR + masker"))
+    from .variants import get_variant
+
+    # the FADeR row says which head it is ("FADeR (paper)", "FADeR (pseudo_focused)")
+    fader = get_variant(result.fader_variant).label if result.fader_variant else "FADeR"
+    rows = (("masker_alone", "masker alone"), ("ear", "EAR"), ("fader", fader), ("ear_fused", "EAR + masker"),
+            ("fader_fused", f"{fader} + masker"))
+    width = max(14, *(len(label) for _, label in rows))
+    print(f"{'':{width}} {'image AUROC':>16} {'pixel AUROC':>16}")
     for name, label in rows:
         spread = result.spread.get(name)
         if spread is None:
             continue
-        print(f"{label:14} {spread['image_auroc'].text():>16} {spread['pixel_auroc'].text():>16}")
+        print(f"{label:{width}} {spread['image_auroc'].text():>16} {spread['pixel_auroc'].text():>16}")
     for c in result.comparison.values():
-        print("FADeR - EAR   " + c.text())
-    for name, label in (("ear_fused", "EAR + masker"), ("fader_fused", "FADeR + masker")):
+        print(f"{fader} - EAR   " + c.text())
+    for name, label in (("ear_fused", "EAR + masker"), ("fader_fused", f"{fader} + masker")):
         for c in result.fused_comparison.get(name, {}).values():
             print(f"{label} - EAR: " + c.text())
     if result.fused_comparison:
@@ -188,13 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
                         "masker, as in the paper) or on the masker's masks united with blobs")
-    from .config import DEFAULT_HEAD_VARIANT, HEAD_VARIANTS
+    from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
 
-    p.add_argument("--fader-variant", choices=list(HEAD_VARIANTS), default=DEFAULT_HEAD_VARIANT,
-                   help=f"FADeR head (default: {DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' is "
+    p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
+                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
+                        f"{DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' (alias fader, ours) is "
                         "FADeR exactly as the paper reads; 'open_gates' the control (see "
                         "docs/fader-head-experiments.md)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--fused", action="store_true",
+                   help="also score each model's map fused with the masker's own score map (beyond the paper)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (numbers depend on the count)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

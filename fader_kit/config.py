@@ -43,6 +43,13 @@ class UNetConfig(_Frozen):
     def depth(self) -> int:
         return len(self.widths)
 
+    def key_payload(self) -> dict[str, object]:
+        """The settings that change a trained U-Net: every field.  ``channels_last`` changes only
+        the memory layout, but the convolutions then round differently (measured: up to ~1e-8 on a
+        smoke U-Net's output, and training compounds it), so the numbers are not bit-identical and
+        it stays in the key."""
+        return self.model_dump(mode="json")
+
 
 Schedule = Literal["fixed", "warmup", "sgdr", "cosine"]
 
@@ -66,17 +73,46 @@ class TrainConfig(_Frozen):
         4096, ge=1, description="FADeR: patch pairs sampled per image for Eq. 3 (None = all pairs)"
     )
 
+    def key_payload(self, role: Literal["ear", "fader"]) -> dict[str, object]:
+        """Exactly the settings that change what this run trains, for ``role``: the EAR U-Net
+        (:func:`~fader_kit.training.train_reconstructor`) or the FADeR head and decoder fine-tune
+        (:func:`~fader_kit.training.train_fader`).  What a cache key of that artifact must hold: a
+        field the role or the schedule never reads is left out, so changing it reuses the artifact."""
+        if role not in ("ear", "fader"):
+            raise ConfigError(f"unknown training role {role!r}; use 'ear' or 'fader'")
+        out: dict[str, object] = {
+            "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "schedule": self.schedule,
+            "recalibrate_bn": self.recalibrate_bn, "random_blobs": self.random_blobs,
+        }
+        if self.schedule in ("warmup", "cosine"):
+            out["warmup_epochs"] = self.warmup_epochs
+        if self.schedule == "cosine":
+            out["final_lr_factor"] = self.final_lr_factor
+        if self.schedule == "sgdr":
+            out["sgdr_period"] = self.sgdr_period
+        if self.random_blobs:
+            out["blob_coverage"] = self.blob_coverage
+        if role == "fader":
+            out.update(decoder_lr_factor=self.decoder_lr_factor, ranking_pairs=self.ranking_pairs)
+        return out
+
 
 class FaderConfig(_Frozen):
-    """The FADeR head and how its prediction becomes skip-connection gates (Sec. 3)."""
+    """The FADeR head and how its prediction becomes skip-connection gates (Sec. 3).
+
+    Holds the paper's choices, the alternatives its ablation (Table 3) compares, and the options
+    the default head variant (``pseudo_focused``) needs.  Purely experimental switches live in
+    :class:`HeadExperiment` and are set only through named variants (:mod:`fader_kit.variants`),
+    so this stays the configuration a user tunes.
+    """
 
     patch_size: int = Field(8, ge=1, description="m: mosaic scale = FADeR patch size (Sec. 3.2)")
-    hidden: int = Field(128, ge=1)
+    hidden: int = Field(128, ge=1, description="width of the MLP head's hidden layer (head='mlp')")
     activation: Literal["relu", "gelu"] = "relu"
-    head: Literal["mlp", "vit"] = "mlp"
-    vit_dim: int = Field(64, ge=8)
-    vit_depth: int = Field(2, ge=1)
-    vit_heads: int = Field(4, ge=1)
+    head: Literal["mlp", "vit"] = Field("mlp", description="per-patch MLP (paper) or the ViT ablation (Table 3)")
+    vit_dim: int = Field(64, ge=8, description="head='vit': token width")
+    vit_depth: int = Field(2, ge=1, description="head='vit': transformer blocks")
+    vit_heads: int = Field(4, ge=1, description="head='vit': attention heads")
     margin: float = Field(0.01, ge=0, description="xi of the ranking loss (Eq. 3)")
     masking: Literal["soft", "hard"] = "soft"
     hard_threshold: float = Field(0.5, gt=0, lt=1, description="hard masking: gate 0 where norm(l_hat) > t")
@@ -92,26 +128,28 @@ class FaderConfig(_Frozen):
     target: Literal["gated", "ungated"] = Field(
         "gated", description="Eq. 1 ground truth against the current gated reconstruction (paper, Fig. 4) or "
         "against the un-gated reconstruction of the same U-Net (what plain EAR would get wrong)")
-    context: Literal["token", "neighbours"] = Field(
-        "token", description="head input: the m x m patch alone (paper) or the 3m x 3m window around it")
     pseudo_anomalies: float = Field(
         0.0, ge=0, le=1, description="FADeR training: probability that a training image gets a foreign patch "
         "pasted in (not covered by M_B); the error target and the decoder's loss stay against the clean image")
-    pseudo_area: float = Field(0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
-    pseudo_source: Literal["image", "procedural"] = Field(
-        "image", description="what is pasted: a colour-shifted square of another training image, or a procedurally "
-        "generated texture or shape (fader_kit.data.procedural: noise, gratings, flat and smooth fills, edges) -- "
-        "content unlike the category's own, as DRAEM pastes foreign textures")
     focus: Literal["all", "unmasked"] = Field(
         "all", description="which patches teach and calibrate the head: every patch (paper) or only patches with no "
         "M_B pixel. A masked patch is already a flat mosaic cell (patch size = mosaic scale), so its error is the "
         "inpainting error and trivially the largest: with 'all' those pairs dominate Eq. 3 and the calibration "
         "quantile, and the head learns 'flat patch = high error' instead of 'this unmasked patch will not "
         "reconstruct'")
-    gates: Literal["head", "open"] = Field(
-        "head", description="'open' is the control: the head and the decoder are trained exactly as with 'head' but "
-        "every gate is 1 (skips open) in training and at test, so what FADeR's decoder fine-tuning and BatchNorm "
-        "re-estimation give without any gating can be told from what the head gives")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_experiment(cls, data: object) -> object:
+        """An experimental switch given to the public model gets a pointer to where it lives."""
+        if cls is FaderConfig and isinstance(data, dict):
+            given = sorted(set(data) & set(HeadExperiment.model_fields))
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: experimental head setting(s), not FaderConfig fields; choose a named "
+                    "variant (fader_kit.variants.resolve(config, name), see list_variants()) or build an "
+                    "ExperimentalFaderConfig")
+        return data
 
     @model_validator(mode="after")
     def _vit(self) -> "FaderConfig":
@@ -119,47 +157,106 @@ class FaderConfig(_Frozen):
             raise ValueError(f"vit_dim {self.vit_dim} must be divisible by vit_heads {self.vit_heads}")
         return self
 
+    @property
+    def experiment(self) -> "HeadExperiment":
+        """The experimental settings in force: the paper's behaviour for a plain FaderConfig."""
+        return PAPER_EXPERIMENT
 
-# -- named head variants --------------------------------------------------------------------------
-#: The head variants measured in docs/fader-head-experiments.md, as changes to a FaderConfig.
-#: ``paper`` is FADeR exactly as the paper reads; the others go beyond it one change at a time
-#: (``pseudo_calibrated`` is the one combination).  ``open_gates`` is the control (same training, skips
-#: kept open); ``focused`` calibrates and ranks on unmasked patches only; ``pseudo_focused`` adds
-#: pseudo-anomalies with the error taken against the un-gated reconstruction (what plain EAR would
-#: get wrong on the pasted patch, a target that does not shrink as the head learns to close there);
-#: ``procedural`` pastes procedurally generated content instead of the category's own (with the
-#: paper's min-max gates), ``procedural_focused`` the same with calibrated gates.  Shared by ``fader-kit evaluate --fader-variant``
-#: and the ``fader_head`` benchmark table.
-HEAD_VARIANTS: dict[str, dict[str, object]] = {
-    "paper": {},
-    "calibrated": {"normaliser": "calibrated"},
-    "ungated": {"target": "ungated"},
-    "neighbours": {"context": "neighbours"},
-    "pseudo": {"pseudo_anomalies": 1.0},
-    "pseudo_calibrated": {"pseudo_anomalies": 1.0, "normaliser": "calibrated"},
-    "open_gates": {"gates": "open"},
-    "focused": {"normaliser": "calibrated", "focus": "unmasked"},
-    "pseudo_focused": {"pseudo_anomalies": 1.0, "normaliser": "calibrated", "focus": "unmasked", "target": "ungated"},
-    "procedural": {"pseudo_anomalies": 1.0, "pseudo_source": "procedural", "focus": "unmasked", "target": "ungated"},
-    "procedural_focused": {"pseudo_anomalies": 1.0, "pseudo_source": "procedural", "normaliser": "calibrated",
-                           "focus": "unmasked", "target": "ungated"},
-}
-
-
-#: The head ``fader-kit evaluate`` trains unless told otherwise, chosen on the development grid
-#: (MPDD metal_plate and the four synthetic categories, four maskers; docs/fader-head-experiments.md):
-#: of the head variants it came closest to the better of EAR and the masker alone (mean -0.006 image
-#: AUROC against -0.048 for ``paper``; worst cell -0.032 against EAR, ``paper`` -0.177).  Its
-#: calibrated gates rarely close, so it measured no different from the control ``open_gates``: the
-#: head earned no gain of its own.  The paper's tables (``bench table2..5``) keep ``paper``.
-DEFAULT_HEAD_VARIANT = "pseudo_focused"
+    def key_payload(self) -> dict[str, object]:
+        """Exactly the settings that change a trained head (and its gates): what a cache key of the
+        FADeR artifact must hold.  A field that the configured head never reads is left out, so
+        changing it reuses the artifact; a plain config and an :class:`ExperimentalFaderConfig` that
+        behave alike give equal payloads."""
+        out: dict[str, object] = {
+            "patch_size": self.patch_size, "activation": self.activation, "head": self.head, "margin": self.margin,
+            "masking": self.masking, "normaliser": self.normaliser, "theta": self.theta, "target": self.target,
+            "pseudo_anomalies": self.pseudo_anomalies, "focus": self.focus,
+        }
+        if self.head == "vit":
+            out.update(vit_dim=self.vit_dim, vit_depth=self.vit_depth, vit_heads=self.vit_heads)
+        else:
+            out["hidden"] = self.hidden
+        if self.masking == "hard":
+            out["hard_threshold"] = self.hard_threshold
+        if self.normaliser == "calibrated":
+            out.update(calibration_quantile=self.calibration_quantile, calibration_width=self.calibration_width)
+        exp = self.experiment
+        out.update(context=exp.context, gates=exp.gates)
+        if self.pseudo_anomalies > 0:
+            out.update(pseudo_area=exp.pseudo_area, pseudo_source=exp.pseudo_source)
+        return out
 
 
+class HeadExperiment(_Frozen):
+    """Switches beyond the paper that only named head variants set (:mod:`fader_kit.variants`).
+
+    Each default is the paper's behaviour.  They are kept out of :class:`FaderConfig` because no
+    table of the paper and no default needs them: they exist to measure an idea (a wider head input,
+    procedurally generated pseudo-anomalies) or to control for one (``gates="open"``).
+    """
+
+    context: Literal["token", "neighbours"] = Field(
+        "token", description="head input: the m x m patch alone (paper) or the 3m x 3m window around it")
+    pseudo_area: float = Field(
+        0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
+    pseudo_source: Literal["image", "procedural"] = Field(
+        "image", description="what is pasted: a colour-shifted square of another training image, or a procedurally "
+        "generated texture or shape (fader_kit.data.procedural: noise, gratings, flat and smooth fills, edges) -- "
+        "content unlike the category's own, as DRAEM pastes foreign textures")
+    gates: Literal["head", "open"] = Field(
+        "head", description="'open' is the control: the head and the decoder are trained exactly as with 'head' but "
+        "every gate is 1 (skips open) in training and at test, so what FADeR's decoder fine-tuning and BatchNorm "
+        "re-estimation give without any gating can be told from what the head gives")
+
+
+#: The experimental settings of the paper's head (every default).
+PAPER_EXPERIMENT = HeadExperiment()
+
+
+class ExperimentalFaderConfig(FaderConfig):
+    """A :class:`FaderConfig` with a :class:`HeadExperiment`: what a named variant with an
+    experimental change resolves to.  It is a FaderConfig, so ``FaderModel``, ``train_fader``, the
+    cache keys, checkpoints and the ONNX export take it unchanged; it dumps flat (the experiment's
+    fields beside the head's), as every head configuration was saved before the split."""
+
+    context: Literal["token", "neighbours"] = HeadExperiment.model_fields["context"]
+    pseudo_area: float = HeadExperiment.model_fields["pseudo_area"]
+    pseudo_source: Literal["image", "procedural"] = HeadExperiment.model_fields["pseudo_source"]
+    gates: Literal["head", "open"] = HeadExperiment.model_fields["gates"]
+
+    @property
+    def experiment(self) -> HeadExperiment:  # type: ignore[override]
+        return HeadExperiment(**{k: getattr(self, k) for k in HeadExperiment.model_fields})
+
+
+def fader_config(data: dict[str, object]) -> FaderConfig:
+    """A head configuration from its fields (a dump, a checkpoint's, a variant's), as the plain
+    :class:`FaderConfig` unless an experimental field differs from the paper's: one configuration,
+    one object, whichever way it was written (a dump from before the split loads too)."""
+    public = {k: v for k, v in data.items() if k not in HeadExperiment.model_fields}
+    experiment = {k: v for k, v in data.items() if k in HeadExperiment.model_fields}
+    if HeadExperiment(**experiment) == PAPER_EXPERIMENT:
+        return FaderConfig(**public)
+    return ExperimentalFaderConfig(**data)
+
+
+# -- named head variants: fader_kit.variants (thin compatibility here) ------------------------------
 def fader_variant(base: FaderConfig, name: str) -> FaderConfig:
-    """``base`` (a profile's head configuration) with the changes of head variant ``name``."""
-    if name not in HEAD_VARIANTS:
-        raise ConfigError(f"unknown FADeR variant {name!r}; choose one of {', '.join(HEAD_VARIANTS)}")
-    return FaderConfig(**{**base.model_dump(), **HEAD_VARIANTS[name]})
+    """``base`` (a profile's head configuration) with the changes of head variant ``name`` (a
+    canonical name or an alias of :mod:`fader_kit.variants`)."""
+    from .variants import resolve
+
+    return resolve(base, name)
+
+
+def __getattr__(name: str) -> object:
+    """``HEAD_VARIANTS`` and ``DEFAULT_HEAD_VARIANT`` come from the registry (imported on first
+    use: the registry itself builds on this module)."""
+    if name in ("HEAD_VARIANTS", "DEFAULT_HEAD_VARIANT"):
+        from . import variants
+
+        return getattr(variants, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Profile(_Frozen):

@@ -15,7 +15,7 @@ from typing import Any
 def add_deploy_commands(sub: Any) -> None:
     """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
     from .cli import add_masker_arguments
-    from .config import DEFAULT_HEAD_VARIANT, HEAD_VARIANTS
+    from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
 
     p = sub.add_parser(
         "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
@@ -30,8 +30,9 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
-    p.add_argument("--fader-variant", choices=list(HEAD_VARIANTS), default=DEFAULT_HEAD_VARIANT,
-                   help=f"FADeR head variant (default: {DEFAULT_HEAD_VARIANT})")
+    p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
+                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
+                        f"{DEFAULT_HEAD_VARIANT}, as evaluate)")
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs (default) or the masker's masks united with blobs")
     p.add_argument("--holdout", type=float, default=0.15,

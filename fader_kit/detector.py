@@ -327,7 +327,7 @@ class Detector:
         fitted state, not a pretrained backbone's weights)."""
         from safetensors.torch import load_file
 
-        from .config import FaderConfig, UNetConfig
+        from .config import UNetConfig, fader_config
         from .registry import default_registry
         from .statefiles import load_state
         from .unet import EARUNet
@@ -348,7 +348,13 @@ class Detector:
         except ValidationError as exc:
             raise ModelDirError(f"{folder / 'calibration.json'} is damaged: {exc.errors()[0]['msg']}") from None
         device = torch.device(device)
-        model = FaderModel(EARUNet(UNetConfig(**s.unet_config)), None, FaderConfig(**s.fader_config))
+        try:
+            head = fader_config(s.fader_config)  # the plain or the experimental configuration, as saved
+            unet = EARUNet(UNetConfig(**s.unet_config))
+        except (ValidationError, ValueError) as exc:
+            raise ModelDirError(f"{folder / 'detector.json'}: the saved U-Net or head settings are not valid for this "
+                                f"fader-kit {__version__}: {str(exc).splitlines()[0]}") from None
+        model = FaderModel(unet, None, head)
         try:
             state = load_file(str(folder / "model.safetensors"))
         except Exception as exc:

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import HEAD_VARIANTS, FaderConfig, TrainConfig, UNetConfig, fader_variant  # noqa: F401 (re-exported)
+from .config import FaderConfig, TrainConfig, UNetConfig, fader_config, fader_variant  # noqa: F401 (re-exported)
 from .interfaces import Masker, Reconstructor, check_images
 from .obfuscation import obfuscate
 from .scoring import anomaly_map as riad_anomaly_map
 from .scoring import image_score
+from .variants import HEAD_VARIANTS  # noqa: F401 (re-exported)
 
 
 # -- tokens and targets ---------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def context_tokens(images: Tensor, m: int, context: str = "token") -> Tensor:
 
 def token_dim(config: FaderConfig) -> int:
     """Length of one head input token for ``config`` (3 m^2, or 27 m^2 with neighbours)."""
-    side = config.patch_size * (3 if config.context == "neighbours" else 1)
+    side = config.patch_size * (3 if config.experiment.context == "neighbours" else 1)
     return 3 * side * side
 
 
@@ -281,7 +282,7 @@ class FaderModel(nn.Module):
         """l_hat ``[B, N]`` for the patches of the obfuscated image."""
         if self.head is None:
             raise RuntimeError("this FaderModel has no head (plain EAR)")
-        tokens = context_tokens(obfuscated, self.patch_size, self.config.context)
+        tokens = context_tokens(obfuscated, self.patch_size, self.config.experiment.context)
         grid = (obfuscated.shape[-2] // self.patch_size, obfuscated.shape[-1] // self.patch_size)
         if isinstance(self.head, ViTHead):
             return self.head(tokens, grid)
@@ -290,7 +291,7 @@ class FaderModel(nn.Module):
     def gate_grid(self, pred: Tensor, grid: tuple[int, int]) -> Tensor:
         """M_S (or the hard ablation gate) on the patch grid, ``[B, 1, gh, gw]``; all ones for the
         ``gates="open"`` control."""
-        if self.config.gates == "open":
+        if self.config.experiment.gates == "open":
             return torch.ones(pred.shape[0], 1, *grid, dtype=pred.dtype, device=pred.device)
         if self.config.masking == "hard":
             g = hard_mask(pred, self.config.hard_threshold, self.config.normaliser, self.calibration)
@@ -429,7 +430,7 @@ class FaderModel(nn.Module):
             from .unet import EARUNet
 
             reconstructor = EARUNet(UNetConfig(**ckpt["unet_config"]))
-        model = cls(reconstructor, masker, FaderConfig(**ckpt["fader_config"]), head="auto" if ckpt["has_head"] else None)
+        model = cls(reconstructor, masker, fader_config(ckpt["fader_config"]), head="auto" if ckpt["has_head"] else None)
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()  # ready to score: running statistics, never batch statistics
 

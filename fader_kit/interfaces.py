@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 
+class MaskerContractError(ValueError):
+    """A masker returned something the contract does not allow (a wrong shape or dtype).  It names
+    the masker: the fault is in the plugin, not in the user's input."""
+
+
 class MaskerInfo(BaseModel):
     """What a masker is and where its weights came from.
 
@@ -82,19 +87,52 @@ class Masker(abc.ABC):
         return MaskerInfo(name=type(self).__name__, weights="unknown")
 
     def fit(self, images: Tensor, *, seed: int = 0, progress: bool = False) -> "Masker":
-        """Learn from normal images ``[N, 3, H, W]``.  Zero-shot maskers need nothing.
+        """Learn from the normal training images.  Zero-shot maskers need nothing (the default).
 
-        Subclasses may accept any subset of ``seed`` / ``progress`` and may return None:
-        the class wraps such a ``fit`` so it still answers this signature and returns ``self``.
+        Args:
+            images: **one** ``torch.Tensor`` holding every normal training image (not a loader,
+                not a list of batches): shape ``[N, 3, H, W]``, dtype ``float32``, RGB, values in
+                ``[0, 1]``, already resized to the run's image size.  fader-kit's pipeline moves
+                the masker to its device (:meth:`to`) first and passes the images on that device
+                (on the CPU when N > 4096).
+            seed: the run's seed, for any randomness of the fit.
+            progress: whether to show progress bars.
+
+        Returns:
+            ``self``.  Subclasses may accept any subset of ``seed`` / ``progress`` and may return
+            None: the class wraps such a ``fit`` so it still answers this signature and returns
+            ``self``.  A trained masker should set :attr:`threshold` here when it relies on the
+            default :meth:`mask`.
         """
         return self
 
     @abc.abstractmethod
     def score_map(self, images: Tensor) -> Tensor:
-        """Per-pixel suspicion ``[B, 1, H, W]`` (float) at the input's resolution."""
+        """Per-pixel suspicion of a batch: higher = more suspicious.
+
+        Args:
+            images: ``torch.Tensor`` ``[B, 3, H, W]``, ``float32``, RGB, values in ``[0, 1]``, on
+                the masker's device.  The pipeline calls it under ``torch.no_grad()`` in batches
+                of the profile's evaluation batch size (the last batch may be smaller).
+
+        Returns:
+            ``torch.Tensor`` ``[B, 1, H, W]``, floating point, at the input's resolution ``H x W``,
+            on any device (the pipeline moves it to the CPU).  Any scale: only the order matters,
+            except against :attr:`threshold` in the default :meth:`mask`.
+        """
 
     def mask(self, images: Tensor) -> Tensor:
-        """Binary mask M_B ``[B, 1, H, W]`` (bool): True where the masker suspects a defect."""
+        """The binary mask M_B of a batch: True where the masker suspects a defect.
+
+        Args:
+            images: as in :meth:`score_map`: ``[B, 3, H, W]`` ``float32`` RGB in ``[0, 1]`` on the
+                masker's device.
+
+        Returns:
+            ``torch.Tensor`` ``[B, 1, H, W]``, ``bool``, at the input's resolution.  Any other
+            shape stops the run with an error naming the masker.  Default:
+            ``score_map(images) > self.threshold`` (a RuntimeError when no threshold is set).
+        """
         if self.threshold is None:
             raise RuntimeError(
                 f"masker {self.info.name!r} has no threshold: call fit() on normal images first"
@@ -102,7 +140,9 @@ class Masker(abc.ABC):
         return self.score_map(images) > self.threshold
 
     def to(self, device: str | torch.device) -> "Masker":
-        """Move the masker's networks to ``device``; maskers without networks ignore it."""
+        """Move the masker's networks to ``device`` (a ``torch.device`` or a string such as
+        ``"cuda:0"``) and return ``self``.  The default moves every ``nn.Module`` attribute; a
+        masker holding plain tensors should override it (or move them in :meth:`score_map`)."""
         for value in vars(self).values():
             if isinstance(value, nn.Module):
                 value.to(device)

@@ -307,7 +307,8 @@ def train_fader(
     reconstruction loss with the gates detached, so the decoder cannot push the head towards
     opening every skip; the encoder is frozen.
 
-    Beyond the paper (each a :class:`FaderConfig` field, paper behaviour by default):
+    Beyond the paper (a :class:`FaderConfig` field, or a :class:`HeadExperiment` one for ``pseudo_source``
+    and ``gates``; paper behaviour by default):
     ``target="ungated"`` takes l against the un-gated reconstruction of the same U-Net;
     ``pseudo_anomalies > 0`` pastes foreign patches into the inputs (not into M_B) while l and the
     decoder's loss stay against the clean image; ``normaliser="calibrated"`` ends by calibrating
@@ -337,6 +338,7 @@ def train_fader(
     steps = math.ceil(images.shape[0] / config.batch_size)
     sched = make_scheduler(opt, config, steps)
     head_cfg = model.config
+    experiment = head_cfg.experiment  # the switches only named variants set (fader_kit.variants)
     calibrated = head_cfg.normaliser == "calibrated"
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.epochs), desc="FADeR head", disable=not progress, leave=False)
@@ -351,8 +353,8 @@ def train_fader(
             for x, mb in _training_batches(images, masks, config, gen, device):
                 x_in = x
                 if head_cfg.pseudo_anomalies > 0:
-                    x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, head_cfg.pseudo_area, gen,
-                                                     head_cfg.pseudo_source)
+                    x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, experiment.pseudo_area, gen,
+                                                     experiment.pseudo_source)
                 out = model(x_in, mb, detach_gates=True)
                 target = error_target(model, x, out)
                 valid = unmasked_patches(mb, model.patch_size) if head_cfg.focus == "unmasked" else None

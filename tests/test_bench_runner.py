@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import fader_kit_bench.runner as runner_mod
-from fader_kit import cache as keys
-from fader_kit_bench.runner import BenchConfig, BenchRunner, run_table
-from fader_kit_bench.store import ResultStore
+import fader_kit.engine.workbench as runner_mod
+from fader_kit.engine import keys
+from fader_kit.engine.store import ResultStore
+from fader_kit_bench.runner import BenchConfig, masker_options_for, run_table, table_runner
 from fader_kit.config import get_profile
 from fader_kit.data import SyntheticConfig
+from fader_kit.errors import ConfigError
 from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import Masker, MaskerInfo
 from fader_kit.registry import MaskerRegistry
@@ -84,9 +85,9 @@ def config(out: Path, **kw) -> BenchConfig:
 
 @pytest.fixture
 def counting(monkeypatch):
-    """Count the expensive stages the runner calls (through the pipeline module)."""
+    """Count the expensive stages the runner calls (through the workbench)."""
     counts = {"train_ear": 0, "train_fader_on": 0}
-    real_ear, real_fader = runner_mod.pipeline.train_ear, runner_mod.pipeline.train_fader_on
+    real_ear, real_fader = runner_mod.train_ear, runner_mod.train_fader_on
 
     def train_ear(*a, **k):
         counts["train_ear"] += 1
@@ -96,8 +97,8 @@ def counting(monkeypatch):
         counts["train_fader_on"] += 1
         return real_fader(*a, **k)
 
-    monkeypatch.setattr(runner_mod.pipeline, "train_ear", train_ear)
-    monkeypatch.setattr(runner_mod.pipeline, "train_fader_on", train_fader_on)
+    monkeypatch.setattr(runner_mod, "train_ear", train_ear)
+    monkeypatch.setattr(runner_mod, "train_fader_on", train_fader_on)
     return counts
 
 
@@ -107,7 +108,7 @@ def _quiet(_msg: str) -> None:
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
     cfg = config(tmp_path, variants=("ear", "ours", "hard", "bilinear"))
-    real = runner_mod.pipeline.train_fader_on
+    real = runner_mod.train_fader_on
     calls = {"n": 0}
 
     def interrupt_second(*a, **k):  # the user presses Ctrl-C during the second FADeR training
@@ -116,7 +117,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner_mod.pipeline, "train_fader_on", interrupt_second)
+    monkeypatch.setattr(runner_mod, "train_fader_on", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         run_table(cfg, registry=registry(), log=_quiet)
     rows = {r.unit.variant: r for r in ResultStore(tmp_path).rows()}
@@ -134,22 +135,23 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
 
 
 def test_an_exception_in_one_unit_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
-    real = runner_mod.pipeline.train_fader_on
+    real = runner_mod.train_fader_on
 
     def fail_vit(unet, images, masks, fader_config, *a, **k):
         if fader_config.head == "vit":
             raise RuntimeError("simulated out of memory")
         return real(unet, images, masks, fader_config, *a, **k)
 
-    monkeypatch.setattr(runner_mod.pipeline, "train_fader_on", fail_vit)
+    monkeypatch.setattr(runner_mod, "train_fader_on", fail_vit)
     cfg = config(tmp_path, variants=("ear", "vit", "ours"))
     s = run_table(cfg, registry=registry(), log=_quiet)
     rows = {r.unit.variant: r for r in ResultStore(tmp_path).rows()}
     assert s.failed == 1 and rows["vit"].status == "failed"
     assert rows["vit"].reason == "RuntimeError: simulated out of memory"
+    assert "Traceback" in rows["vit"].config["traceback"] and "fail_vit" in rows["vit"].config["traceback"]
     assert rows["ear"].status == rows["ours"].status == "ok"
 
-    monkeypatch.setattr(runner_mod.pipeline, "train_fader_on", real)  # fixed: a rerun retries only the failure
+    monkeypatch.setattr(runner_mod, "train_fader_on", real)  # fixed: a rerun retries only the failure
     s = run_table(cfg, registry=registry(), log=_quiet)
     assert (s.skipped, s.computed, s.failed) == (2, 1, 0)
     assert ResultStore(tmp_path).get(rows["vit"].unit).status == "ok"
@@ -185,20 +187,20 @@ def test_one_ear_unet_serves_every_masker(tmp_path, counting):
 
 def test_ear_on_masker_masks_trains_one_unet_per_masker(tmp_path, monkeypatch):
     seen = []
-    real = runner_mod.pipeline.train_ear
+    real = runner_mod.train_ear
 
     def train_ear(images, masks, *a, **k):
         seen.append(masks)
         return real(images, masks, *a, **k)
 
-    monkeypatch.setattr(runner_mod.pipeline, "train_ear", train_ear)
+    monkeypatch.setattr(runner_mod, "train_ear", train_ear)
     cfg = config(tmp_path, table="table2", maskers=("diff_a", "diff_b"), variants=("ear",), ear_masks="masker")
     s = run_table(cfg, registry=registry(), log=_quiet)
     assert s.ear_trained == 2 and len(seen) == 2 and all(m is not None and m.dtype == torch.bool for m in seen)
     rows = ResultStore(tmp_path).rows()
     assert len({r.config["ear_key"] for r in rows}) == 2 and {r.config["ear_masks"] for r in rows} == {"masker"}
-    blobs = BenchRunner(config(tmp_path, table="table2", maskers=("diff_a",), variants=("ear",)), registry=registry())
-    assert blobs.plan()[0].ear_key not in {r.config["ear_key"] for r in rows}  # a different U-Net, a different key
+    blobs = table_runner(config(tmp_path, table="table2", maskers=("diff_a",), variants=("ear",)), registry=registry())
+    assert blobs.plan()[0].keys.ear not in {r.config["ear_key"] for r in rows}  # a different U-Net, a different key
 
 
 def test_same_settings_in_another_table_are_copied_not_recomputed(tmp_path, counting):
@@ -234,21 +236,21 @@ def test_figures_are_written_for_fader_units(tmp_path):
 
 def test_unknown_masker_or_category_is_one_clear_error(tmp_path):
     with pytest.raises(KeyError, match="unknown masker.*nope"):
-        BenchRunner(config(tmp_path, maskers=("nope",)), registry=registry()).plan()
-    with pytest.raises(ValueError, match="--categories: bottle not in synthetic"):
-        BenchRunner(config(tmp_path, categories=("bottle",)), registry=registry()).plan()
+        table_runner(config(tmp_path, maskers=("nope",)), registry=registry()).plan()
+    with pytest.raises(ConfigError, match="--categories: bottle not in synthetic"):
+        table_runner(config(tmp_path, categories=("bottle",)), registry=registry()).plan()
     with pytest.raises(ValueError, match="table table3 has no variant 'fancy'"):
-        BenchRunner(config(tmp_path, variants=("fancy",)), registry=registry()).plan()
+        table_runner(config(tmp_path, variants=("fancy",)), registry=registry()).plan()
 
 
 def test_masker_options_can_be_scoped_to_one_masker(tmp_path):
     cfg = config(tmp_path, table="table2", maskers=("diff_a", "diff_b"), variants=("ear",),
                  masker_options={"weights": "/w", "diff_a.quantile": 0.5, "other.x": 1})
-    r = BenchRunner(cfg, registry=registry())
-    assert r.masker_options("diff_a") == {"weights": "/w", "other.x": 1, "quantile": 0.5}
-    assert r.masker_options("diff_b") == {"weights": "/w", "other.x": 1}
-    a, b = [u for u in r.plan()]
-    assert a.masker_key != b.masker_key
+    names = {"diff_a", "diff_b"}
+    assert masker_options_for(cfg.masker_options, "diff_a", names) == {"weights": "/w", "other.x": 1, "quantile": 0.5}
+    assert masker_options_for(cfg.masker_options, "diff_b", names) == {"weights": "/w", "other.x": 1}
+    a, b = [u for u in table_runner(cfg, registry=registry()).plan()]
+    assert a.keys.masks != b.keys.masks
 
 
 # -- cache keys -------------------------------------------------------------------------------------
@@ -270,6 +272,16 @@ def test_ear_key_ignores_maskers_and_follows_training_settings():
     assert keys.ear_key("synthetic", "washer", p.model_copy(update={"fader": p.fader.model_copy(update={"lr": 0.5})}), 0) == k
     assert keys.ear_key("synthetic", "plate", p, 0) != k and keys.ear_key("synthetic", "washer", p, 1) != k
     assert keys.data_key("synthetic", TINY) != "synthetic" and keys.data_key("synthetic", TINY) == keys.data_key("synthetic", TINY)
+
+
+def test_the_synthetic_data_seed_is_in_every_key(tmp_path, counting):
+    """Other synthetic data (another data seed) recomputes everything; a folder of real images has no data seed."""
+    assert keys.data_key("synthetic", TINY, 1) != keys.data_key("synthetic", TINY, 0)
+    assert keys.data_key("mvtec:/d", None, 1) == keys.data_key("mvtec:/d", None, 0) == "mvtec:/d"
+    run_table(config(tmp_path, variants=("ear",)), registry=registry(), log=_quiet)
+    s = run_table(config(tmp_path, variants=("ear",), data_seed=1), registry=registry(), log=_quiet)
+    assert s.computed == 1 and s.skipped == 0 and counting["train_ear"] == 2 and s.ear_trained == 1
+    assert len(list((tmp_path / "cache" / "ear").glob("ear-*.pt"))) == 2
 
 
 def test_work_key_follows_the_head_only_for_fader_variants():

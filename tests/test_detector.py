@@ -20,10 +20,11 @@ from PIL import Image
 from fader_kit.calibration import (PixelQuantiles, calibrate, calibration_from, f1_threshold, false_alarm_rate,
                                    order_threshold)
 from fader_kit.cli import main
-from fader_kit.config import DEFAULT_HEAD_VARIANT, FaderConfig, Profile, TrainConfig, UNetConfig
+from fader_kit.config import FaderConfig, Profile, TrainConfig, UNetConfig
 from fader_kit.detector import Detector, make_decision
 from fader_kit.errors import ConfigError, ModelDirError
 from fader_kit.fitting import fit_detector, holdout_split
+from fader_kit.variants import DEFAULT_HEAD_VARIANT
 
 TINY = Profile(
     name="tiny", image_size=32, unet=UNetConfig(widths=(4, 8, 8, 8, 8)),
@@ -143,7 +144,8 @@ def test_round_trip_scores_equal_after_load(fitted: tuple[Path, Detector], data:
     pil = det.predict([Image.open(files[2]), np.asarray(Image.open(files[3]))])
     assert pil[0].score == pytest.approx(first[2].score) and pil[1].score == pytest.approx(first[3].score)
     single = det.predict(files[1])  # one path, not a sequence of characters
-    assert len(single) == 1 and single[0].score == first[1].score and single[0].source == files[1]
+    assert len(single) == 1 and single[0].source == files[1]
+    assert single[0].score == pytest.approx(first[1].score, abs=1e-5)  # batch of one: other kernels, same value
 
 
 def test_threshold_override_changes_decisions(model_dir: Path, data: Path) -> None:

@@ -1,6 +1,6 @@
 """``fader-kit export --onnx``: one ONNX graph that matches the torch model (onnxruntime vs
 ``FaderModel.anomaly_map`` / ``score``, max abs difference <= 1e-4), the mask as a real input,
-README's pure-onnxruntime snippet, and one clear error without the [export] extra."""
+the deployment page's pure-onnxruntime snippet, and one clear error without the [export] extra."""
 from __future__ import annotations
 
 import json
@@ -129,10 +129,10 @@ def test_without_the_extra_the_command_fails_with_one_line(run_dir, tmp_path, mo
 
 
 def test_readme_snippet_runs_with_onnxruntime_alone(run_dir, exported, tmp_path):
-    """README's deployment snippet, run in a fresh interpreter that cannot import fader_kit."""
+    """The deployment page's ONNX snippet, run in a fresh interpreter that cannot import fader_kit."""
     from PIL import Image
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "deployment.md").read_text()
     code = re.search(r"<!-- onnx-snippet -->\s*```python\n(.*?)```", text, re.S).group(1)
     images, _ = inputs(1, seed=3)
     pixels = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

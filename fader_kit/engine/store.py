@@ -1,9 +1,14 @@
-"""Benchmark results in SQLite, one row per unit of work, committed the moment it finishes.
+"""The results folder: rows in SQLite, and beside them what the report needs to pair seeds.
 
 A unit is (table, data, profile, masker, variant, category, seed).  Each row carries the
 ``work_key`` -- a digest of every setting its numbers depend on -- so a rerun skips a row only
 when it finished *with the same settings*; a changed setting recomputes and replaces it.  SQLite
 commits are atomic, so a run killed mid-way keeps every row that had finished.
+
+Per-image score details (:class:`~fader_kit.stats.ScoreDetail`: what the paired bootstrap needs)
+are written to ``details/<key>.pt`` before their row, named by the row's work key (``<work
+key>.fused`` for the fused score, ``<masks key>.alone`` for the masker alone).  A results folder
+is therefore self-contained: the report needs nothing from the compute cache.
 """
 from __future__ import annotations
 
@@ -12,9 +17,15 @@ import sqlite3
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import BaseModel, Field
+
+from ..errors import MissingFileError, UserError
+from ..util.files import torch_save_atomic
+
+if TYPE_CHECKING:
+    from ..stats import ScoreDetail
 
 DB_NAME = "results.sqlite"
 Status = Literal["ok", "failed"]
@@ -87,8 +98,11 @@ class ResultStore:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"results folder {self.folder} is a file; name a folder (new or existing) instead")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / DB_NAME
+        self.details = DetailStore(self.folder)
         with closing(self._connect()) as con, con:
             con.execute(f"CREATE TABLE IF NOT EXISTS results ({_COLUMNS})")
 
@@ -97,7 +111,7 @@ class ResultStore:
         """Open a folder's results for reading; a clear error when there are none."""
         path = Path(folder) / DB_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"no benchmark results in {folder}: {path} does not exist (run `fader-kit bench` first)")
+            raise MissingFileError(f"no benchmark results in {folder}: {path} does not exist (run `fader-kit bench` first)")
         return cls(folder)
 
     def _connect(self) -> sqlite3.Connection:
@@ -165,3 +179,26 @@ class ResultStore:
 
     def __iter__(self) -> Iterator[ResultRow]:
         return iter(self.rows())
+
+
+class DetailStore:
+    """Per-image score details beside the rows (``details/<key>.pt``), read with ``weights_only``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.root = Path(folder) / "details"
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def save(self, key: str, detail: "ScoreDetail") -> Path:
+        return torch_save_atomic(detail.to_dict(), self.path(key))
+
+    def load(self, key: str) -> "ScoreDetail | None":
+        from ..stats import ScoreDetail
+
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        import torch
+
+        return ScoreDetail.from_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -1,6 +1,6 @@
-"""``fader-kit bench TABLE --executor ray``: a table's units as a graph of Ray tasks.
+"""The Ray executor: a grid's units as a graph of Ray tasks (``--executor ray``).
 
-The graph mirrors the work the serial runner shares (:mod:`fader_kit_bench.runner`):
+The graph mirrors the work the serial executor shares (:mod:`fader_kit.engine.runner`):
 
 - per (data, category, profile, seed) and masker, one **masks** task: fit the masker and mask the
   train and test images;
@@ -12,17 +12,20 @@ The graph mirrors the work the serial runner shares (:mod:`fader_kit_bench.runne
 Shared results travel through the **cache directory** (``<out>/cache``), not the object store.
 Tasks return only a small status (ok or the failure's reason, whether they trained or loaded)
 and the rows.  Why: every artifact is already written atomically under a digest of its settings
-(:mod:`fader_kit.cache`), so a retried task, a later run and the serial executor all reuse it
+(:mod:`fader_kit.engine.keys`), so a retried task, a later run and the serial executor all reuse it
 -- a run interrupted on Ray resumes serially and vice versa -- while the object store lives
 only as long as the cluster, and would copy each category's U-Net and masks to every worker
 that needs them.  The cost: on a cluster, ``--out`` must be a folder every node mounts at the
 same path (NFS, Lustre, a cloud file system).  One task runs per key, so two workers never
 write the same cache file.
 
-Every task computes through the same :class:`~fader_kit_bench.runner.BenchRunner` methods as the
+Every task computes through the same :class:`~fader_kit.engine.runner.GridRunner` methods as the
 serial loop (``compute_row`` for a unit), so both executors give the same rows: same numbers,
-same seeds.  The driver alone writes the SQLite store, one row the moment its unit task
-finishes, so a rerun resumes exactly as it does after a serial run.
+same seeds.  The driver alone writes the results folder, through the same
+:class:`~fader_kit.engine.runner.Recorder`, one row the moment its unit task finishes, so a rerun
+resumes exactly as it does after a serial run.  Numbers depend on the torch thread count: a task
+runs with ``--cpus-per-unit`` threads, the serial executor with torch's default, and every row
+records its count.
 
 Faults: a task whose worker process dies (killed, out of memory, a lost node) is retried by Ray
 up to ``max_retries`` times and its row is written once, when it finishes; a unit that raises is
@@ -41,11 +44,9 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fader_kit.errors import UserError
-from fader_kit.pipeline import CategoryWorkbench
-from fader_kit.registry import MaskerRegistry
-
-from .runner import BenchConfig, BenchRunner, PlannedUnit, RunSummary, _minutes, failure_reason
+from ..errors import ConfigError, UserError
+from ..registry import MaskerRegistry
+from .runner import FigureHook, Grid, GridRunner, PlannedUnit, Recorder, RunSummary, failure_reason, minutes
 from .store import ResultRow
 
 Log = Callable[[str], None]
@@ -92,16 +93,16 @@ def task_device(device: str, options: RayOptions) -> str:
     if text == "auto":
         return "cuda" if options.gpus_per_unit > 0 else "cpu"
     if text.startswith("cuda:"):
-        raise ValueError(f"argument --device={device}: with --executor ray use --device cuda; each task runs on "
+        raise ConfigError(f"argument --device={device}: with --executor ray use --device cuda; each task runs on "
                          "the GPU(s) Ray assigns it (--gpus-per-unit)")
     if text == "cuda" and options.gpus_per_unit <= 0:
-        raise ValueError("argument --device=cuda with --executor ray needs --gpus-per-unit > 0 (e.g. 1, or 0.5 for "
+        raise ConfigError("argument --device=cuda with --executor ray needs --gpus-per-unit > 0 (e.g. 1, or 0.5 for "
                          "two units per GPU)")
     if text == "cpu" and options.gpus_per_unit > 0:
-        raise ValueError(f"argument --gpus-per-unit={options.gpus_per_unit:g} reserves GPUs, but --device is cpu; "
+        raise ConfigError(f"argument --gpus-per-unit={options.gpus_per_unit:g} reserves GPUs, but --device is cpu; "
                          "add --device cuda")
     if text not in ("cpu", "cuda"):
-        raise ValueError(f"argument --device={device!r}: expected cpu, cuda or auto")
+        raise ConfigError(f"argument --device={device!r}: expected cpu, cuda or auto")
     return text
 
 
@@ -124,14 +125,15 @@ def portable_registry(registry: MaskerRegistry | None) -> MaskerRegistry | None:
 class TaskContext:
     """Shared by every task of a run (put in the object store once)."""
 
-    config: BenchConfig
+    grid: Grid
     registry: MaskerRegistry | None  # unloaded (portable_registry); None = the installed plugins
     threads: int
+    figure: FigureHook | None = None
 
-    def runner(self, log: Log) -> BenchRunner:
+    def runner(self, log: Log) -> GridRunner:
         torch.set_num_threads(self.threads)  # a reused worker may have run a task of another shape
         # a fresh unloaded copy per task: plugins load in this worker, never shared between tasks
-        return BenchRunner(self.config, registry=portable_registry(self.registry), log=log)
+        return GridRunner(self.grid, registry=portable_registry(self.registry), log=log, figure=self.figure)
 
 
 @dataclass
@@ -147,65 +149,64 @@ class StageResult:
     log: list[str] = field(default_factory=list)
 
 
-def _workbench(runner: BenchRunner, pu: PlannedUnit) -> CategoryWorkbench:
-    return CategoryWorkbench(runner.workbench_settings(pu.unit.category, pu.unit.seed), runner.cache, log=runner.log)
-
-
 def masks_task(ctx: TaskContext, pu: PlannedUnit) -> StageResult:
     """Fit ``pu``'s masker and mask the images (or find them in the cache)."""
     lines: list[str] = []
     runner = ctx.runner(lines.append)
+    bench = runner.workbench(pu.unit.category, pu.unit.seed)
     try:
-        masks, fitted = runner._get_masks(pu, _workbench(runner, pu))
+        runner.prepare_masks(pu, bench)
     except Exception as exc:  # its units fail with this reason, once each
-        return StageResult("masker", pu.masker_key, False, failure_reason(exc), log=lines)
-    return StageResult("masker", pu.masker_key, True, trained=fitted, seconds=masks.seconds if fitted else 0.0,
-                       log=lines)
+        return StageResult("masker", pu.keys.masks, False, failure_reason(exc), log=lines)
+    timings, trained = bench.take_work_done()
+    return StageResult("masker", pu.keys.masks, True, trained=bool(trained["maskers_fitted"]),
+                       seconds=timings.get("masker", 0.0), log=lines)
 
 
 def ear_task(ctx: TaskContext, pu: PlannedUnit, masks: StageResult | None) -> StageResult:
     """Train ``pu``'s EAR U-Net (or find it in the cache).  ``masks`` is its masker's masks task when
     the U-Net learns from them (``--ear-masks masker``), else None."""
     if masks is not None and not masks.ok:
-        return StageResult("ear_train", pu.ear_key, False, masks.reason)
+        return StageResult("ear_train", pu.keys.ear, False, masks.reason)
     lines: list[str] = []
     runner = ctx.runner(lines.append)
+    bench = runner.workbench(pu.unit.category, pu.unit.seed)
     try:
-        cat = _workbench(runner, pu)
-        mask_set = runner._get_masks(pu, cat)[0] if masks is not None else None
-        # CategoryWorkbench.unet reads the masks only when the U-Net is trained on them
-        _, info = cat.unet(pu.ear_key, mask_set)  # type: ignore[arg-type]
+        bench.unet(pu.source)
     except Exception as exc:
-        return StageResult("ear_train", pu.ear_key, False, failure_reason(exc), log=lines)
-    return StageResult("ear_train", pu.ear_key, True, trained=not info["reused"],
-                       seconds=0.0 if info["reused"] else float(info.get("seconds", 0.0)), log=lines)
+        return StageResult("ear_train", pu.keys.ear, False, failure_reason(exc), log=lines)
+    timings, trained = bench.take_work_done()
+    return StageResult("ear_train", pu.keys.ear, True, trained=bool(trained["ear_trained"]),
+                       seconds=timings.get("ear_train", 0.0), log=lines)
 
 
 def unit_task(ctx: TaskContext, pu: PlannedUnit, masks: StageResult, ear: StageResult
-              ) -> tuple[ResultRow, list[str], tuple[StageResult, StageResult]]:
-    """One results row, through :meth:`BenchRunner.compute_row` (the serial runner's own code)."""
+              ) -> tuple[ResultRow, dict[str, Any], list[str], tuple[StageResult, StageResult]]:
+    """One results row and its details, through :meth:`GridRunner.compute_row` (the serial code)."""
     lines: list[str] = []
     runner = ctx.runner(lines.append)
     for stage in (masks, ear):  # the order in which the serial runner meets them
         if not stage.ok:
-            return runner.failed_row(pu, stage.reason or "failed"), lines, (masks, ear)
-    return runner.compute_row(pu, _workbench(runner, pu)), lines, (masks, ear)
+            return runner.failed_row(pu, stage.reason or "failed"), {}, lines, (masks, ear)
+    row, details = runner.compute_row(pu, runner.workbench(pu.unit.category, pu.unit.seed))
+    return row, details, lines, (masks, ear)
 
 
 # -- the driver -------------------------------------------------------------------------------------
 class RayExecutor:
-    """Runs one table on Ray; the same inputs as :class:`BenchRunner` plus :class:`RayOptions`."""
+    """Runs one grid on Ray; the same inputs as :class:`GridRunner` plus :class:`RayOptions`."""
 
-    def __init__(self, config: BenchConfig, options: RayOptions | None = None, *,
-                 registry: MaskerRegistry | None = None, log: Log = print) -> None:
+    def __init__(self, grid: Grid, options: RayOptions | None = None, *, registry: MaskerRegistry | None = None,
+                 log: Log = print, figure: FigureHook | None = None) -> None:
         import_ray()  # before any work: one clear line when the extra is missing
         self.options = options or RayOptions()
-        device = task_device(config.device, self.options)
+        device = task_device(grid.device, self.options)
         # tasks: no progress bars (many workers' bars would interleave)
-        self.task_config = config.model_copy(update={"device": device, "progress": False})
+        self.task_grid = grid.model_copy(update={"device": device, "progress": False})
         # the driver plans (keys do not depend on the device) and writes the store; it needs no GPU
-        self.planner = BenchRunner(config.model_copy(update={"device": "cpu"}), registry=registry, log=log)
+        self.planner = GridRunner(grid.model_copy(update={"device": "cpu"}), registry=registry, log=log)
         self.registry = registry
+        self.figure = figure
         self.log = log
         self.startup_seconds: float | None = None
 
@@ -236,14 +237,13 @@ class RayExecutor:
                  for name, res, want in (("cpus", "CPU", o.cpus_per_unit), ("gpus", "GPU", o.gpus_per_unit))
                  if want > have.get(res, 0)]
         if short and o.address is None:  # a local Ray never grows: the tasks would wait forever
-            raise ValueError("argument " + "; ".join(short))
+            raise ConfigError("argument " + "; ".join(short))
         for line in short:  # a cluster may autoscale
             self.log(f"warning: {line} now; the tasks wait until the cluster provides them")
         return f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
 
     def _run(self, ray: Any) -> RunSummary:
-        t_start = time.perf_counter()
-        p, o, cfg = self.planner, self.options, self.task_config
+        p, o, g = self.planner, self.options, self.task_grid
         resources = self._check_resources(ray)
         units = p.plan()
         todo = [u for u in units if not p.store.is_done(u.unit, u.work_key)]
@@ -251,26 +251,12 @@ class RayExecutor:
         s.planned, s.skipped = len(units), len(units) - len(todo)
         where = (f"Ray at {o.address}" if o.address else "local Ray") + f" ({resources}"
         where += f"; started in {self.startup_seconds:.1f}s)" if self.startup_seconds is not None else ")"
-        self.log(f"{p.spec.name} on {cfg.data} ({p.profile.name} profile, {p.profile.image_size}px, device {cfg.device}, "
-                 f"seeds {','.join(map(str, cfg.seeds))}) on {where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU "
-                 f"per unit: {len(units)} units, {s.skipped} already finished, {len(todo)} to run -> {p.store.path}")
-        done = 0
-
-        def record(pu: PlannedUnit, row: ResultRow, note: str) -> None:
-            nonlocal done
-            p.store.put(row)  # the driver alone writes the store, one row at a time
-            done += 1
-            eta = ""
-            if s.computed and done < len(todo):
-                elapsed = time.perf_counter() - t_start
-                eta = f", ETA ~{_minutes(elapsed / done * (len(todo) - done))}"
-            head = f"[{done}/{len(todo)}] {pu.unit.masker}/{pu.unit.variant} on {pu.unit.category} (seed {pu.unit.seed})"
-            if row.status == "ok":
-                self.log(f"{head}: {note}: image {row.image_auroc:.3f} / pixel {row.pixel_auroc:.3f}{eta}")
-            else:
-                s.failed += 1
-                s.failures.append(f"{pu.unit.label()}: {row.reason}")
-                self.log(f"{head}: FAILED: {row.reason}{eta}")
+        threads = o.task_threads()
+        self.log(f"{g.table} on {g.data} ({g.profile.name} profile, {g.profile.image_size}px, device {g.device}, "
+                 f"{threads} thread{'s' if threads != 1 else ''} per unit, seeds {','.join(map(str, g.seeds))}) on "
+                 f"{where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU per unit: {len(units)} units, "
+                 f"{s.skipped} already finished, {len(todo)} to run -> {p.store.path}")
+        recorder = Recorder(p.store, s, len(todo), self.log)
 
         to_compute = []
         for pu in todo:  # same settings finished in another table: copied here, no task
@@ -278,10 +264,10 @@ class RayExecutor:
             if copied is None:
                 to_compute.append(pu)
             else:
-                s.copied += 1
-                record(pu, copied, f"copied from {copied.reused_from} (same settings)")
+                recorder.record(pu, copied, {}, lines=[f"[{recorder.done + 1}/{len(todo)}] {pu.unit.masker}/"
+                                                       f"{pu.unit.variant} on {pu.unit.category} (seed {pu.unit.seed})"])
 
-        ctx = ray.put(TaskContext(cfg, portable_registry(self.registry), o.task_threads()))  # unloaded: small, picklable
+        ctx = ray.put(TaskContext(g, portable_registry(self.registry), threads, self.figure))
         opts = dict(num_cpus=o.cpus_per_unit, num_gpus=o.gpus_per_unit, max_retries=o.max_retries,
                     retry_exceptions=False)
         masks_remote = ray.remote(masks_task).options(**opts)
@@ -290,12 +276,12 @@ class RayExecutor:
         stages: dict[str, Any] = {}
         pending: dict[Any, PlannedUnit] = {}
         for pu in to_compute:
-            if pu.masker_key not in stages:
-                stages[pu.masker_key] = masks_remote.remote(ctx, pu)
-            masks_ref = stages[pu.masker_key]
-            if pu.ear_key not in stages:
-                stages[pu.ear_key] = ear_remote.remote(ctx, pu, masks_ref if cfg.ear_masks == "masker" else None)
-            pending[unit_remote.remote(ctx, pu, masks_ref, stages[pu.ear_key])] = pu
+            if pu.keys.masks not in stages:
+                stages[pu.keys.masks] = masks_remote.remote(ctx, pu)
+            masks_ref = stages[pu.keys.masks]
+            if pu.keys.ear not in stages:
+                stages[pu.keys.ear] = ear_remote.remote(ctx, pu, masks_ref if g.ear_masks == "masker" else None)
+            pending[unit_remote.remote(ctx, pu, masks_ref, stages[pu.keys.ear])] = pu
 
         seen: set[str] = set()
         try:
@@ -303,41 +289,36 @@ class RayExecutor:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 pu = pending.pop(ref)
                 try:
-                    row, lines, used = ray.get(ref)
+                    row, details, lines, used = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # retries spent (or a task the unit waited for died)
-                    row, lines, used = p.failed_row(pu, ray_failure_reason(exc)), [], ()
-                    row = row.model_copy(update={"device": cfg.device})
+                    row, details, lines, used = p.failed_row(pu, ray_failure_reason(exc)), {}, [], ()
+                    row = row.model_copy(update={"device": g.device})
+                trained = dict(row.config.get("trained") or {})
+                out = [f"[{recorder.done + 1}/{len(todo)}] {pu.unit.masker}/{pu.unit.variant} on "
+                       f"{pu.unit.category} (seed {pu.unit.seed}){recorder.eta()}"]
                 for stage in used:  # shared work: logged, counted and timed with the first row that used it
                     if stage.key in seen:
                         continue
                     seen.add(stage.key)
-                    for line in stage.log:
-                        self.log(line)
-                    if stage.trained:
-                        if stage.kind == "masker":
-                            s.maskers_fitted += 1
-                        else:
-                            s.ear_trained += 1
-                        if row.status == "ok":
-                            row.timings[stage.kind] = row.timings.get(stage.kind, 0.0) + stage.seconds
-                for line in lines:
-                    self.log(line)
+                    out += stage.log
+                    if stage.trained and row.status == "ok":
+                        name = "maskers_fitted" if stage.kind == "masker" else "ear_trained"
+                        trained[name] = trained.get(name, 0) + 1
+                        row.timings[stage.kind] = row.timings.get(stage.kind, 0.0) + stage.seconds
                 if row.status == "ok":
-                    s.computed += 1
-                    record(pu, row, f"done in {sum(row.timings.values()):.1f}s of work")
-                else:
-                    record(pu, row, "")
+                    row.config["trained"] = trained
+                recorder.record(pu, row, details, sum(row.timings.values()), lines=out + lines)
         except KeyboardInterrupt:
             for r in [*pending, *stages.values()]:
                 try:
                     ray.cancel(r, force=True)
                 except Exception:  # already finished, or the session is going down: nothing left to stop
                     pass
-            self.log(f"interrupted: {done} rows written this run are kept; {len(pending)} units cancelled")
+            self.log(f"interrupted: {recorder.done} rows written this run are kept; {len(pending)} units cancelled")
             raise
-        s.seconds = time.perf_counter() - t_start
-        self.log(f"{p.spec.name}: {s.computed} computed, {s.copied} copied, {s.skipped} skipped, {s.failed} failed "
-                 f"in {_minutes(s.seconds)} on Ray (EAR U-Nets trained: {s.ear_trained}, maskers fitted: "
+        s.seconds = time.perf_counter() - recorder.t_start
+        self.log(f"{g.table}: {s.computed} computed, {s.copied} copied, {s.skipped} skipped, {s.failed} failed "
+                 f"in {minutes(s.seconds)} on Ray (EAR U-Nets trained: {s.ear_trained}, maskers fitted: "
                  f"{s.maskers_fitted})")
         return s
 
@@ -353,7 +334,7 @@ def ray_failure_reason(exc: BaseException) -> str:
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
-def run_table_ray(config: BenchConfig, options: RayOptions | None = None, *, registry: MaskerRegistry | None = None,
-                  log: Log = print) -> RunSummary:
-    """Plan one table and run its units as Ray tasks (``fader-kit bench TABLE --executor ray``)."""
-    return RayExecutor(config, options, registry=registry, log=log).run()
+def run_grid_ray(grid: Grid, options: RayOptions | None = None, *, registry: MaskerRegistry | None = None,
+                 log: Log = print, figure: FigureHook | None = None) -> RunSummary:
+    """Plan ``grid`` and run its units as Ray tasks."""
+    return RayExecutor(grid, options, registry=registry, log=log, figure=figure).run()

@@ -1,0 +1,89 @@
+"""One seed aggregation for every command: mean and spread over seeds, the paired bootstrap
+interval against EAR (and against the masker alone and the control), and its verdict.
+
+Reads only a results folder: the rows and the per-image score details stored beside them
+(:class:`~fader_kit.engine.store.DetailStore`).  ``fader-kit evaluate`` and ``fader-kit report``
+both call :func:`comparisons`.
+"""
+from __future__ import annotations
+
+from ..stats import ScoreDetail, SeedSummary, paired_bootstrap
+from .keys import alone_key, fused_key
+from .store import DetailStore, ResultRow
+
+EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
+CONTROL = "open_gates"  # FADeR's training with every skip kept open: what the head adds is measured against it
+METRICS = ("image_auroc", "pixel_auroc")
+
+
+def paired(details: DetailStore, before: list[str], after: list[str]) -> tuple[dict | None, str | None]:
+    """The paired bootstrap of the details under ``after`` against those under ``before`` (one key
+    per seed, in the same seed order), or None and why not."""
+    b: list[ScoreDetail | None] = [details.load(k) for k in before]
+    a: list[ScoreDetail | None] = [details.load(k) for k in after]
+    if any(d is None for d in (*b, *a)):
+        return None, "score detail missing from the results folder (rerun to recompute it)"
+    try:
+        return paired_bootstrap(b, a), None  # type: ignore[arg-type]
+    except ValueError as exc:  # e.g. test sets that differ between seeds
+        return None, str(exc)
+
+
+def comparisons(rows: list[ResultRow], details: DetailStore) -> list[dict[str, object]]:
+    """Per (masker, category, FADeR variant): the masker alone, EAR and the variant as mean ± spread
+    over the seeds both finished, and the paired bootstrap interval of variant - EAR.  Rows that
+    carry a fused score (:mod:`fader_kit.fusion`) add a line ``VARIANT+masker`` (``ear+masker`` for
+    EAR's): that model's map fused with the masker's score map, against plain EAR."""
+    ok = {(r.unit.masker, r.unit.variant, r.unit.category, r.unit.seed): r for r in rows if r.status == "ok"}
+    out: list[dict[str, object]] = []
+    for m, v, c in sorted({(m, v, c) for (m, v, c, _) in ok}):
+        seeds = sorted(s for (mm, vv, cc, s) in ok if (mm, vv, cc) == (m, v, c) and (m, EAR, c, s) in ok)
+        if not seeds:
+            continue
+        pairs = [(ok[(m, EAR, c, s)], ok[(m, v, c, s)]) for s in seeds]
+        if v != EAR:
+            row = comparison_row(m, v, c, pairs, [(e.work_key, f.work_key) for e, f in pairs],
+                                 [{k: getattr(f, k) for k in METRICS} for _, f in pairs], details)
+            control = [ok.get((m, CONTROL, c, s)) for s in seeds]
+            if v != CONTROL and all(control):  # what the head adds over the same training with every skip open
+                vs_control, _ = paired(details, [k.work_key for k in control], [f.work_key for _, f in pairs])
+                if vs_control is not None:
+                    row["vs_control"] = vs_control
+            out.append(row)
+        fused = [f.config.get("fused") for _, f in pairs]
+        if all(fused):
+            out.append(comparison_row(m, f"{v}+masker", c, pairs, [(e.work_key, fused_key(f.work_key)) for e, f in pairs],
+                                      fused, details))
+    return out
+
+
+def comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[ResultRow, ResultRow]],
+                   detail_keys: list[tuple[str, str]], after: list[dict[str, float]], details: DetailStore
+                   ) -> dict[str, object]:
+    """One line of the comparison table: EAR of ``pairs`` against ``after`` (metrics per seed) and the
+    paired interval from the details under ``detail_keys`` (EAR key, after key) per seed."""
+    row: dict[str, object] = {"masker": masker, "variant": variant, "category": category, "seeds": len(pairs)}
+    threads = {str(r.environment.get("threads", "?")) for pair in pairs for r in pair}
+    if len(threads) > 1:
+        row["threads_mixed"] = sorted(threads)
+    for metric in METRICS:
+        row[f"ear_{metric}"] = SeedSummary.of([getattr(e, metric) for e, _ in pairs])
+        row[f"after_{metric}"] = SeedSummary.of([a[metric] for a in after])
+    alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
+    for metric in METRICS:
+        row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
+    comparison, error = paired(details, [b for b, _ in detail_keys], [a for _, a in detail_keys])
+    if comparison is None:
+        row["comparison_error"] = error
+    else:
+        row["comparison"] = comparison
+        vs_alone, _ = paired(details, [alone_key(str(e.config.get("masker_key"))) for e, _ in pairs],
+                             [a for _, a in detail_keys])
+        if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
+            row["vs_best"] = {m: max(comparison[m], vs_alone[m], key=lambda c: c.before_mean) for m in METRICS}
+            row["best_baseline"] = {m: "EAR" if row["vs_best"][m] is comparison[m] else "masker alone"  # type: ignore[index]
+                                    for m in METRICS}
+    return row
+
+
+__all__ = ["CONTROL", "EAR", "METRICS", "comparison_row", "comparisons", "paired"]

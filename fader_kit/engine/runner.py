@@ -1,0 +1,327 @@
+"""A grid of units planned once and run by an executor through one recorder into one store.
+
+A :class:`Grid` is what to run: data, categories, mask sources, heads, seeds, profile.  Planning
+(:meth:`GridRunner.plan`) turns it into units -- one results row each, in the order that shares
+work best (category, seed, source, head) -- with the keys the workbench derives for them.  The
+serial executor (:meth:`GridRunner.run`) and the Ray executor (:mod:`fader_kit.engine.ray`)
+compute every row through :meth:`GridRunner.compute_row` and write it through a
+:class:`Recorder`, so both give the same rows.  Every command that evaluates models is a grid:
+``fader-kit bench TABLE`` (the paper's tables, ``fader_head``, ``coverage``) and
+``fader-kit evaluate`` (a grid of one category).
+
+A unit that fails (missing weights, an unknown or broken masker, bad data) is recorded as
+``failed`` with its reason and traceback, and the rest of the grid runs; ``KeyboardInterrupt``
+stops the run and keeps every row that had finished.  A finished row computed with the same
+settings in *another* table (table3's ``paper`` is table2's FADeR on the same masker) is copied,
+not recomputed.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import FaderConfig, Profile, TrainConfig
+from ..data import SyntheticConfig
+from ..fader import FaderModel
+from ..pipeline import environment
+from ..registry import MaskerRegistry, default_registry
+from . import keys
+from .artifacts import WorkCache
+from .sources import MaskSource
+from .store import ResultRow, ResultStore, UnitId
+from .workbench import CategoryWorkbench, Evaluation, UnitKeys, WorkbenchSettings
+
+Log = Callable[[str], None]
+
+
+class Head(BaseModel):
+    """One model of a grid: ``config=None`` is plain EAR; otherwise the FADeR head's configuration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    title: str = ""
+    config: FaderConfig | None = None
+    train: TrainConfig | None = Field(None, description="FADeR training settings (None: the profile's)")
+
+
+class Grid(BaseModel):
+    """Everything a grid run needs; picklable, so it travels to Ray workers as it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    table: str
+    out: Path
+    data: str
+    categories: tuple[str, ...]
+    sources: tuple[Any, ...] = Field(description="MaskSource values (fader_kit.engine.sources)")
+    heads: tuple[Head, ...]
+    seeds: tuple[int, ...] = (0,)
+    profile: Profile
+    device: str = "cpu"
+    ear_masks: Literal["blobs", "masker"] = "blobs"
+    synthetic: SyntheticConfig | None = None
+    data_seed: int = 0
+    figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
+    fused: bool = Field(False, description="also score each model's map fused with the masker's score map")
+    save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
+    progress: bool = False
+
+
+@dataclass
+class PlannedUnit:
+    unit: UnitId
+    source: MaskSource
+    head: Head
+    keys: UnitKeys
+
+    @property
+    def work_key(self) -> str:
+        return self.keys.work
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    skipped: int = 0
+    computed: int = 0
+    copied: int = 0
+    failed: int = 0
+    ear_trained: int = 0
+    maskers_fitted: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+class FigureHook(Protocol):
+    def __call__(self, runner: "GridRunner", pu: PlannedUnit, bench: CategoryWorkbench, ev: Evaluation
+                 ) -> Path | None: ...
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed row's ``reason``: the exception's type and message on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+class Recorder:
+    """Writes each finished row (details first, then the row) and tells the user: progress, ETA,
+    and the summary.  Both executors record through it."""
+
+    def __init__(self, store: ResultStore, summary: RunSummary, todo: int, log: Log) -> None:
+        self.store, self.summary, self.todo, self.log = store, summary, todo, log
+        self.done = 0
+        self.t_start = time.perf_counter()
+        self.compute_seconds = 0.0
+
+    def eta(self) -> str:
+        s = self.summary
+        if not s.computed or self.done >= self.todo:
+            return ""
+        return f", ETA ~{minutes(self.compute_seconds / s.computed * (self.todo - self.done))}"
+
+    def record(self, pu: PlannedUnit, row: ResultRow, details: dict[str, Any], seconds: float = 0.0,
+               lines: list[str] | None = None) -> None:
+        """Store ``row`` (its details first), then log ``lines`` (what the unit printed) and the result."""
+        for key, detail in details.items():
+            self.store.details.save(key, detail)
+        self.store.put(row)
+        self.done += 1
+        for line in lines or []:
+            self.log(line)
+        s = self.summary
+        trained = row.config.get("trained") or {}
+        s.ear_trained += int(trained.get("ear_trained", 0))
+        s.maskers_fitted += int(trained.get("maskers_fitted", 0))
+        if row.status == "ok" and row.reused_from:
+            s.copied += 1
+            self.log(f"    copied from {row.reused_from} (same settings): image {row.image_auroc:.3f} / "
+                     f"pixel {row.pixel_auroc:.3f}")
+        elif row.status == "ok":
+            s.computed += 1
+            self.compute_seconds += seconds
+            self.log(f"    done in {seconds:.1f}s: image {row.image_auroc:.3f} / pixel {row.pixel_auroc:.3f}")
+        else:
+            s.failed += 1
+            s.failures.append(f"{pu.unit.label()}: {row.reason}")
+            self.log(f"    FAILED: {row.reason}")
+
+
+class GridRunner:
+    """Plans a grid and computes its rows; ``registry`` and ``log`` are injectable (tests, notebooks)."""
+
+    def __init__(self, grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
+                 figure: FigureHook | None = None) -> None:
+        self.grid = grid
+        self.registry = registry
+        self.log = log
+        self.figure = figure
+        self.out = Path(grid.out)
+        self.cache = WorkCache(self.out)
+        self.summary = RunSummary()
+        self._failed_sources: dict[tuple[str, int, str], BaseException] = {}
+
+    @cached_property
+    def store(self) -> ResultStore:
+        """Opened on first use: a Ray worker computes rows without ever touching the SQLite file."""
+        return ResultStore(self.out)
+
+    def get_registry(self) -> MaskerRegistry:
+        if self.registry is None:
+            self.registry = default_registry()
+        return self.registry
+
+    def workbench(self, category: str, seed: int) -> CategoryWorkbench:
+        g = self.grid
+        settings = WorkbenchSettings(data=g.data, category=category, profile=g.profile, seed=seed, device=g.device,
+                                     ear_masks=g.ear_masks, synthetic=g.synthetic, data_seed=g.data_seed,
+                                     progress=g.progress)
+        return CategoryWorkbench(settings, self.cache, registry=self.registry, log=self.log)
+
+    # -- planning ----------------------------------------------------------------------------
+    def plan(self) -> list[PlannedUnit]:
+        """Every unit of the grid, in the order that shares work best (category, seed, source, head)."""
+        g = self.grid
+        units = []
+        for category in g.categories:
+            for seed in g.seeds:
+                bench = self.workbench(category, seed)
+                for source in g.sources:
+                    for head in g.heads:
+                        unit = UnitId(table=g.table, data=g.data, profile=g.profile.name, masker=source.name,
+                                      variant=head.name, category=category, seed=seed)
+                        uk = bench.keys(source, head.config, train=head.train, fused=g.fused)
+                        units.append(PlannedUnit(unit, source, head, uk))
+        return units
+
+    # -- the serial executor -----------------------------------------------------------------
+    def run(self) -> RunSummary:
+        g = self.grid
+        units = self.plan()
+        todo = [u for u in units if not self.store.is_done(u.unit, u.work_key)]
+        s = self.summary
+        s.planned, s.skipped = len(units), len(units) - len(todo)
+        threads = torch.get_num_threads()
+        self.log(f"{g.table} on {g.data} ({g.profile.name} profile, {g.profile.image_size}px, device {g.device}, "
+                 f"{threads} thread{'s' if threads != 1 else ''}, seed{'s' if len(g.seeds) > 1 else ''} "
+                 f"{','.join(map(str, g.seeds))}): {len(units)} units, {s.skipped} already finished, "
+                 f"{len(todo)} to run -> {self.store.path}")
+        recorder = Recorder(self.store, s, len(todo), self.log)
+        benches: dict[tuple[str, int], CategoryWorkbench] = {}
+        for i, pu in enumerate(todo, 1):
+            wkey = (pu.unit.category, pu.unit.seed)
+            bench = benches.get(wkey)
+            if bench is None:
+                benches.clear()  # one category's images and U-Net in memory at a time
+                bench = benches[wkey] = self.workbench(*wkey)
+            self.log(f"[{i}/{len(todo)}] {pu.unit.masker}/{pu.unit.variant} on {pu.unit.category} "
+                     f"(seed {pu.unit.seed}){recorder.eta()}")
+            t0 = time.perf_counter()
+            copied = self.copied_row(pu)
+            row, details = (copied, {}) if copied is not None else self.compute_row(pu, bench)
+            recorder.record(pu, row, details, time.perf_counter() - t0)
+        s.seconds = time.perf_counter() - recorder.t_start
+        self.log(f"{g.table}: {s.computed} computed, {s.copied} copied, {s.skipped} skipped, {s.failed} failed "
+                 f"in {minutes(s.seconds)} (EAR U-Nets trained: {s.ear_trained}, maskers fitted: {s.maskers_fitted})")
+        return s
+
+    # -- rows --------------------------------------------------------------------------------
+    def copied_row(self, pu: PlannedUnit) -> ResultRow | None:
+        """The row of another table computed with exactly this unit's settings, relabelled; None if there is none."""
+        same = self.store.find_ok(pu.work_key)
+        if same is not None and same.unit != pu.unit:
+            return same.model_copy(update={"unit": pu.unit, "reused_from": same.unit.label(), "finished_at": None})
+        return None
+
+    def compute_row(self, pu: PlannedUnit, bench: CategoryWorkbench) -> tuple[ResultRow, dict[str, Any]]:
+        """One unit's row and the score details to keep beside it, computed in this process.  Every
+        executor goes through it, so they give the same rows."""
+        try:
+            return self._compute(pu, bench)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded, and the rest of the grid goes on
+            return self.failed_row(pu, exc), {}
+
+    def failed_row(self, pu: PlannedUnit, exc: BaseException | str) -> ResultRow:
+        reason = exc if isinstance(exc, str) else failure_reason(exc)
+        config: dict[str, Any] = {"masker_key": pu.keys.masks, "ear_key": pu.keys.ear}
+        if isinstance(exc, BaseException):
+            config["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return ResultRow(**self._row_base(pu), status="failed", reason=reason, config=config)
+
+    def _row_base(self, pu: PlannedUnit) -> dict[str, Any]:
+        env = {**environment(), "threads": str(torch.get_num_threads())}
+        return {"unit": pu.unit, "work_key": pu.work_key, "device": str(self.grid.device), "environment": env}
+
+    def prepare_masks(self, pu: PlannedUnit, bench: CategoryWorkbench) -> None:
+        """Make sure ``pu``'s masks exist.  A failure (missing weights, say) is remembered so that the
+        source's other heads fail with the same reason at once instead of retrying."""
+        mem_key = (pu.unit.category, pu.unit.seed, pu.unit.masker)
+        if mem_key in self._failed_sources:
+            raise self._failed_sources[mem_key]
+        try:
+            bench.masks(pu.source)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            self._failed_sources[mem_key] = exc
+            raise
+
+    def _compute(self, pu: PlannedUnit, bench: CategoryWorkbench) -> tuple[ResultRow, dict[str, Any]]:
+        g = self.grid
+        self.prepare_masks(pu, bench)
+        head = pu.head.config
+        ev = bench.evaluate(pu.source, head, train=pu.head.train, fused=g.fused)
+        details: dict[str, Any] = dict(ev.details)
+        alone = bench.masker_alone(pu.source)
+        if alone is not None:
+            details[keys.alone_key(pu.keys.masks)] = alone[1]
+        figure = self.figure(self, pu, bench, ev) if (self.figure is not None and head is not None
+                                                         and g.figures > 0) else None
+        model_path = None
+        if g.save_models and head is not None:
+            model_path = ev.model.save(self.out / "models" / f"{pu.work_key}.pt")
+        masks = ev.masks
+        config = {
+            "masker_options": dict(pu.source.options),
+            "masker_info": masks.info.model_dump(mode="json"), "masker_key": pu.keys.masks, "ear_key": pu.keys.ear,
+            "fader": head.model_dump(mode="json") if head is not None else None,
+            "fader_train": (pu.head.train or g.profile.fader).model_dump(mode="json") if head is not None else None,
+            "profile_digest": g.profile.digest(), "image_size": g.profile.image_size, "ear_masks": g.ear_masks,
+            "masked_fraction_test": float(masks.test.float().mean()),
+            "masker_alone": alone[0].model_dump(mode="json") if alone is not None else None,
+            "fused": ev.fused.model_dump(mode="json") if ev.fused is not None else None,
+            "diagnostics": ev.diagnostics.model_dump(mode="json") if ev.diagnostics is not None else None,
+            "figure": str(figure.relative_to(self.out)) if figure is not None else None,
+            "model": str(model_path.relative_to(self.out)) if model_path is not None else None,
+        }
+        config["trained"] = dict(ev.trained)
+        row = ResultRow(**self._row_base(pu), status="ok", weights=masks.info.weights, timings=dict(ev.timings),
+                        config=config, **ev.metrics.model_dump())
+        return row, details
+
+    def ear_model(self, pu: PlannedUnit, bench: CategoryWorkbench) -> FaderModel:
+        """Plain EAR on ``pu``'s U-Net (what a figure shows beside FADeR)."""
+        unet, _ = bench.unet(pu.source)
+        return FaderModel(unet, None, self.grid.profile.fader_head, head=None)
+
+
+def run_grid(grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
+             figure: FigureHook | None = None) -> RunSummary:
+    """Plan and run ``grid`` serially."""
+    return GridRunner(grid, registry=registry, log=log, figure=figure).run()
+
+
+__all__ = ["Grid", "GridRunner", "Head", "PlannedUnit", "Recorder", "RunSummary", "failure_reason", "minutes",
+           "run_grid"]

@@ -1,0 +1,357 @@
+"""The registry of named head variants (fader_kit.variants): every name that worked before the
+registry resolves to the same configuration and trains to the same numbers; aliases; errors;
+checkpoints of experimental variants; the labels a results row prints."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fader_kit.config import (
+    PROFILES, ExperimentalFaderConfig, FaderConfig, HeadExperiment, fader_config, fader_variant, get_profile,
+)
+from fader_kit.errors import ConfigError
+from fader_kit.fader import FaderModel, wrap_with_fader
+from fader_kit.training import seeded_init, train_fader
+from fader_kit.unet import EARUNet
+from fader_kit.variants import (
+    DEFAULT_HEAD_VARIANT, HEAD_VARIANTS, canonical_name, get_variant, list_variants, resolve, variant_names,
+)
+
+# -- frozen copies of what the code before the registry defined ----------------------------------
+#: FaderConfig's 21 fields and their defaults before the experimental switches moved out
+OLD_DEFAULTS: dict[str, object] = {
+    "patch_size": 8, "hidden": 128, "activation": "relu", "head": "mlp", "vit_dim": 64, "vit_depth": 2,
+    "vit_heads": 4, "margin": 0.01, "masking": "soft", "hard_threshold": 0.5, "normaliser": "minmax",
+    "calibration_quantile": 0.995, "calibration_width": 2.0, "theta": "nearest", "target": "gated",
+    "context": "token", "pseudo_anomalies": 0.0, "pseudo_area": 0.04, "pseudo_source": "image", "focus": "all",
+    "gates": "head",
+}
+#: fader_kit.config.HEAD_VARIANTS as it was
+OLD_HEAD_VARIANTS: dict[str, dict[str, object]] = {
+    "paper": {},
+    "calibrated": {"normaliser": "calibrated"},
+    "ungated": {"target": "ungated"},
+    "neighbours": {"context": "neighbours"},
+    "pseudo": {"pseudo_anomalies": 1.0},
+    "pseudo_calibrated": {"pseudo_anomalies": 1.0, "normaliser": "calibrated"},
+    "open_gates": {"gates": "open"},
+    "focused": {"normaliser": "calibrated", "focus": "unmasked"},
+    "pseudo_focused": {"pseudo_anomalies": 1.0, "normaliser": "calibrated", "focus": "unmasked", "target": "ungated"},
+    "procedural": {"pseudo_anomalies": 1.0, "pseudo_source": "procedural", "focus": "unmasked", "target": "ungated"},
+    "procedural_focused": {"pseudo_anomalies": 1.0, "pseudo_source": "procedural", "normaliser": "calibrated",
+                           "focus": "unmasked", "target": "ungated"},
+}
+#: benchmarks/tables.py's columns as they were: table -> column -> changes (None = plain EAR)
+OLD_TABLE_COLUMNS: dict[str, dict[str, dict[str, object] | None]] = {
+    "table2": {"ear": None, "fader": {}},
+    "table3": {"ear": None, "vit": {"head": "vit"}, "hard": {"masking": "hard"}, "bilinear": {"theta": "bilinear"},
+               "ours": {}, "sigmoid": {"normaliser": "sigmoid"}},
+    "fader_head": {"ear": None, "fader": {}, **{k: v for k, v in OLD_HEAD_VARIANTS.items() if k != "paper"}},
+    "coverage": {"ear": None, "fader": {}, **{k: v for k, v in OLD_HEAD_VARIANTS.items() if k != "paper"}},
+    "table4": {"ear": None, "fader": {}},
+    "table5": {"ear": None, "fader": {}},
+}
+#: every name that selected a head before: the old head variants, table3's ablation columns, "fader", "ours"
+OLD_NAMES: dict[str, dict[str, object]] = {
+    **OLD_HEAD_VARIANTS, **{k: v for k, v in OLD_TABLE_COLUMNS["table3"].items() if v is not None}, "fader": {},
+}
+
+
+def effective(config: FaderConfig) -> dict[str, object]:
+    """Every setting the head runs with, flat, as the old 21-field FaderConfig held them."""
+    return {**config.model_dump(mode="json"), **config.experiment.model_dump(mode="json")}
+
+
+def old_config(base: FaderConfig, changes: dict[str, object]) -> dict[str, object]:
+    return {**OLD_DEFAULTS, **effective(base), **changes}
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("name", sorted(OLD_NAMES))
+def test_every_old_name_resolves_to_the_old_configuration(profile, name):
+    base = get_profile(profile).fader_head
+    cfg = resolve(base, name)
+    assert effective(cfg) == old_config(base, OLD_NAMES[name])
+    assert fader_variant(base, name) == cfg  # the compatibility entry point agrees
+    # experimental switches only where an old variant set one: the rest are plain FaderConfigs
+    assert isinstance(cfg, ExperimentalFaderConfig) == bool(set(OLD_NAMES[name]) & set(HeadExperiment.model_fields))
+
+
+def test_compatibility_names_still_importable():
+    from fader_kit.config import DEFAULT_HEAD_VARIANT as default
+    from fader_kit.config import HEAD_VARIANTS as config_variants
+    from fader_kit.fader import HEAD_VARIANTS as fader_variants
+
+    assert config_variants == fader_variants == HEAD_VARIANTS == OLD_HEAD_VARIANTS
+    assert default == DEFAULT_HEAD_VARIANT == "pseudo_focused"
+
+
+@pytest.mark.parametrize("table", sorted(OLD_TABLE_COLUMNS))
+def test_table_columns_resolve_to_the_old_configurations(table):
+    from fader_kit_bench.tables import TABLES
+
+    spec = TABLES[table]
+    assert [v.name for v in spec.variants] == list(OLD_TABLE_COLUMNS[table])  # stored results keep their names
+    base = get_profile("cpu").fader_head
+    for v in spec.variants:
+        old = OLD_TABLE_COLUMNS[table][v.name]
+        if old is None:
+            assert v.is_ear and v.fader_config(base) is None
+        else:
+            assert v.head is not None and effective(v.fader_config(base)) == old_config(base, old)
+
+
+def test_one_name_per_configuration():
+    """Aliases resolve to one canonical name, and no two canonical names give one configuration."""
+    assert canonical_name("fader") == canonical_name("ours") == canonical_name("paper") == "paper"
+    assert get_variant("ours") is get_variant("paper")
+    base = get_profile("smoke").fader_head
+    assert resolve(base, "ours") == resolve(base, "fader") == base
+    configs = [json.dumps(effective(resolve(base, n)), sort_keys=True) for n in variant_names(aliases=False)]
+    assert len(set(configs)) == len(configs)
+    assert variant_names(aliases=False) == [v.name for v in list_variants()]
+    assert {v.kind for v in list_variants()} == {"paper", "ablation", "experiment", "control"}
+    assert [v.name for v in list_variants("control")] == ["open_gates"]
+    assert [v.name for v in list_variants("ablation")] == ["vit", "hard", "bilinear", "sigmoid"]
+    assert all(v.description and "\n" not in v.description for v in list_variants())
+
+
+def test_unknown_name_lists_the_names_and_suggests_one():
+    with pytest.raises(ConfigError, match=r"unknown FADeR variant 'pseudo_focussed'; did you mean 'pseudo_focused'\?"):
+        get_variant("pseudo_focussed")
+    with pytest.raises(ConfigError, match="choose one of paper, vit, .*procedural_focused; aliases: fader, ours"):
+        resolve(FaderConfig(), "zzz")
+
+
+def test_a_table_column_can_be_named_by_its_head():
+    from fader_kit_bench.tables import TABLES
+
+    assert TABLES["table3"].variant("paper").name == "ours"
+    assert TABLES["table2"].variant("ours").name == "fader"
+    assert TABLES["fader_head"].variant("open_gates").name == "open_gates"
+    with pytest.raises(ConfigError, match="table table3 has no variant 'neighbours'"):
+        TABLES["table3"].variant("neighbours")
+
+
+def test_experimental_switches_are_not_public_fields():
+    assert not set(HeadExperiment.model_fields) & set(FaderConfig.model_fields)
+    with pytest.raises(ValueError, match="gates: experimental head setting"):
+        FaderConfig(gates="open")
+    assert FaderConfig().experiment == HeadExperiment()
+    assert ExperimentalFaderConfig(gates="open").experiment == HeadExperiment(gates="open")
+
+
+def test_fader_config_from_a_dump_is_canonical():
+    """A dump from before the split (21 fields, experimental ones at their defaults) loads as the
+    plain FaderConfig; one with an experimental setting as the experimental one."""
+    assert type(fader_config(dict(OLD_DEFAULTS))) is FaderConfig
+    assert fader_config(dict(OLD_DEFAULTS)) == FaderConfig()
+    cfg = fader_config({**OLD_DEFAULTS, "context": "neighbours"})
+    assert type(cfg) is ExperimentalFaderConfig and cfg.experiment.context == "neighbours"
+
+
+# -- the same numbers -----------------------------------------------------------------------------
+#: Sums over a tiny FADeR training (smoke U-Net, 6 images, 1 epoch, seed 0) of the head's l_hat,
+#: its gates, the reconstruction and the image scores of 3 test images, recorded with the code
+#: before the registry (where the full tensors also matched bit for bit).
+RECORDED = {
+    "paper": (4.686999250203371, 84.34565258026123, 6378.439832095057,
+              (0.7186087369918823, 0.6970542669296265, 0.6672126054763794)),
+    "pseudo_focused": (-0.8368687815964222, 192.0, 6532.668693890795,
+                       (0.7171176075935364, 0.6886802911758423, 0.6094720959663391)),
+    "open_gates": (4.671892758458853, 192.0, 6423.079746739939,
+                   (0.7018725872039795, 0.6712573170661926, 0.6290841102600098)),
+    "neighbours": (-31.85576716810465, 94.41478550434113, 6383.92582552135,
+                   (0.7214484214782715, 0.6732990741729736, 0.625898003578186)),
+}
+
+
+def _tiny_training(name: str) -> tuple[float, float, float, tuple[float, ...]]:
+    prof = get_profile("smoke")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 64, 64, generator=g)
+    mb = torch.zeros(6, 1, 64, 64, dtype=torch.bool)
+    mb[:, :, 8:24, 16:40] = True
+    test = torch.rand(3, 3, 64, 64, generator=g)
+    tmb = torch.zeros(3, 1, 64, 64, dtype=torch.bool)
+    tmb[:, :, 32:48, 8:24] = True
+    unet = seeded_init(lambda: EARUNet(prof.unet), 0)
+    model = seeded_init(lambda: wrap_with_fader(unet, None, resolve(prof.fader_head, name)), 1)
+    train_fader(model, x, mb, prof.fader.model_copy(update={"epochs": 1, "batch_size": 3}), seed=0)
+    with torch.no_grad():
+        pred, gates = model.head_outputs(test, tmb)
+        rec = model(test, tmb).reconstruction
+    score = model.score(test, tmb)
+    return (float(pred.double().sum()), float(gates.double().sum()), float(rec.double().sum()),
+            tuple(float(s) for s in score))
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_variants_train_to_the_numbers_recorded_before_the_registry(name):
+    torch.set_num_threads(1)  # as recorded: one thread sums in one order
+    got = _tiny_training(name)
+    want = RECORDED[name]
+    # bit-identical on the machine that recorded them; the tolerance only absorbs another BLAS
+    assert got[:3] == pytest.approx(want[:3], rel=1e-5, abs=1e-4)
+    assert got[3] == pytest.approx(want[3], rel=1e-5)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["open_gates", "neighbours", "procedural", "pseudo_focused"])
+def test_checkpoint_round_trips_experimental_variants(tmp_path, name):
+    prof = get_profile("smoke")
+    cfg = resolve(prof.fader_head, name)
+    model = seeded_init(lambda: wrap_with_fader(EARUNet(prof.unet), None, cfg), 0).eval()
+    if model.calibration is not None:
+        model.calibration.copy_(torch.tensor([0.0, 1.0]))
+    json.dumps(model.checkpoint()["fader_config"])  # JSON-able: loads with weights_only=True
+    loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
+    assert loaded.config == cfg and type(loaded.config) is type(cfg)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mb = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, mb).reconstruction, model(x, mb).reconstruction)
+
+
+# -- key payloads ---------------------------------------------------------------------------------
+#: (config, field, other value): the field is read by that config, so changing it changes the payload
+RELEVANT = [
+    (FaderConfig(), "hidden", 64), (FaderConfig(), "patch_size", 4), (FaderConfig(), "margin", 0.1),
+    (FaderConfig(), "activation", "gelu"), (FaderConfig(), "theta", "bilinear"), (FaderConfig(), "target", "ungated"),
+    (FaderConfig(), "focus", "unmasked"), (FaderConfig(), "pseudo_anomalies", 0.5), (FaderConfig(), "head", "vit"),
+    (FaderConfig(), "masking", "hard"), (FaderConfig(), "normaliser", "sigmoid"),
+    (FaderConfig(head="vit"), "vit_dim", 128), (FaderConfig(head="vit"), "vit_depth", 3),
+    (FaderConfig(head="vit"), "vit_heads", 8), (FaderConfig(masking="hard"), "hard_threshold", 0.3),
+    (FaderConfig(normaliser="calibrated"), "calibration_quantile", 0.99),
+    (FaderConfig(normaliser="calibrated"), "calibration_width", 3.0),
+    (ExperimentalFaderConfig(), "context", "neighbours"), (ExperimentalFaderConfig(), "gates", "open"),
+    (ExperimentalFaderConfig(pseudo_anomalies=1.0), "pseudo_area", 0.1),
+    (ExperimentalFaderConfig(pseudo_anomalies=1.0), "pseudo_source", "procedural"),
+]
+#: (config, field, other value): the field is never read by that config
+IRRELEVANT = [
+    (FaderConfig(), "vit_dim", 128), (FaderConfig(), "vit_depth", 3), (FaderConfig(), "vit_heads", 8),
+    (FaderConfig(head="vit"), "hidden", 64), (FaderConfig(), "hard_threshold", 0.3),
+    (FaderConfig(), "calibration_quantile", 0.99), (FaderConfig(), "calibration_width", 3.0),
+    (ExperimentalFaderConfig(), "pseudo_area", 0.1), (ExperimentalFaderConfig(), "pseudo_source", "procedural"),
+]
+
+
+@pytest.mark.parametrize("config,field,value", RELEVANT, ids=[f"{c.head}-{c.masking}-{f}" for c, f, _ in RELEVANT])
+def test_fader_key_payload_holds_what_changes_the_head(config, field, value):
+    assert config.model_copy(update={field: value}).key_payload() != config.key_payload()
+
+
+@pytest.mark.parametrize("config,field,value", IRRELEVANT, ids=[f"{c.head}-{f}" for c, f, _ in IRRELEVANT])
+def test_fader_key_payload_leaves_out_what_is_never_read(config, field, value):
+    assert config.model_copy(update={field: value}).key_payload() == config.key_payload()
+
+
+def test_fader_key_payload_covers_every_field_and_ignores_the_class():
+    assert {f for _, f, _ in RELEVANT} == set(ExperimentalFaderConfig.model_fields)
+    base = get_profile("cpu").fader_head
+    for name in variant_names(aliases=False):  # a plain config and an experimental one that behave alike
+        cfg = resolve(base, name)
+        assert ExperimentalFaderConfig(**effective(cfg)).key_payload() == cfg.key_payload()
+        json.dumps(cfg.key_payload())
+
+
+def _lrs(config, steps_per_epoch: int = 3) -> list[float]:
+    from fader_kit.training import make_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    sched = make_scheduler(opt, config, steps_per_epoch)
+    out = []
+    for _ in range(config.epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+SCHEDULE_FIELDS = {"warmup_epochs": 3, "sgdr_period": 2, "final_lr_factor": 0.3}
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "warmup", "sgdr", "cosine"])
+def test_train_key_payload_holds_exactly_the_fields_its_schedule_reads(schedule):
+    from fader_kit.config import TrainConfig
+
+    base = TrainConfig(epochs=6, schedule=schedule, warmup_epochs=1, sgdr_period=1)
+    for field, value in SCHEDULE_FIELDS.items():
+        other = base.model_copy(update={field: value})
+        for role in ("ear", "fader"):
+            in_key = other.key_payload(role) != base.key_payload(role)
+            assert in_key == (_lrs(other) != _lrs(base)), (schedule, field, role)  # the key follows the lr
+
+
+def test_train_key_payload_by_role():
+    from fader_kit.config import TrainConfig
+
+    base = TrainConfig()
+    for field, value in (("ranking_pairs", 8), ("decoder_lr_factor", 0.5)):
+        other = base.model_copy(update={field: value})
+        assert other.key_payload("ear") == base.key_payload("ear")  # EAR training never reads them
+        assert other.key_payload("fader") != base.key_payload("fader")
+    for field, value in (("epochs", 3), ("batch_size", 4), ("lr", 0.1), ("recalibrate_bn", False),
+                         ("random_blobs", False), ("blob_coverage", 0.3), ("schedule", "cosine")):
+        other = base.model_copy(update={field: value})
+        assert all(other.key_payload(r) != base.key_payload(r) for r in ("ear", "fader")), field
+    no_blobs = TrainConfig(random_blobs=False)
+    assert no_blobs.model_copy(update={"blob_coverage": 0.3}).key_payload("ear") == no_blobs.key_payload("ear")
+    with pytest.raises(ConfigError, match="unknown training role"):
+        base.key_payload("masker")  # type: ignore[arg-type]
+
+
+def test_unet_key_payload_keeps_channels_last():
+    """NHWC rounds differently: not bit-identical, so it is part of the U-Net's key."""
+    from fader_kit.config import UNetConfig
+
+    assert UNetConfig(channels_last=False).key_payload() != UNetConfig().key_payload()
+
+
+# -- what a results row prints --------------------------------------------------------------------
+def test_labels_and_the_evaluate_argument():
+    from fader_kit.cli import build_parser
+
+    assert get_variant("paper").label == "FADeR (paper)"
+    assert get_variant("fader").label == "FADeR (paper)"
+    assert get_variant(DEFAULT_HEAD_VARIANT).label == "FADeR (pseudo_focused)"
+    parser = build_parser()
+    for alias, name in (("ours", "paper"), ("fader", "paper"), ("vit", "vit"), ("open_gates", "open_gates")):
+        assert parser.parse_args(["evaluate", "--category", "x", "--fader-variant", alias]).fader_variant == name
+
+
+def test_evaluate_table_names_the_head(capsys):
+    from fader_kit.cli import print_evaluation
+
+    cell = SimpleNamespace(text=lambda: "0.900 ± 0.010")
+    spread = {k: {"image_auroc": cell, "pixel_auroc": cell} for k in ("ear", "fader", "fader_fused")}
+    comparison = SimpleNamespace(text=lambda: "image +0.010 [-0.01, +0.03]")
+    result = SimpleNamespace(
+        category="washer", masker=SimpleNamespace(name="patch_stats", weights="trained-here"), profile="smoke",
+        seeds=[0], spread=spread, comparison={"image_auroc": comparison}, fused_comparison={}, per_seed=[],
+        fader_variant="pseudo_focused",
+    )
+    print_evaluation(result)
+    out = capsys.readouterr().out
+    assert "\nFADeR (pseudo_focused) " in out and "FADeR (pseudo_focused) + masker" in out
+    assert "FADeR (pseudo_focused) - EAR" in out
+    result.fader_variant = "ours"
+    print_evaluation(result)
+    assert "FADeR (paper) " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["neighbours", "open_gates"])
+def test_experimental_variants_export_to_onnx(tmp_path, name):
+    """The experiment travels with the config into the export's copy of the model."""
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnx", reason="needs the [export] extra")
+    from fader_kit.export import export_model
+
+    prof = get_profile("smoke")
+    model = seeded_init(lambda: wrap_with_fader(EARUNet(prof.unet), None, resolve(prof.fader_head, name)), 0).eval()
+    report = export_model(model, tmp_path / "m.onnx", prof.image_size)
+    assert report.max_abs_diff_map is not None and report.max_abs_diff_map <= 1e-4
