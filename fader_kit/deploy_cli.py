@@ -135,7 +135,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         calibration, model_id = scorer.calibration, scorer.manifest.sha256.get("model.safetensors", "")
         batch_size = args.batch_size or scorer.settings.batch_size
     decision = make_decision(calibration, args.threshold, args.false_alarm_rate)
-    paths = expand_inputs(items)
+    out_dir = Path(args.out).resolve()
+    # the output folder may sit inside an input folder: its overlays are results, not inputs
+    paths = [p for p in expand_inputs(items) if out_dir not in p.resolve().parents]
     identity = {"model": model_id, "threshold": decision.label}
     summary = predict_files(scorer, decision, paths, args.out, identity=identity, maps=args.maps,
                             batch_size=batch_size, workers=args.workers, progress=not args.quiet,

@@ -188,6 +188,17 @@ def test_cli_predict_corrupt_gray_rgba_and_resume(model_dir: Path, data: Path, t
     assert "another threshold" in capsys.readouterr().err
 
 
+def test_output_folder_inside_the_input_folder_is_not_read_back(model_dir: Path, data: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    shutil.copytree(data / "new", inputs)
+    (inputs / "e_corrupt.png").unlink()
+    for _ in range(2):
+        assert main(["predict", str(model_dir), str(inputs), "--out", str(inputs / "results"), "--quiet",
+                     "--maps", "all"]) == 0
+    rows = list(csv.DictReader(open(inputs / "results" / "predictions.csv")))
+    assert len(rows) == 4 and not any("results" in r["path"] for r in rows)
+
+
 def test_cli_predict_all_readable_exits_zero(model_dir: Path, data: Path, tmp_path: Path) -> None:
     rc = main(["predict", str(model_dir), str(data / "new" / "a_good.png"), str(data / "new" / "b_*.png"),
                "--out", str(tmp_path / "p"), "--quiet"])
