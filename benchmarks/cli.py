@@ -39,6 +39,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table=args.table, out=out, data=args.data, categories=_csv(args.categories), maskers=_csv(args.maskers),
         variants=_csv(args.variants), profile=args.profile, device=args.device or "cpu", seeds=parse_seeds(args.seeds),
         masker_options=masker_options(args), figures=args.figures, ear_masks=args.ear_masks, fused=args.fused,
+        data_seed=args.data_seed,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     if args.executor == "ray":
@@ -129,6 +130,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs only, one per category shared by every masker and "
                         "variant (default), or on each masker's masks united with blobs (one per masker)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the generated synthetic data (a new seed is new data: everything is recomputed)")
     p.add_argument("--fused", action="store_true",
                    help="also score every model's map fused with the masker's own score map (beyond the paper; one "
                         "more pass over the training images per model)")

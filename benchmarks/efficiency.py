@@ -10,7 +10,6 @@ L2 + SSIM + MSGMS loss and the Adam update, at a profile's image size and widths
 """
 from __future__ import annotations
 
-import time
 
 import torch
 from pydantic import BaseModel
@@ -20,6 +19,7 @@ from fader_kit.config import get_profile
 from fader_kit.obfuscation import obfuscate
 from fader_kit.training import reconstruction_loss, seeded_init
 from fader_kit.unet import EARUNet
+from fader_kit.util.timing import time_call
 
 
 class Efficiency(BaseModel):
@@ -58,23 +58,11 @@ class Efficiency(BaseModel):
         ])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _rate(fn, device: torch.device, *, warmup: int, repeats: int) -> float:
     """Seconds per call: the best of ``repeats`` after ``warmup`` calls (the least disturbed run)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
+    return min(time_call(fn, device) for _ in range(repeats))
 
 
 def matmul_gflops(device: torch.device, *, n: int = 1024, repeats: int = 5) -> float:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from fader_kit.diagnostics import Diagnostics
 from fader_kit.engine.aggregate import comparisons
 from fader_kit.engine.keys import safe_name
 from fader_kit.engine.store import DetailStore, ResultRow, ResultStore
-from fader_kit.stats import SeedSummary
 
 from . import paper_numbers as paper
 from .tables import CONTROL, EAR, TABLES, TableSpec
@@ -414,7 +414,7 @@ def write_raw_csv(rows: list[ResultRow], path: Path) -> Path:
 def diagnostics_lines(rows: list[ResultRow]) -> list[str]:
     """Head diagnostics per (masker, variant, category), mean over seeds, with the one-line verdict
     of :func:`fader_kit.diagnostics.summary_line` (rows without a head: the masks' coverage only)."""
-    from fader_kit.diagnostics import Diagnostics, summary_line
+    from fader_kit.diagnostics import summary_line
 
     acc: dict[tuple[str, str, str], list[Diagnostics]] = {}
     for r in rows:
@@ -436,7 +436,7 @@ def diagnostics_lines(rows: list[ResultRow]) -> list[str]:
 
 def _mean_diagnostics(ds: list["Diagnostics"]) -> "Diagnostics":
     """Field-wise mean over seeds (None where no seed has the value); the verdict is recomputed."""
-    from fader_kit.diagnostics import Diagnostics, found_missed_defects
+    from fader_kit.diagnostics import found_missed_defects
 
     def avg(dicts: list[dict]) -> dict:
         keys = dicts[0].keys()

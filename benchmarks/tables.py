@@ -134,4 +134,4 @@ def get_table(name: str) -> TableSpec:
     try:
         return TABLES[name]
     except KeyError:
-        raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)} (or 'speed')") from None
+        raise ConfigError(f"unknown table {name!r}; choose one of {', '.join(TABLES)} (or 'speed')") from None

@@ -6,23 +6,11 @@ load from elsewhere hits both alike instead of biasing one.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Callable
 
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+from fader_kit.util.timing import time_call
 
 
 @torch.no_grad()

@@ -19,10 +19,12 @@ test set.  One row per (category, masker, seed):
   (``diagnostic_maps()``: DSR's coarse segmentation and reconstruction gap, AMI-Net's centre
   distance), to see which stage localises a defect and which loses it.
 
-Rows are appended to ``<out>/rows.jsonl`` (and ``rows.csv``) as soon as each is measured; a rerun
-with the same ``--out`` skips the rows already there, so an interrupted run resumes.  The summary
-(mean and sample standard deviation over seeds) is printed as Markdown and written to
-``<out>/summary.md``.
+The benchmark is a grid of the engine (:mod:`fader_kit.engine`) whose units measure the masker
+alone: rows go into ``<out>/results.sqlite`` (table ``trained_maskers``) as soon as each is
+measured, with the score details beside them; a rerun with the same ``--out`` skips the rows
+already there, so an interrupted run resumes, and ``--executor ray`` runs the units as Ray tasks.
+``rows.csv`` and the summary (mean and sample standard deviation over seeds, printed as Markdown
+and written to ``<out>/summary.md``) are made from the store.
 
 A masker spec is a registered name, optionally with options: ``ami_net:centres=kmeans`` or
 ``dsr:codebook=category:epochs=20`` (values parsed as JSON, else kept as strings); the spec is
@@ -30,7 +32,7 @@ the row's label.
 
 ::
 
-    python -m fader_kit_bench.trained_maskers --data mvtec:/work/shared/data/mpdd --category metal_plate \\
+    python -m fader_kit_bench.trained_maskers --data mvtec:path/to/mpdd --category metal_plate \\
         --seeds 0 1 2 --threads 1 --out results/trained-maskers
     python -m fader_kit_bench.trained_maskers --data synthetic --category weave cells --seeds 0 \\
         --maskers patch_stats msflow ami_net ami_net:centres=kmeans --out results/trained-maskers
@@ -43,54 +45,40 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+
+from fader_kit.config import get_profile
+from fader_kit.data import list_categories
+from fader_kit.devices import resolve_device
+from fader_kit.engine.runner import Grid, GridRunner, Head, PlannedUnit, run_grid
+from fader_kit.engine.sources import parse_spec
+from fader_kit.engine.store import DB_NAME, ResultRow, ResultStore
+from fader_kit.engine.workbench import CategoryWorkbench
+from fader_kit.errors import ConfigError
+from fader_kit.metrics import image_auroc, pixel_auroc
+from fader_kit.stats import SeedSummary
+from fader_kit.util.batching import map_batches
 
 DEFAULT_MASKERS = ("patch_stats", "dsr", "msflow", "ami_net")
 DEFAULT_K_SIGMAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 METRICS = ("fit_s", "fit_cpu_s", "mask_ms", "pixel_auroc", "aupro", "image_auroc", "masked", "tpr", "fpr")
 CSV_FIELDS = (
     "data", "category", "masker", "seed", "image_size", "weights", "variant", *METRICS,
-    "threads", "cpus", "load_before", "load_after", "n_train", "n_test", "device",
+    "threads", "load_before", "load_after", "n_train", "n_test", "device",
 )
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``name[:key=value]...`` -> (name, options); values parsed as JSON when they parse."""
-    name, *items = spec.split(":")
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"masker spec {spec!r}: expected NAME[:KEY=VALUE]..., got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    if not name:
-        raise ValueError(f"masker spec {spec!r} has no masker name")
-    return name, options
-
-
-def _load() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+TABLE = "trained_maskers"
 
 
 def _variant(details: dict[str, Any]) -> str:
     """The details that say which variant of a masker ran (codebook, centres, k_sigma, ...)."""
     keys = ("codebook", "output", "centres", "k_sigma", "mask_rule")
     return " ".join(f"{k}={details[k]}" for k in keys if k in details)
-
-
-def _in_batches(fn: Any, images: torch.Tensor, batch: int, device: str) -> torch.Tensor:
-    return torch.cat([fn(images[s : s + batch].to(device)).cpu() for s in range(0, images.shape[0], batch)])
 
 
 def coverage(binary: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
@@ -103,7 +91,7 @@ def coverage(binary: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
 
 
 def k_sigma_sweep(
-    masker: Any, images: torch.Tensor, gt: torch.Tensor, ks: Iterable[float], batch: int, device: str,
+    masker: Any, images: torch.Tensor, gt: torch.Tensor, ks: Iterable[float], batch: int, device: Any,
     rule: str = "tokens",
 ) -> dict[str, list[float]]:
     """AMI-Net's token mask (``rule``: by centre distance or by inpainting score) at other ``k_sigma``
@@ -113,102 +101,89 @@ def k_sigma_sweep(
     try:
         for k in ks:
             masker.config = original.model_copy(update={"k_sigma": float(k)})
-            c = coverage(_in_batches(lambda x: masker.token_mask(x, rule), images, batch, device), gt)
+            binary = map_batches(lambda x: masker.token_mask(x, rule), images, batch_size=batch, device=device)
+            c = coverage(binary, gt)
             out[f"{k:g}"] = [c["tpr"], c["fpr"], c["masked"]]
     finally:
         masker.config = original
     return out
 
 
-def measure_one(
-    spec: str, split: Any, *, seed: int, data: str | None = None, device: str = "cpu", batch: int = 8,
-    k_sigmas: Sequence[float] = DEFAULT_K_SIGMAS, progress: bool = False,
-) -> dict[str, Any]:
-    """Fit one masker on ``split.train`` with ``seed`` and measure it on the test set (one row;
-    ``data``: the data spec recorded in it, default the split's dataset name)."""
-    from fader_kit.metrics import aupro, image_auroc, pixel_auroc
-    from fader_kit.registry import create_masker
+@dataclass(frozen=True)
+class MaskerMeasures:
+    """What this benchmark adds to a masker-alone row: the intermediate maps' AUROC (which stage
+    localises, which loses it) and, for AMI-Net, its token mask's coverage at other ``k_sigma``."""
 
-    name, options = parse_spec(spec)
-    gt = split.masks.bool()
-    load_before = _load()
-    masker = create_masker(name, device=device, **options)
-    t, c = time.perf_counter(), time.process_time()
-    masker.fit(split.train.to(device), seed=seed, progress=progress)
-    fit_s, fit_cpu_s = time.perf_counter() - t, time.process_time() - c
-    t = time.perf_counter()
-    binary = _in_batches(masker.mask, split.test, batch, device)
-    mask_s = time.perf_counter() - t
-    maps = _in_batches(masker.score_map, split.test, batch, device)
-    info = masker.info
-    row: dict[str, Any] = {
-        "data": data or split.dataset, "category": split.category, "masker": spec, "seed": seed,
-        "image_size": split.image_size, "weights": info.weights, "variant": _variant(info.details),
-        "details": info.details, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s,
-        "mask_ms": 1000 * mask_s / split.test.shape[0],
-        "pixel_auroc": pixel_auroc(maps, split.masks), "aupro": aupro(maps, split.masks),
-        "image_auroc": image_auroc(maps.flatten(1).amax(1), split.labels),
-        **coverage(binary, gt),
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_before": load_before,
-        "n_train": int(split.train.shape[0]), "n_test": int(split.test.shape[0]), "device": device,
+    k_sigmas: tuple[float, ...] = DEFAULT_K_SIGMAS
+
+    def __call__(self, runner: GridRunner, pu: PlannedUnit, bench: CategoryWorkbench, masker: Any) -> dict[str, Any]:
+        split, bs, device = bench.split(), runner.grid.profile.eval_batch_size, bench.device
+        info = masker.info
+        out: dict[str, Any] = {"variant": _variant(info.details), "details": info.details}
+        diagnostics = getattr(masker, "diagnostic_maps", None)
+        if diagnostics is not None:
+            out["diagnostics"] = {
+                key: {"pixel_auroc": pixel_auroc(m, split.masks), "image_auroc": image_auroc(m.flatten(1).amax(1), split.labels)}
+                for key, m in diagnostics(split.test).items()
+            }
+        if pu.source.name == "ami_net" and self.k_sigmas:
+            gt = split.masks.bool()
+            out["k_sweep"] = k_sigma_sweep(masker, split.test, gt, self.k_sigmas, bs, device)
+            out["k_sweep_score"] = k_sigma_sweep(masker, split.test, gt, self.k_sigmas, bs, device, "score_tokens")
+            out["k_sweep_mad"] = k_sigma_sweep(masker, split.test, gt, (*self.k_sigmas, 4.0, 5.0), bs, device,
+                                               "score_mad")
+        return out
+
+
+def benchmark_grid(specs: Sequence[str], *, data: str, categories: Sequence[str] | None, seeds: Sequence[int],
+                   out: Path, image_size: int | None = None, device: str = "cpu", progress: bool = False) -> Grid:
+    """The benchmark as a grid of masker-alone units (one per category, masker spec and seed)."""
+    profile = get_profile("cpu")
+    if image_size is not None:
+        profile = profile.model_copy(update={"image_size": image_size})
+    sources = tuple(parse_spec(spec) for spec in specs)  # a bad spec fails before any fit
+    return Grid(table=TABLE, out=out, data=data, categories=tuple(categories or list_categories(data)[:1]),
+                sources=sources, heads=(Head(name="alone", kind="masker", title="the masker alone"),),
+                seeds=tuple(int(s) for s in seeds), profile=profile, device=str(resolve_device(device)),
+                progress=progress)
+
+
+def row_dict(row: ResultRow) -> dict[str, Any]:
+    """A stored row as this benchmark's tables read it."""
+    c = row.config
+    load = c.get("load") or [math.nan, math.nan]
+    return {
+        "data": row.unit.data, "category": row.unit.category, "masker": row.unit.masker, "seed": row.unit.seed,
+        "image_size": c.get("image_size"), "weights": row.weights, "variant": c.get("variant", ""),
+        "details": c.get("details", {}), "fit_s": c.get("fit_s", math.nan), "fit_cpu_s": c.get("fit_cpu_s", math.nan),
+        "mask_ms": c["mask_ms"], "pixel_auroc": row.pixel_auroc, "aupro": row.pixel_aupro,
+        "image_auroc": row.image_auroc, "masked": c["masked"], "tpr": c["tpr"], "fpr": c["fpr"],
+        "threads": int(row.environment.get("threads", 0)), "load_before": load[0], "load_after": load[1],
+        "n_train": c.get("n_train"), "n_test": c.get("n_test"), "device": row.device,
+        **{k: c[k] for k in ("diagnostics", "k_sweep", "k_sweep_score", "k_sweep_mad") if k in c},
     }
-    diagnostics = getattr(masker, "diagnostic_maps", None)
-    if diagnostics is not None:  # which stage of the masker localises, and which loses it
-        row["diagnostics"] = {
-            key: {"pixel_auroc": pixel_auroc(m, split.masks), "image_auroc": image_auroc(m.flatten(1).amax(1), split.labels)}
-            for key, m in diagnostics(split.test).items()
-        }
-    if name == "ami_net" and k_sigmas:
-        row["k_sweep"] = k_sigma_sweep(masker, split.test, gt, k_sigmas, batch, device)
-        row["k_sweep_score"] = k_sigma_sweep(masker, split.test, gt, k_sigmas, batch, device, "score_tokens")
-        row["k_sweep_mad"] = k_sigma_sweep(masker, split.test, gt, (*k_sigmas, 4.0, 5.0), batch, device, "score_mad")
-    row["load_after"] = _load()
-    return row
 
 
-# -- the results file -------------------------------------------------------------------------
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    """The finished rows of this benchmark in ``out`` (none when there is no store yet)."""
+    if not (out / DB_NAME).is_file():
+        return []
+    return [row_dict(r) for r in ResultStore(out).rows() if r.unit.table == TABLE and r.status == "ok"]
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def row_key(row: dict[str, Any]) -> tuple[str, str, str, int, int]:
     return (str(row["data"]), str(row["category"]), str(row["masker"]), int(row["seed"]), int(row["image_size"]))
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``rows.jsonl`` file (a torn last line from an interrupted run is skipped)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def append_row(out: Path, row: dict[str, Any]) -> None:
-    """Append ``row`` to ``out/rows.jsonl`` and ``out/rows.csv`` (header written once)."""
-    out.mkdir(parents=True, exist_ok=True)
-    jsonl = out / "rows.jsonl"
-    torn = jsonl.is_file() and jsonl.stat().st_size > 0 and not jsonl.read_bytes().endswith(b"\n")
-    with jsonl.open("a", encoding="utf-8") as f:
-        f.write(("\n" if torn else "") + json.dumps(row) + "\n")  # never continue a torn line
-    path = out / "rows.csv"
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 # -- the summary ------------------------------------------------------------------------------
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (data, category, masker, image size): mean and std of every metric over seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -224,14 +199,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      max(max(r["load_before"], r["load_after"]) for r in rs)),
         }
         for m in METRICS:
-            entry[m] = mean_std([float(r[m]) for r in rs])
+            entry[m] = SeedSummary.of([float(r[m]) for r in rs])
         out.append(entry)
     return out
 
 
-def _cell(ms: tuple[float, float], digits: int, n: int) -> str:
-    mean, std = ms
-    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _cell(s: SeedSummary, digits: int) -> str:
+    return f"{s.mean:.{digits}f}" if s.n < 2 else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
 
 
 def table(summary: Sequence[dict[str, Any]]) -> str:
@@ -243,12 +217,11 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
     )
     lines = [head]
     for e in summary:
-        n = len(e["seeds"])
         lines.append(
             f"| {e['category']} | `{e['masker']}` | {e['variant'] or e['weights']} | {','.join(map(str, e['seeds']))} "
-            f"| {_cell(e['fit_s'], 0, n)} / {e['fit_cpu_s'][0]:.0f} | {_cell(e['mask_ms'], 1, n)} "
-            f"| {_cell(e['pixel_auroc'], 3, n)} | {_cell(e['aupro'], 3, n)} | {_cell(e['image_auroc'], 3, n)} "
-            f"| {_cell(e['masked'], 3, n)} | {_cell(e['tpr'], 3, n)} | {_cell(e['fpr'], 3, n)} "
+            f"| {_cell(e['fit_s'], 0)} / {e['fit_cpu_s'].mean:.0f} | {_cell(e['mask_ms'], 1)} "
+            f"| {_cell(e['pixel_auroc'], 3)} | {_cell(e['aupro'], 3)} | {_cell(e['image_auroc'], 3)} "
+            f"| {_cell(e['masked'], 3)} | {_cell(e['tpr'], 3)} | {_cell(e['fpr'], 3)} "
             f"| {','.join(map(str, e['threads']))} | {e['load'][0]:.1f}-{e['load'][1]:.1f} |"
         )
     return "\n".join(lines)
@@ -277,7 +250,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
             if not vals:
                 cells.append("–")
                 continue
-            tpr, fpr = mean_std([v[0] for v in vals])[0], mean_std([v[1] for v in vals])[0]
+            tpr, fpr = SeedSummary.of([v[0] for v in vals]).mean, SeedSummary.of([v[1] for v in vals]).mean
             cells.append(f"{tpr:.3f} / {fpr:.3f}")
         lines.append(f"| {category} | `{masker}` | {rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -298,42 +271,33 @@ def diagnostics_table(rows: Sequence[dict[str, Any]]) -> str:
         return ""
     lines = ["| category | masker | map | seeds | pixel AUROC | image AUROC (max) |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for (category, masker, key), vals in groups.items():
-        n = len(vals)
-        px, im = mean_std([v[0] for v in vals]), mean_std([v[1] for v in vals])
-        lines.append(f"| {category} | `{masker}` | {key} | {n} | {_cell(px, 3, n)} | {_cell(im, 3, n)} |")
+        px, im = SeedSummary.of([v[0] for v in vals]), SeedSummary.of([v[1] for v in vals])
+        lines.append(f"| {category} | `{masker}` | {key} | {len(vals)} | {_cell(px, 3)} | {_cell(im, 3)} |")
     return "\n".join(lines)
 
 
 def run(
     specs: Sequence[str], *, data: str, categories: Sequence[str] | None, seeds: Sequence[int], out: Path,
-    image_size: int | None = None, device: str = "cpu", batch: int = 8,
-    k_sigmas: Sequence[float] = DEFAULT_K_SIGMAS, progress: bool = False,
+    image_size: int | None = None, device: str = "cpu", k_sigmas: Sequence[float] = DEFAULT_K_SIGMAS,
+    progress: bool = False, executor: str = "serial", ray_options: Any = None, registry: Any = None,
 ) -> list[dict[str, Any]]:
-    """Measure every (category, masker, seed) not yet in ``out/rows.jsonl``; return all rows there."""
-    from fader_kit.config import get_profile
-    from fader_kit.data import list_categories, load_category
+    """Measure every (category, masker, seed) not yet in ``out``; return all the benchmark's rows there."""
+    grid = benchmark_grid(specs, data=data, categories=categories, seeds=seeds, out=out, image_size=image_size,
+                          device=device, progress=progress)
+    measure = MaskerMeasures(tuple(float(k) for k in k_sigmas))
+    if executor == "ray":
+        from fader_kit.engine.ray import run_grid_ray
 
-    for spec in specs:
-        parse_spec(spec)  # fail on a bad spec before any fit
-    size = image_size or get_profile("cpu").image_size
-    done = {row_key(r) for r in read_rows(out / "rows.jsonl")}
-    for category in categories or list_categories(data)[:1]:
-        split = None
-        for spec in specs:
-            for seed in seeds:
-                if (data, category, spec, int(seed), size) in done:
-                    continue
-                if split is None:
-                    split = load_category(data, category, size, seed=0, progress=progress)
-                row = measure_one(spec, split, seed=int(seed), data=data, device=device, batch=batch, k_sigmas=k_sigmas,
-                                  progress=progress)
-                append_row(out, row)
-                done.add(row_key(row))
-                print(f"{category} {spec} seed {seed}: fit {row['fit_s']:.1f} s (CPU {row['fit_cpu_s']:.1f} s), "
-                      f"pixel AUROC {row['pixel_auroc']:.3f}, AUPRO {row['aupro']:.3f}, image AUROC "
-                      f"{row['image_auroc']:.3f}, TPR {row['tpr']:.3f} FPR {row['fpr']:.3f}, load "
-                      f"{row['load_before']:.1f}->{row['load_after']:.1f}", file=sys.stderr, flush=True)
-    return read_rows(out / "rows.jsonl")
+        run_grid_ray(grid, ray_options, registry=registry, log=_err, measure=measure)
+    else:
+        run_grid(grid, registry=registry, log=_err, measure=measure)
+    rows = read_rows(out)
+    write_csv(rows, out / "rows.csv")
+    return rows
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,30 +308,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--image-size", type=int, default=None, help="default: the cpu profile's (128)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: shared machines)")
     p.add_argument("--k-sigmas", nargs="*", type=float, default=list(DEFAULT_K_SIGMAS),
                    help="ami_net: token-mask coverage at these k_sigma values too (none: skip)")
+    p.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                   help="run the units in this process or as Ray tasks (the same rows)")
+    p.add_argument("--cpus-per-unit", type=float, default=1.0, help="--executor ray: CPUs (and threads) per unit")
     p.add_argument("--out", type=Path, default=Path("results/trained-maskers"),
-                   help="folder of rows.jsonl / rows.csv / summary.md; rows already there are skipped")
+                   help="results folder (results.sqlite, rows.csv, summary.md); rows already there are skipped")
     p.add_argument("--summary-only", action="store_true", help="only print the summary of --out")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     try:
         for spec in args.maskers:
             parse_spec(spec)
-    except ValueError as exc:
+    except ConfigError as exc:
         p.error(str(exc))
     torch.set_num_threads(args.threads)
     if args.summary_only:
-        rows = read_rows(args.out / "rows.jsonl")
+        rows = read_rows(args.out)
         if not rows:
-            p.error(f"--summary-only: no rows in {args.out / 'rows.jsonl'}")
+            p.error(f"--summary-only: no rows in {args.out}")
     else:
+        options = None
+        if args.executor == "ray":
+            from fader_kit.engine.ray import RayOptions
+
+            options = RayOptions(cpus_per_unit=args.cpus_per_unit)
         rows = run(
             args.maskers, data=args.data, categories=args.category, seeds=args.seeds, out=args.out,
-            image_size=args.image_size, device=args.device, batch=args.batch, k_sigmas=args.k_sigmas,
-            progress=args.progress,
+            image_size=args.image_size, device=args.device, k_sigmas=args.k_sigmas, progress=args.progress,
+            executor=args.executor, ray_options=options,
         )
     text = table(summarise(rows))
     sweep = sweep_table(rows)

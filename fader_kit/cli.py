@@ -16,41 +16,17 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import BUG_HINT, ConfigError, UserError
+from .masker_args import add_masker_arguments, masker_options, parse_options  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .engine.evaluate import EvaluationResult
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
-
-
-def parse_options(pairs: Sequence[str] | None, argument: str = "--masker-option") -> dict[str, Any]:
-    from .util.options import parse_options as parse
-
-    return parse(pairs, argument)
-
-
-def add_masker_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=None, help="checkpoint file or folder for pretrained maskers")
-    p.add_argument("--allow-random-weights", action="store_true",
-                   help="run without pretrained weights (reported as random-init in every result)")
-    p.add_argument("--masker-option", action="append", metavar="KEY=VALUE",
-                   help="option passed to the masker factory (repeatable; JSON values)")
-
-
-def masker_options(args: argparse.Namespace, device: str | None = None) -> dict[str, Any]:
-    opts = parse_options(args.masker_option)
-    if args.weights is not None:
-        opts["weights"] = args.weights
-    if args.allow_random_weights:
-        opts["allow_random_weights"] = True
-    if device is not None:
-        opts.setdefault("device", device)
-    return opts
 
 
 def cmd_maskers(args: argparse.Namespace) -> int:
@@ -98,7 +74,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import fader_variant, get_profile
+    from .config import get_profile
+    from .variants import resolve
     from .devices import resolve_device
     from .engine.evaluate import evaluate_category
     from .registry import default_registry
@@ -110,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = masker_options(args)  # the category is not an option: it is in every key already
     registry = default_registry()
     registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
-    head = fader_variant(profile.fader_head, args.fader_variant)
+    head = resolve(profile.fader_head, args.fader_variant)
     result = evaluate_category(
         args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
         masker_options=options, registry=registry, ear_masks=args.ear_masks, fader_config=head,
@@ -167,7 +144,12 @@ def print_evaluation(result: "EvaluationResult") -> None:
             print(f"seed {row.seed}: {summary_line(row.diagnostics)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export", "fit", "predict")
+
+
+def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
+    """The ``fader-kit`` parser; ``plugin_commands=False`` leaves out the commands plugins add (then
+    no plugin is imported: a core command's ``--help`` answers at once)."""
     parser = argparse.ArgumentParser(prog="fader-kit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fader-kit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .deploy_cli import add_deploy_commands
 
     add_deploy_commands(sub)  # fit, predict
-    from .registry import default_registry
+    if plugin_commands:
+        from .registry import default_registry
 
-    default_registry().register_commands(sub)  # plugins' sub-commands, e.g. fader_kit_bench's bench / report
+        default_registry().register_commands(sub)  # plugins' sub-commands, e.g. fader_kit_bench's bench / report
     return parser
 
 
@@ -248,13 +231,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .registry import default_registry
-
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in == ["--version"]:  # answered before any plugin (or torch) is imported
+        print(f"fader-kit {__version__}")
+        return 0
     with warnings.catch_warnings():
         # plugin problems are printed once each, below or by maskers / plugins, not as warnings too
         warnings.filterwarnings("ignore", message="fader-kit plugin", category=RuntimeWarning)
-        args = build_parser().parse_args(argv)
+        first = next((a for a in args_in if not a.startswith("-")), None)
+        args = build_parser(plugin_commands=first not in CORE_COMMANDS).parse_args(args_in)
     if args.command not in ("maskers", "plugins"):
+        from .registry import default_registry
+
         for err in default_registry().errors():
             print(f"warning: {err}", file=sys.stderr)
     try:

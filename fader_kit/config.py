@@ -240,25 +240,6 @@ def fader_config(data: dict[str, object]) -> FaderConfig:
     return ExperimentalFaderConfig(**data)
 
 
-# -- named head variants: fader_kit.variants (thin compatibility here) ------------------------------
-def fader_variant(base: FaderConfig, name: str) -> FaderConfig:
-    """``base`` (a profile's head configuration) with the changes of head variant ``name`` (a
-    canonical name or an alias of :mod:`fader_kit.variants`)."""
-    from .variants import resolve
-
-    return resolve(base, name)
-
-
-def __getattr__(name: str) -> object:
-    """``HEAD_VARIANTS`` and ``DEFAULT_HEAD_VARIANT`` come from the registry (imported on first
-    use: the registry itself builds on this module)."""
-    if name in ("HEAD_VARIANTS", "DEFAULT_HEAD_VARIANT"):
-        from . import variants
-
-        return getattr(variants, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class Profile(_Frozen):
     """Everything that trades run time for fidelity, under one name."""
 

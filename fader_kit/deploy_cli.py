@@ -14,7 +14,7 @@ from typing import Any
 
 def add_deploy_commands(sub: Any) -> None:
     """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
-    from .cli import add_masker_arguments
+    from .masker_args import add_masker_arguments
     from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
 
     p = sub.add_parser(
@@ -84,7 +84,7 @@ def add_deploy_commands(sub: Any) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli import masker_options
+    from .masker_args import masker_options
     from .config import get_profile
     from .devices import resolve_device
     from .fitting import fit_detector

@@ -40,7 +40,7 @@ def untrained_detector(profile_name: str = "cpu", seed: int = 0, n_normal: int =
     fitted and the calibration taken on generated normal images (for timing only)."""
     from . import __version__
     from .calibration import calibrate
-    from .config import fader_variant, get_profile
+    from .config import get_profile
     from .detector import FORMAT, FORMAT_VERSION, Detector, DetectorSettings, Manifest, TrainingSummary
     from .fader import wrap_with_fader
     from .imagefiles import load_array, to_tensor
@@ -49,9 +49,10 @@ def untrained_detector(profile_name: str = "cpu", seed: int = 0, n_normal: int =
     from .training import seeded_init
     from .unet import EARUNet
     from .variants import DEFAULT_HEAD_VARIANT
+    from .variants import resolve as resolve_variant
 
     profile = get_profile(profile_name)
-    head = fader_variant(profile.fader_head, DEFAULT_HEAD_VARIANT)
+    head = resolve_variant(profile.fader_head, DEFAULT_HEAD_VARIANT)
     with tempfile.TemporaryDirectory() as tmp:
         images = to_tensor([load_array(p, profile.image_size)[0] for p in write_images(Path(tmp), n_normal, seed=seed + 1)])
     masker = default_registry().create("patch_stats")

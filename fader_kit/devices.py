@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present, else CPU)."""
@@ -14,12 +16,12 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"argument --device={name!r}: expected cpu, cuda, cuda:N or auto") from None
+        raise ConfigError(f"argument --device={name!r}: expected cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"argument --device={name!r}: CUDA is not available on this machine (use --device cpu)")
+            raise ConfigError(f"argument --device={name!r}: CUDA is not available on this machine (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"argument --device={name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ConfigError(f"argument --device={name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif device.type != "cpu":
-        raise ValueError(f"argument --device={name!r}: expected cpu, cuda, cuda:N or auto")
+        raise ConfigError(f"argument --device={name!r}: expected cpu, cuda, cuda:N or auto")
     return device

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .errors import UserError
+from .errors import MissingFileError
 from .fader import FaderModel, theta
 from .scoring import anomaly_map, image_score
 
@@ -146,7 +147,7 @@ def resolve_source(source: str | Path, size: int | None) -> tuple[Path, int]:
     if source.is_dir():
         ckpt = source / "fader.pt"
         if not ckpt.is_file():
-            raise FileNotFoundError(f"{source} holds no fader.pt: pass a fader-kit evaluate --out folder or a checkpoint")
+            raise MissingFileError(f"{source} holds no fader.pt: pass a fader-kit evaluate --out folder or a checkpoint")
         metrics = source / "metrics.json"
         if size is None and metrics.is_file():
             from .config import get_profile
@@ -155,7 +156,7 @@ def resolve_source(source: str | Path, size: int | None) -> tuple[Path, int]:
     elif source.is_file():
         ckpt = source
     else:
-        raise FileNotFoundError(f"export source not found: {source}")
+        raise MissingFileError(f"export source not found: {source}")
     if size is None:
         raise ExportError(f"cannot tell the image size of {source} (no metrics.json beside it): pass --size")
     return ckpt, size

@@ -19,10 +19,11 @@ from PIL import Image
 from torch import Tensor
 
 from .calibration import calibrate, check_rate, validate
-from .config import Profile, fader_variant
+from .config import Profile
 from .detector import Detector, DetectorSettings, Manifest, TrainingSummary
 from .errors import ConfigError
 from .imagefiles import load_array, normal_images, to_tensor
+from .variants import resolve as resolve_variant
 
 MIN_NORMAL_IMAGES = 10
 MIN_HOLDOUT = 5
@@ -116,7 +117,7 @@ def fit_detector(
     registry = default_registry()
     registry.get(masker)  # an unknown name fails now, before any work
     options = {k: v for k, v in (masker_options or {}).items() if k != "device"}
-    head = fader_variant(profile.fader_head, head_variant)
+    head = resolve_variant(profile.fader_head, head_variant)
     size = profile.image_size
     t_start = time.time()
     with watch("read"):

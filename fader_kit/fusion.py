@@ -20,9 +20,9 @@ the balance towards the map that overfits more.
 """
 from __future__ import annotations
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+from .util.quantiles import quantiles
 
 
 class MapScale(BaseModel):
@@ -38,15 +38,10 @@ class MapScale(BaseModel):
     @classmethod
     def fit(cls, normal_maps: Tensor, quantile: float = 0.99) -> "MapScale":
         """From maps of normal images (any shape); a constant map gets a tiny positive scale."""
-        flat = normal_maps.detach().float().flatten().cpu().numpy()
-        if flat.size < 2:
-            raise ValueError("MapScale.fit needs the maps of normal images (at least two pixels)")
-        if not np.isfinite(flat).all():
-            raise ValueError("MapScale.fit: the normal maps hold NaN or infinite values")
-        centre, top = np.quantile(flat, [0.5, quantile])  # a partition, no size limit (unlike torch.quantile)
+        centre, top = quantiles(normal_maps, [0.5, quantile], what="MapScale.fit")
         scale = float(top - centre)
         if scale <= 0:
-            scale = 1e-6 * max(float(np.abs(flat).max()), 1e-12)
+            scale = 1e-6 * max(float(normal_maps.detach().abs().max()), 1e-12)
         return cls(centre=float(centre), scale=scale, quantile=quantile)
 
     def apply(self, maps: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +17,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .fader import FaderModel, FaderOutput, patch_errors, ranking_loss, unmasked_patches
 from .interfaces import Reconstructor, check_images
 from .obfuscation import obfuscate
+from .ranking import patch_errors, ranking_loss, unmasked_patches
 from .scoring import msgms_loss
+
+if TYPE_CHECKING:  # annotations only: fader.py builds on this module (FaderModel.fit)
+    from .fader import FaderModel, FaderOutput
 
 
 # -- losses ---------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import UnsafeFileError, UserError
+from .errors import ConfigError, UnsafeFileError, UserError
 
 ENV_FOLDER = "FADER_KIT_WEIGHTS"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -339,7 +339,7 @@ def load_timm_model(
     except Exception:
         cfg = None
     if cfg is None and not timm.is_model(name.split(".", 1)[0]):
-        raise ValueError(f"unknown timm model {name!r}")
+        raise ConfigError(f"unknown timm model {name!r}")
     url_names = _url_name(getattr(cfg, "url", None))
     local = find_local_weights(name, weights, extra_names=url_names, folder_names=_timm_hub_files(cfg) if cfg else ())
     if local is not None:
@@ -411,7 +411,7 @@ def load_open_clip_model(
     from open_clip import pretrained as oc_pretrained
 
     if architecture not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {architecture!r}")
+        raise ConfigError(f"unknown open_clip architecture {architecture!r}")
     name = f"{architecture}/{pretrained}"
     pcfg = oc_pretrained.get_pretrained_cfg(architecture, pretrained) or {}
     repo_id, hub_files = _open_clip_files(pcfg)

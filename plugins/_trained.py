@@ -17,12 +17,14 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from fader_kit.data import DataError
+from fader_kit.errors import UserError
+from fader_kit.util.quantiles import quantiles
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 from fader_kit.registry import masker_config
 
@@ -134,12 +136,9 @@ def calibration_split(n: int, fraction: float, generator: torch.Generator) -> tu
     return order[n_cal:].sort().values, order[:n_cal].sort().values
 
 
-def quantile_threshold(maps: Tensor, q: float, max_values: int = 4_000_000) -> float:
-    """The ``q`` quantile of all values in ``maps`` (an evenly strided subsample beyond ``max_values``)."""
-    flat = maps.detach().flatten().float().cpu()
-    if flat.numel() > max_values:
-        flat = flat[:: int(np.ceil(flat.numel() / max_values))]
-    return float(np.quantile(flat.numpy().astype(np.float64), q))
+def quantile_threshold(maps: Tensor, q: float) -> float:
+    """The ``q`` quantile of all values in ``maps`` (every value: a partition has no size limit)."""
+    return quantiles(maps.double(), [q], what="threshold of the normal scores")[0]
 
 
 # -- the base class -------------------------------------------------------------------------
@@ -213,7 +212,7 @@ class TrainedMasker(Masker, abc.ABC):
         """Train on normal images ``[N, 3, H, W]`` and calibrate the mask threshold on them."""
         images = check_images(images, "images")
         if images.shape[0] < 2:
-            raise ValueError(f"{self.name}.fit needs at least 2 normal images, got {images.shape[0]}")
+            raise DataError(f"{self.name}.fit needs at least 2 normal images, got {images.shape[0]}")
         size = self.config.image_size
         work = (size, size) if size is not None else (int(images.shape[-2]), int(images.shape[-1]))
         self._check_work_size(work)
@@ -294,12 +293,12 @@ class TrainedMasker(Masker, abc.ABC):
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k != "eval_batch_size")
         if differ:
             detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs {mine.get(k)!r}" for k in differ)
-            raise ValueError(f"saved {self.name!r} state was fitted with other options ({detail}); "
+            raise UserError(f"saved {self.name!r} state was fitted with other options ({detail}); "
                              f"create the masker with the saved options")
         modules = self._trainable()
         missing = sorted(set(state["modules"]) ^ set(modules))
         if missing:
-            raise ValueError(f"saved {self.name!r} state does not match this masker's modules: {missing}")
+            raise UserError(f"saved {self.name!r} state does not match this masker's modules: {missing}")
         for key, module_state in state["modules"].items():
             modules[key].load_state_dict(module_state)
         self._load_extra_state(state.get("extra", {}))

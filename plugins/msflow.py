@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from fader_kit.backbones import create_feature_extractor
+from fader_kit.errors import ConfigError
 from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import MaskerInfo
 
@@ -347,7 +348,7 @@ class MSFlowMasker(TrainedMasker):
     def _check_work_size(self, size: tuple[int, int]) -> None:
         deepest = max(self.backbone.reductions) * (2 if self.config.pool != "none" else 1)
         if min(size) < deepest:
-            raise ValueError(f"msflow: image size {size} is smaller than the deepest feature stride {deepest}")
+            raise ConfigError(f"msflow: image size {size} is smaller than the deepest feature stride {deepest}")
 
     def _features(self, images: Tensor) -> list[Tensor]:
         feats = self.backbone(images)

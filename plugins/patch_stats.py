@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from fader_kit.data import DataError
+from fader_kit.errors import ConfigError
 from fader_kit.hookspecs import hookimpl
+from fader_kit.util.quantiles import quantiles
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 
 
@@ -61,7 +64,7 @@ class PatchStatsMasker(Masker):
         p, k = self.config.patch_size, self.config.pooled_size
         h, w = images.shape[-2:]
         if h % p or w % p or p % k:
-            raise ValueError(f"image {h}x{w} needs to be divisible by patch_size {p}, and patch_size by pooled_size {k}")
+            raise ConfigError(f"image {h}x{w} needs to be divisible by patch_size {p}, and patch_size by pooled_size {k}")
         pooled = F.avg_pool2d(images.float(), p // k)  # [B,3,h/p*k, w/p*k]
         tokens = F.unfold(pooled, kernel_size=k, stride=k)  # [B, 3k^2, P]
         return tokens.transpose(1, 2)
@@ -76,7 +79,7 @@ class PatchStatsMasker(Masker):
         feats = self.features(fit_images).double()  # [N, P, D]
         n, num_p, dim = feats.shape
         if n < 2:
-            raise ValueError("patch_stats needs at least two normal images to fit")
+            raise DataError("patch_stats needs at least two normal images to fit")
         pos_mean = feats.mean(dim=0, keepdim=True)                   # [1, P, D]
         resid_pos = (feats - pos_mean).reshape(-1, dim)
         pooled_mean = feats.reshape(-1, dim).mean(dim=0, keepdim=True)
@@ -94,7 +97,7 @@ class PatchStatsMasker(Masker):
         self.precision = torch.linalg.inv(cov).float()
         self.grid = (images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size)
         normal = self._patch_scores(cal_images)
-        self.threshold = float(torch.quantile(normal.flatten().double(), self.config.quantile))
+        self.threshold = quantiles(normal.double(), [self.config.quantile], what="patch_stats threshold")[0]
         return self
 
     def _patch_scores(self, images: Tensor) -> Tensor:
@@ -102,7 +105,7 @@ class PatchStatsMasker(Masker):
             raise RuntimeError("patch_stats is not fitted: call fit() on normal images first")
         feats = self.features(images)
         if self.mode == "position" and feats.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"patch_stats was fitted on a {self.grid} patch grid; images give {feats.shape[1]} patches")
+            raise ConfigError(f"patch_stats was fitted on a {self.grid} patch grid; images give {feats.shape[1]} patches")
         d = feats - self.mean.to(feats.device)
         md = torch.einsum("bpd,de,bpe->bp", d, self.precision.to(feats.device), d)
         return md.clamp_min(0).sqrt()  # [B, P]

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from fader_kit.hookspecs import hookimpl
+from fader_kit.util.quantiles import quantiles
 from fader_kit.interfaces import Masker, MaskerInfo, check_images
 from fader_kit.registry import masker_config
 from fader_kit.weights import load_open_clip_model
@@ -363,7 +364,7 @@ class WinClipMasker(Masker):
         as that quantile of the patch scores of these normal images."""
         if self.config.threshold_quantile is not None:
             _, grid = self.patch_scores(images)
-            self.threshold = float(torch.quantile(grid.flatten().double().cpu(), self.config.threshold_quantile))
+            self.threshold = quantiles(grid.double(), [self.config.threshold_quantile], what="winclip threshold")[0]
         return self
 
     # -- persistence: the backbone is not fitted state ----------------------------------------

@@ -23,7 +23,7 @@ def test_bench_table_runs_prints_the_table_and_resumes(tmp_path, capsys):
             "--out", str(tmp_path), "--figures", "1", "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "table3 on synthetic (smoke profile, 64px, device cpu, seed 0): 2 units, 0 already finished, 2 to run" in out
+    assert "table3 on synthetic (smoke profile, 64px, device cpu, 1 thread, seed 0): 2 units, 0 already finished, 2 to run" in out
     assert "[1/2] patch_stats/ear on washer" in out and "[2/2] patch_stats/ours on washer" in out
     assert "| Category | EAR (hard, image) | paper | +MLP, soft, nearest (ours) | paper |" in out
     assert any(line.startswith("| washer | ") for line in out.splitlines())

@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from fader_kit_bench.report import build_report
-from fader_kit_bench.store import ResultRow, ResultStore, UnitId
+from fader_kit.engine.store import ResultRow, ResultStore, UnitId
 from fader_kit.cli import main
 
 

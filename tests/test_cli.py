@@ -36,9 +36,10 @@ def test_rerun_reuses_the_trained_ear_unet(evaluated, capsys):
     _, out = evaluated
     before = json.loads((out / "metrics.json").read_text())
     assert main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
-    assert "EAR U-Net reused" in capsys.readouterr().out
+    assert "2 units, 2 already finished, 0 to run" in capsys.readouterr().out  # nothing retrained, nothing rescored
     after = json.loads((out / "metrics.json").read_text())
-    assert after["ear"] == before["ear"]  # same U-Net, same masks -> same numbers
+    assert after["ear"] == before["ear"] and after["fader"] == before["fader"]
+    assert after["fader_variant"] == "pseudo_focused" and after["threads"] >= 1
 
 
 def test_unknown_masker_is_one_clear_error(tmp_path, capsys):
@@ -98,3 +99,35 @@ def test_parse_options():
     assert parse_options(["a=1", "b=true", "c=x", "d=[1,2]"]) == {"a": 1, "b": True, "c": "x", "d": [1, 2]}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_options(["novalue"])
+
+
+def test_a_results_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.write_text("not a folder")
+    code = main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: results folder") and str(out) in err[0]
+
+
+def test_a_test_set_without_normal_images_fails_before_training(tmp_path, capsys):
+    root = tmp_path / "data"
+    generate_synthetic(root, categories=["washer"], seed=0)
+    shutil.rmtree(root / "washer" / "test" / "good")
+    code = main(["evaluate", "--data", f"mvtec:{root}", "--category", "washer", "--profile", "smoke",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no normal images" in err and "Traceback" not in err
+    assert not list((tmp_path / "out" / "cache").rglob("ear-*.pt"))  # failed before any training
+
+
+def test_an_internal_bug_shows_its_traceback_and_exits_1(monkeypatch, tmp_path, capsys):
+    import fader_kit.engine.evaluate as evaluate_module
+
+    def broken(*a, **k):
+        raise ValueError("an internal inconsistency")  # a ValueError is not the user's mistake by itself
+
+    monkeypatch.setattr(evaluate_module, "evaluate_category", broken)
+    code = main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" in err and "ValueError: an internal inconsistency" in err
+    assert "this is a bug in fader-kit" in err.splitlines()[-1]

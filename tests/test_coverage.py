@@ -7,10 +7,10 @@ import torch
 
 from fader_kit.data import SyntheticConfig, load_category
 from fader_kit_bench.coverage import (
-    coverage_section, defect_coverage, degrade_masks, parse_gt_masker, run_coverage,
+    coverage_section, defect_coverage, degrade_masks, parse_gt_masker,
 )
-from fader_kit_bench.runner import BenchConfig
-from fader_kit_bench.store import ResultStore
+from fader_kit_bench.runner import BenchConfig, run_table
+from fader_kit.engine.store import ResultStore
 
 TINY = SyntheticConfig(n_train=6, n_test_good=2, n_per_defect=2, defect_kinds=("scratch", "hole", "stain"))
 
@@ -44,7 +44,7 @@ def test_gt_masker_names():
 def test_coverage_bench_rows_carry_measured_coverage_and_diagnostics(tmp_path):
     cfg = BenchConfig(table="coverage", out=tmp_path, data="synthetic", categories=("washer",), maskers=("gt@0", "gt@100"),
                       profile="smoke", seeds=(0,), figures=0, synthetic=TINY)
-    summary = run_coverage(cfg, log=lambda _: None)
+    summary = run_table(cfg, log=lambda _: None)  # gt@C are mask sources of the engine: no runner of its own
     assert summary.failed == 0 and summary.computed == 4
     rows = {(r.unit.masker, r.unit.variant): r for r in ResultStore(tmp_path).rows()}
     cov = {m: rows[(m, "ear")].config["diagnostics"]["mask"]["defect_pixels_masked"] for m in ("gt@0", "gt@100")}

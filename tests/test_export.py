@@ -98,7 +98,7 @@ def test_ablation_heads_and_gates_export_too(tmp_path, head):
 def test_calibrated_gates_export_with_their_calibration(tmp_path):
     """The default head of `fader-kit evaluate` (pseudo_focused) uses the calibrated normaliser: its
     levels are a buffer of the model and must reach the graph (else every gate is NaN)."""
-    from fader_kit.config import fader_variant
+    from fader_kit.variants import resolve as fader_variant
     from fader_kit.export import export_model
 
     model = smoke_model(fader_variant(get_profile("smoke").fader_head, "pseudo_focused"), seed=2)

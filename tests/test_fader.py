@@ -288,7 +288,6 @@ def test_target_switch_takes_the_error_of_the_ungated_reconstruction():
 
 def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skips_open():
     from fader_kit.config import TrainConfig
-    from fader_kit.training import train_fader
 
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     cfg = FaderConfig(patch_size=8, hidden=8, normaliser="calibrated", pseudo_anomalies=1.0, target="ungated")
@@ -301,7 +300,8 @@ def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skip
 
 def test_named_head_variants_and_the_evaluate_argument():
     from fader_kit.cli import build_parser
-    from fader_kit.config import HEAD_VARIANTS, fader_variant
+    from fader_kit.variants import HEAD_VARIANTS
+    from fader_kit.variants import resolve as fader_variant
 
     base = FaderConfig(hidden=16)
     assert fader_variant(base, "paper") == base  # the paper's head, unchanged
@@ -310,7 +310,7 @@ def test_named_head_variants_and_the_evaluate_argument():
     with pytest.raises(ValueError, match="unknown FADeR variant 'nope'"):
         fader_variant(base, "nope")
     parser = build_parser()
-    from fader_kit.config import DEFAULT_HEAD_VARIANT
+    from fader_kit.variants import DEFAULT_HEAD_VARIANT
 
     assert DEFAULT_HEAD_VARIANT in HEAD_VARIANTS and DEFAULT_HEAD_VARIANT != "open_gates"  # the control is no head
     assert parser.parse_args(["evaluate", "--category", "washer"]).fader_variant == DEFAULT_HEAD_VARIANT

@@ -6,7 +6,7 @@ import pytest
 
 from fader_kit.cli import main
 from fader_kit_bench.report import build_report
-from fader_kit_bench.store import ResultStore
+from fader_kit.engine.store import ResultStore
 
 
 @pytest.fixture(scope="module")

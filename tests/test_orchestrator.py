@@ -5,14 +5,14 @@ import json
 import pytest
 
 from fader_kit.cli import main, parse_seeds
-from fader_kit_bench.store import ResultStore
+from fader_kit.engine.store import ResultStore
 
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     ev = tmp_path_factory.mktemp("evaluate")
     be = tmp_path_factory.mktemp("bench")
-    common = ["--data", "synthetic", "--profile", "smoke", "--seeds", "0,1", "--quiet"]
+    common = ["--data", "synthetic", "--profile", "smoke", "--seeds", "0,1", "--quiet", "--fused"]
     # table3's "ours" is the paper's head: evaluate runs it with --fader-variant paper
     assert main(["evaluate", "--category", "washer", "--fader-variant", "paper", "--out", str(ev), *common]) == 0
     assert main(["bench", "table3", "--categories", "washer", "--variants", "ear,ours", "--figures", "0",

@@ -1,14 +1,16 @@
 """fader_kit_bench.trained_maskers: masker specs, rows measured on a constructed split, resume, summary."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from masker_cases import stripes_with_defects
 
-import fader_kit.data as data_module
+import fader_kit.engine.workbench as workbench_module
 from fader_kit.data.split import CategorySplit
+from fader_kit.engine.sources import MaskerSource, parse_spec
+from fader_kit.engine.store import ResultStore
+from fader_kit.errors import ConfigError
+from fader_kit.stats import SeedSummary
 from fader_kit_bench import trained_maskers as bench
 
 
@@ -26,49 +28,45 @@ def _split() -> CategorySplit:
 
 
 def test_parse_spec():
-    assert bench.parse_spec("ami_net") == ("ami_net", {})
-    assert bench.parse_spec("ami_net:centres=kmeans:k_sigma=1.5") == ("ami_net", {"centres": "kmeans", "k_sigma": 1.5})
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        bench.parse_spec("dsr:epochs")
+    assert parse_spec("ami_net") == MaskerSource("ami_net", {})
+    spec = parse_spec("ami_net:centres=kmeans:k_sigma=1.5")
+    assert (spec.name, spec.options, spec.row_name) == ("ami_net", {"centres": "kmeans", "k_sigma": 1.5},
+                                                        "ami_net:centres=kmeans:k_sigma=1.5")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_spec("dsr:epochs")
 
 
-def test_mean_std_and_table():
-    assert bench.mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
-    assert bench.mean_std([5.0]) == (5.0, 0.0)
+def test_seed_summary_is_mean_and_sample_std():
+    s = SeedSummary.of([1.0, 3.0])
+    assert (s.mean, s.std) == pytest.approx((2.0, 2**0.5))
+    assert (SeedSummary.of([5.0]).mean, SeedSummary.of([5.0]).std) == (5.0, 0.0)
 
 
-def test_rows_are_appended_and_a_rerun_resumes(tmp_path, monkeypatch):
+def test_rows_go_to_the_store_and_a_rerun_resumes(tmp_path, monkeypatch):
     split = _split()
-    monkeypatch.setattr(data_module, "load_category", lambda *a, **k: split)
-    calls = []
-    real = bench.measure_one
-
-    def counted(spec, s, **kw):
-        calls.append((spec, kw["seed"]))
-        return real(spec, s, **kw)
-
-    monkeypatch.setattr(bench, "measure_one", counted)
+    monkeypatch.setattr(workbench_module, "load_category", lambda *a, **k: split)
+    lines: list[str] = []
+    monkeypatch.setattr(bench, "_err", lines.append)
     rows = bench.run(["patch_stats"], data="constructed", categories=["stripes"], seeds=[0, 1], out=tmp_path,
                      image_size=32)
-    assert calls == [("patch_stats", 0), ("patch_stats", 1)] and len(rows) == 2
+    assert len(rows) == 2 and sum("done in" in line for line in lines) == 2
     row = rows[0]
     # the red square is an easy defect: patch_stats ranks it first, and masks more of it than of the rest
     assert row["pixel_auroc"] > 0.9 and row["image_auroc"] > 0.9 and 0 < row["aupro"] <= 1
     assert row["tpr"] > row["fpr"] and row["threads"] == torch.get_num_threads() and row["fit_cpu_s"] >= 0
     assert len((tmp_path / "rows.csv").read_text().splitlines()) == 3  # header + 2 rows
-    # a torn last line (an interrupted run) is skipped, and measured rows are not measured again
-    with (tmp_path / "rows.jsonl").open("a") as f:
-        f.write('{"data": "constructed", "cat')
+    stored = ResultStore(tmp_path).rows()
+    assert {r.unit.table for r in stored} == {"trained_maskers"}
+    assert all(ResultStore(tmp_path).details.load(f"{r.config['masker_key']}.alone") is not None for r in stored)
+    lines.clear()
     rows = bench.run(["patch_stats"], data="constructed", categories=["stripes"], seeds=[0, 1, 2], out=tmp_path,
                      image_size=32)
-    assert calls[2:] == [("patch_stats", 2)] and len(rows) == 3
+    assert sum("done in" in line for line in lines) == 1 and len(rows) == 3  # only seed 2 was measured
     summary = bench.summarise(rows)
     assert len(summary) == 1 and summary[0]["seeds"] == [0, 1, 2]
-    mean, std = summary[0]["pixel_auroc"]
     values = [r["pixel_auroc"] for r in rows]
-    assert mean == pytest.approx(sum(values) / 3) and std >= 0
+    assert summary[0]["pixel_auroc"].mean == pytest.approx(sum(values) / 3) and summary[0]["pixel_auroc"].std >= 0
     assert "| stripes | `patch_stats` |" in bench.table(summary)
-    assert json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[0])["seed"] == 0
 
 
 def test_diagnostics_table_sets_intermediate_maps_beside_the_output():

@@ -36,6 +36,7 @@ class MaskSet(BaseModel):
     seconds: float = 0.0
     test_scores: Tensor | None = None  # the masker's score maps of the test images [N, 1, H, W] (float16)
     train_scores: Tensor | None = None  # ... and of the (normal) training images: the fused score's normal scale
+    timings: dict[str, float] = {}  # the fit's wall and CPU seconds ("fit_s", "fit_cpu_s") when it was fitted
 
 
 class WorkCache:
@@ -60,7 +61,7 @@ class WorkCache:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         return MaskSet(train=payload["train"], test=payload["test"], info=MaskerInfo(**payload["info"]),
                        seconds=float(payload.get("seconds", 0.0)), test_scores=payload.get("test_scores"),
-                       train_scores=payload.get("train_scores"))
+                       train_scores=payload.get("train_scores"), timings=dict(payload.get("timings") or {}))
 
     def save_masks(self, name: str, key: str, masks: MaskSet) -> Path:
         def half(t: Tensor | None) -> Tensor | None:
@@ -68,5 +69,6 @@ class WorkCache:
 
         return torch_save_atomic({"train": masks.train.bool(), "test": masks.test.bool(),
                                   "info": masks.info.model_dump(mode="json"), "seconds": masks.seconds,
-                                  "test_scores": half(masks.test_scores), "train_scores": half(masks.train_scores)},
+                                  "test_scores": half(masks.test_scores), "train_scores": half(masks.train_scores),
+                                  "timings": dict(masks.timings)},
                                  self.masks_path(name, key))

@@ -35,8 +35,7 @@ def digest(payload: Any) -> str:
 
 def _payload(config: Any, *args: Any) -> Any:
     """The fields of ``config`` that change what it configures."""
-    fn = getattr(config, "key_payload", None)
-    return fn(*args) if fn is not None else config.model_dump(mode="json")
+    return config.key_payload(*args)
 
 
 def data_key(data: str, synthetic: SyntheticConfig | None = None, data_seed: int = 0) -> str:

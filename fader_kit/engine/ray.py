@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, UserError
 from ..registry import MaskerRegistry
-from .runner import FigureHook, Grid, GridRunner, PlannedUnit, Recorder, RunSummary, failure_reason, minutes
+from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, RunSummary, failure_reason, minutes
 from .store import ResultRow
 
 Log = Callable[[str], None]
@@ -129,11 +129,13 @@ class TaskContext:
     registry: MaskerRegistry | None  # unloaded (portable_registry); None = the installed plugins
     threads: int
     figure: FigureHook | None = None
+    measure: MeasureHook | None = None
 
     def runner(self, log: Log) -> GridRunner:
         torch.set_num_threads(self.threads)  # a reused worker may have run a task of another shape
         # a fresh unloaded copy per task: plugins load in this worker, never shared between tasks
-        return GridRunner(self.grid, registry=portable_registry(self.registry), log=log, figure=self.figure)
+        return GridRunner(self.grid, registry=portable_registry(self.registry), log=log, figure=self.figure,
+                          measure=self.measure)
 
 
 @dataclass
@@ -197,7 +199,7 @@ class RayExecutor:
     """Runs one grid on Ray; the same inputs as :class:`GridRunner` plus :class:`RayOptions`."""
 
     def __init__(self, grid: Grid, options: RayOptions | None = None, *, registry: MaskerRegistry | None = None,
-                 log: Log = print, figure: FigureHook | None = None) -> None:
+                 log: Log = print, figure: FigureHook | None = None, measure: MeasureHook | None = None) -> None:
         import_ray()  # before any work: one clear line when the extra is missing
         self.options = options or RayOptions()
         device = task_device(grid.device, self.options)
@@ -207,6 +209,7 @@ class RayExecutor:
         self.planner = GridRunner(grid.model_copy(update={"device": "cpu"}), registry=registry, log=log)
         self.registry = registry
         self.figure = figure
+        self.measure = measure
         self.log = log
         self.startup_seconds: float | None = None
 
@@ -245,18 +248,12 @@ class RayExecutor:
     def _run(self, ray: Any) -> RunSummary:
         p, o, g = self.planner, self.options, self.task_grid
         resources = self._check_resources(ray)
-        units = p.plan()
-        todo = [u for u in units if not p.store.is_done(u.unit, u.work_key)]
         s = p.summary
-        s.planned, s.skipped = len(units), len(units) - len(todo)
         where = (f"Ray at {o.address}" if o.address else "local Ray") + f" ({resources}"
         where += f"; started in {self.startup_seconds:.1f}s)" if self.startup_seconds is not None else ")"
         threads = o.task_threads()
-        self.log(f"{g.table} on {g.data} ({g.profile.name} profile, {g.profile.image_size}px, device {g.device}, "
-                 f"{threads} thread{'s' if threads != 1 else ''} per unit, seeds {','.join(map(str, g.seeds))}) on "
-                 f"{where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU per unit: {len(units)} units, "
-                 f"{s.skipped} already finished, {len(todo)} to run -> {p.store.path}")
-        recorder = Recorder(p.store, s, len(todo), self.log)
+        todo, recorder = p.start(f"{threads} thread{'s' if threads != 1 else ''} per unit",
+                                 f" on {where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU per unit")
 
         to_compute = []
         for pu in todo:  # same settings finished in another table: copied here, no task
@@ -267,7 +264,7 @@ class RayExecutor:
                 recorder.record(pu, copied, {}, lines=[f"[{recorder.done + 1}/{len(todo)}] {pu.unit.masker}/"
                                                        f"{pu.unit.variant} on {pu.unit.category} (seed {pu.unit.seed})"])
 
-        ctx = ray.put(TaskContext(g, portable_registry(self.registry), threads, self.figure))
+        ctx = ray.put(TaskContext(g, portable_registry(self.registry), threads, self.figure, self.measure))
         opts = dict(num_cpus=o.cpus_per_unit, num_gpus=o.gpus_per_unit, max_retries=o.max_retries,
                     retry_exceptions=False)
         masks_remote = ray.remote(masks_task).options(**opts)
@@ -279,6 +276,9 @@ class RayExecutor:
             if pu.keys.masks not in stages:
                 stages[pu.keys.masks] = masks_remote.remote(ctx, pu)
             masks_ref = stages[pu.keys.masks]
+            if pu.head.kind == "masker":  # the masker alone: no U-Net to wait for
+                pending[unit_remote.remote(ctx, pu, masks_ref, StageResult("ear_train", "", True))] = pu
+                continue
             if pu.keys.ear not in stages:
                 stages[pu.keys.ear] = ear_remote.remote(ctx, pu, masks_ref if g.ear_masks == "masker" else None)
             pending[unit_remote.remote(ctx, pu, masks_ref, stages[pu.keys.ear])] = pu
@@ -335,6 +335,7 @@ def ray_failure_reason(exc: BaseException) -> str:
 
 
 def run_grid_ray(grid: Grid, options: RayOptions | None = None, *, registry: MaskerRegistry | None = None,
-                 log: Log = print, figure: FigureHook | None = None) -> RunSummary:
+                 log: Log = print, figure: FigureHook | None = None, measure: MeasureHook | None = None
+                 ) -> RunSummary:
     """Plan ``grid`` and run its units as Ray tasks."""
-    return RayExecutor(grid, options, registry=registry, log=log, figure=figure).run()
+    return RayExecutor(grid, options, registry=registry, log=log, figure=figure, measure=measure).run()

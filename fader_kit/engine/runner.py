@@ -17,6 +17,7 @@ not recomputed.
 """
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..config import FaderConfig, Profile, TrainConfig
 from ..data import SyntheticConfig
 from ..fader import FaderModel
-from ..pipeline import environment
+from ..interfaces import Masker
+from ..pipeline import compute_masks, environment, masker_score_maps, metrics_from_maps
+from ..stats import ScoreDetail
 from ..registry import MaskerRegistry, default_registry
 from . import keys
 from .artifacts import WorkCache
@@ -42,11 +45,13 @@ Log = Callable[[str], None]
 
 
 class Head(BaseModel):
-    """One model of a grid: ``config=None`` is plain EAR; otherwise the FADeR head's configuration."""
+    """One model of a grid: ``config=None`` is plain EAR; otherwise the FADeR head's configuration.
+    ``kind="masker"`` measures the masker alone (its score map and binary mask; no U-Net is trained)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
+    kind: Literal["model", "masker"] = "model"
     title: str = ""
     config: FaderConfig | None = None
     train: TrainConfig | None = Field(None, description="FADeR training settings (None: the profile's)")
@@ -105,6 +110,13 @@ class FigureHook(Protocol):
                  ) -> Path | None: ...
 
 
+class MeasureHook(Protocol):
+    """Extra measurements of a masker-alone unit (stored in the row's ``config``)."""
+
+    def __call__(self, runner: "GridRunner", pu: PlannedUnit, bench: CategoryWorkbench, masker: Masker
+                 ) -> dict[str, Any]: ...
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
@@ -161,11 +173,12 @@ class GridRunner:
     """Plans a grid and computes its rows; ``registry`` and ``log`` are injectable (tests, notebooks)."""
 
     def __init__(self, grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
-                 figure: FigureHook | None = None) -> None:
+                 figure: FigureHook | None = None, measure: MeasureHook | None = None) -> None:
         self.grid = grid
         self.registry = registry
         self.log = log
         self.figure = figure
+        self.measure = measure
         self.out = Path(grid.out)
         self.cache = WorkCache(self.out)
         self.summary = RunSummary()
@@ -198,25 +211,32 @@ class GridRunner:
                 bench = self.workbench(category, seed)
                 for source in g.sources:
                     for head in g.heads:
-                        unit = UnitId(table=g.table, data=g.data, profile=g.profile.name, masker=source.name,
+                        unit = UnitId(table=g.table, data=g.data, profile=g.profile.name, masker=source.row_name,
                                       variant=head.name, category=category, seed=seed)
-                        uk = bench.keys(source, head.config, train=head.train, fused=g.fused)
+                        uk = bench.keys(source, head.config, train=head.train, fused=g.fused and head.kind == "model")
+                        if head.kind == "masker":  # no U-Net: the row is the masker's own
+                            uk = UnitKeys(uk.masks, "", keys.digest({"masker_alone": uk.masks}))
                         units.append(PlannedUnit(unit, source, head, uk))
         return units
 
-    # -- the serial executor -----------------------------------------------------------------
-    def run(self) -> RunSummary:
+    def start(self, threads: str, where: str = "") -> tuple[list[PlannedUnit], Recorder]:
+        """Plan, skip the units already finished with the same settings, say what will run, and
+        return the rest with the recorder that writes them (every executor starts here)."""
         g = self.grid
         units = self.plan()
         todo = [u for u in units if not self.store.is_done(u.unit, u.work_key)]
         s = self.summary
         s.planned, s.skipped = len(units), len(units) - len(todo)
-        threads = torch.get_num_threads()
         self.log(f"{g.table} on {g.data} ({g.profile.name} profile, {g.profile.image_size}px, device {g.device}, "
-                 f"{threads} thread{'s' if threads != 1 else ''}, seed{'s' if len(g.seeds) > 1 else ''} "
-                 f"{','.join(map(str, g.seeds))}): {len(units)} units, {s.skipped} already finished, "
-                 f"{len(todo)} to run -> {self.store.path}")
-        recorder = Recorder(self.store, s, len(todo), self.log)
+                 f"{threads}, seed{'s' if len(g.seeds) > 1 else ''} {','.join(map(str, g.seeds))}){where}: "
+                 f"{len(units)} units, {s.skipped} already finished, {len(todo)} to run -> {self.store.path}")
+        return todo, Recorder(self.store, s, len(todo), self.log)
+
+    # -- the serial executor -----------------------------------------------------------------
+    def run(self) -> RunSummary:
+        g, s = self.grid, self.summary
+        n = torch.get_num_threads()
+        todo, recorder = self.start(f"{n} thread{'s' if n != 1 else ''}")
         benches: dict[tuple[str, int], CategoryWorkbench] = {}
         for i, pu in enumerate(todo, 1):
             wkey = (pu.unit.category, pu.unit.seed)
@@ -278,9 +298,42 @@ class GridRunner:
             self._failed_sources[mem_key] = exc
             raise
 
+    def _compute_masker(self, pu: PlannedUnit, bench: CategoryWorkbench) -> tuple[ResultRow, dict[str, Any]]:
+        """The masker alone: its score map as the detector (pixel / image AUROC, AUPRO), its binary mask's
+        coverage of defect and normal pixels, the fit's and the mask's cost; ``measure`` adds more."""
+        g, split = self.grid, bench.split()
+        load_before = _load()
+        masks, _ = bench.masks(pu.source)
+        masker = bench.fitted_masker(pu.source)
+        bs = g.profile.eval_batch_size
+        t = time.perf_counter()
+        binary = compute_masks(masker, split.test, batch_size=bs, device=bench.device)
+        mask_s = time.perf_counter() - t
+        maps = masker_score_maps(masker, split.test, batch_size=bs, device=bench.device)
+        metrics = metrics_from_maps(maps, split.labels, split.masks)
+        gt = split.masks.bool()
+        config: dict[str, Any] = {
+            "masker_options": dict(pu.source.options), "masker_info": masks.info.model_dump(mode="json"),
+            "masker_key": pu.keys.masks, "image_size": g.profile.image_size, **masks.timings,
+            "mask_ms": 1000 * mask_s / split.test.shape[0], "masked": float(binary.float().mean()),
+            "tpr": float(binary[gt].float().mean()), "fpr": float(binary[~gt].float().mean()),
+            "n_train": int(split.train.shape[0]), "n_test": int(split.test.shape[0]),
+        }
+        if self.measure is not None:
+            config.update(self.measure(self, pu, bench, masker))
+        config["load"] = [load_before, _load()]
+        shared, trained = bench.take_work_done()
+        config["trained"] = trained
+        details = {keys.alone_key(pu.keys.masks): ScoreDetail.from_maps(maps, split.labels, split.masks)}
+        row = ResultRow(**self._row_base(pu), status="ok", weights=masks.info.weights, timings=shared,
+                        config=config, **metrics.model_dump())
+        return row, details
+
     def _compute(self, pu: PlannedUnit, bench: CategoryWorkbench) -> tuple[ResultRow, dict[str, Any]]:
         g = self.grid
         self.prepare_masks(pu, bench)
+        if pu.head.kind == "masker":
+            return self._compute_masker(pu, bench)
         head = pu.head.config
         ev = bench.evaluate(pu.source, head, train=pu.head.train, fused=g.fused)
         details: dict[str, Any] = dict(ev.details)
@@ -317,10 +370,15 @@ class GridRunner:
         return FaderModel(unet, None, self.grid.profile.fader_head, head=None)
 
 
+def _load() -> float:
+    """The 1-minute load average (timings depend on what else runs), NaN where unknown."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def run_grid(grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
-             figure: FigureHook | None = None) -> RunSummary:
+             figure: FigureHook | None = None, measure: MeasureHook | None = None) -> RunSummary:
     """Plan and run ``grid`` serially."""
-    return GridRunner(grid, registry=registry, log=log, figure=figure).run()
+    return GridRunner(grid, registry=registry, log=log, figure=figure, measure=measure).run()
 
 
 __all__ = ["Grid", "GridRunner", "Head", "PlannedUnit", "Recorder", "RunSummary", "failure_reason", "minutes",

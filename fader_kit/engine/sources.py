@@ -23,14 +23,20 @@ GT_PREFIX = "gt@"
 
 @dataclass(frozen=True)
 class MaskerSource:
-    """A registered masker with its options (fitted on the normal training images)."""
+    """A registered masker with its options (fitted on the normal training images).  ``label`` names
+    its rows when one grid runs the same masker with other options (``ami_net:centres=kmeans``)."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    label: str = ""
 
     @property
     def is_masker(self) -> bool:
         return True
+
+    @property
+    def row_name(self) -> str:
+        return self.label or self.name
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class OracleSource:
     @property
     def options(self) -> dict[str, Any]:
         return {"coverage": self.coverage}
+
+    @property
+    def row_name(self) -> str:
+        return self.name
 
 
 MaskSource = MaskerSource | OracleSource
@@ -68,10 +78,24 @@ def parse_gt_masker(name: str) -> float | None:
     return pct / 100
 
 
-def mask_source(name: str, options: dict[str, Any] | None = None) -> MaskSource:
+def mask_source(name: str, options: dict[str, Any] | None = None, label: str = "") -> MaskSource:
     """``gt@C`` -> an oracle source; any other name -> a masker with ``options``."""
     c = parse_gt_masker(name)
-    return OracleSource(name, c) if c is not None else MaskerSource(name, dict(options or {}))
+    return OracleSource(name, c) if c is not None else MaskerSource(name, dict(options or {}), label)
+
+
+def parse_spec(spec: str) -> MaskerSource:
+    """``NAME[:KEY=VALUE]...`` (``ami_net:centres=kmeans:k_sigma=1.5``) -> a masker labelled by the spec;
+    values are read as JSON when they parse."""
+    from ..util.options import parse_options
+
+    name, *items = spec.split(":")
+    if not name:
+        raise ConfigError(f"masker spec {spec!r} has no masker name")
+    for item in items:
+        if not item.partition("=")[2]:
+            raise ConfigError(f"masker spec {spec!r}: expected NAME[:KEY=VALUE]..., got {item!r}")
+    return MaskerSource(name, parse_options(items, f"masker spec {spec!r}"), label=spec if items else "")
 
 
 def degrade_masks(gt_masks: Tensor, coverage: float, seed: int) -> Tensor:

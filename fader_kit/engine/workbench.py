@@ -15,11 +15,11 @@ from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, Field
-from torch import Tensor
 
 from ..config import FaderConfig, Profile, TrainConfig
 from ..data import CategorySplit, DataError, SyntheticConfig, load_category
 from ..diagnostics import Diagnostics
+from ..errors import ConfigError
 from ..fader import FaderModel
 from ..fusion import fit_fusion, fuse_maps
 from ..interfaces import Masker, MaskerInfo
@@ -147,16 +147,7 @@ class CategoryWorkbench:
             return cached, False
         s, split = self.settings, self.split()
         t = time.perf_counter()
-        masker = self._create_masker(source)
-        masker.to(self.device)
-        state = self.cache.masker_path(source.name, mk)
-        if state.is_file():
-            masker.load(state)
-        else:
-            masker.fit(split.train.to(self.device) if split.train.shape[0] <= 4096 else split.train,
-                       seed=s.seed, progress=s.progress)
-            masker.save(state)
-            self._trained["maskers_fitted"] += 1
+        masker, fit = self._fitted(source, mk)
         bs = s.profile.eval_batch_size
         common = dict(batch_size=bs, device=self.device, progress=s.progress)
         train = compute_masks(masker, split.train, desc="masks (train)", **common)
@@ -166,13 +157,38 @@ class CategoryWorkbench:
         # score maps kept as the cache stores them (float16), so the masker-alone and fused numbers do not
         # depend on whether the masks came from memory or from the cache (a resumed run, another process)
         ms = MaskSet(train=train, test=test, info=masker.info, seconds=time.perf_counter() - t,
-                     test_scores=scores.half(), train_scores=train_scores.half())
+                     test_scores=scores.half(), train_scores=train_scores.half(), timings=fit)
         self.cache.save_masks(source.name, mk, ms)
         self.log(f"    masker {source.name} (weights: {ms.info.weights}): fitted and masked in {ms.seconds:.1f}s; "
                  f"masked fraction train {train.float().mean():.3f}, test {test.float().mean():.3f}")
         self._masks[mk] = ms
         self._pending["masker"] = self._pending.get("masker", 0.0) + ms.seconds
         return ms, True
+
+    def _fitted(self, source: MaskSource, key: str) -> tuple[Masker, dict[str, float]]:
+        """The masker of ``source``, fitted on the normal training images or loaded from the cache
+        (the second value: the fit's wall and CPU seconds when it was fitted now)."""
+        s, split = self.settings, self.split()
+        masker = self._create_masker(source)
+        masker.to(self.device)
+        state = self.cache.masker_path(source.name, key)
+        if state.is_file():
+            masker.load(state)
+            return masker, {}
+        t, c = time.perf_counter(), time.process_time()
+        masker.fit(split.train.to(self.device) if split.train.shape[0] <= 4096 else split.train,
+                   seed=s.seed, progress=s.progress)
+        fit = {"fit_s": time.perf_counter() - t, "fit_cpu_s": time.process_time() - c}
+        masker.save(state)
+        self._trained["maskers_fitted"] += 1
+        return masker, fit
+
+    def fitted_masker(self, source: MaskSource) -> Masker:
+        """The fitted masker itself (for measurements of the masker alone); fits it on first use."""
+        if isinstance(source, OracleSource):
+            raise ConfigError(f"{source.name} is an oracle mask source, not a masker")
+        self.masks(source)
+        return self._fitted(source, self.masks_key(source))[0]
 
     def _oracle_masks(self, source: OracleSource) -> MaskSet:
         split = self.split()

@@ -1,24 +1,31 @@
-"""Quantiles of many values (every pixel of every normal image): numpy's partition has no size
-limit, unlike ``torch.quantile`` (2**24 elements), so no subsample is needed."""
+"""Quantiles of many values (every pixel of every normal image), with no size limit.
+
+``torch.quantile`` refuses inputs of more than 2**24 elements; subsampling around that limit gave
+each caller its own approximation.  :func:`quantiles` computes in the dtype it is given (pass a
+double tensor for float64) with ``torch.quantile`` up to that limit, and with numpy's partition in
+float64 beyond it (the same numbers as ``torch.quantile`` of a double tensor), never on a sample.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
-
-def normal_values(values: Tensor, *, what: str, at_least: int = 2) -> np.ndarray:
-    """``values`` flattened to a finite float array, or a ValueError naming ``what``."""
-    flat = values.detach().float().flatten().cpu().numpy()
-    if flat.size < at_least:
-        raise ValueError(f"{what} needs at least {at_least} values of normal images, got {flat.size}")
-    if not np.isfinite(flat).all():
-        raise ValueError(f"{what}: the normal values hold NaN or infinite values")
-    return flat
+TORCH_QUANTILE_LIMIT = 2**24
 
 
 def quantiles(values: Tensor, qs: Sequence[float], *, what: str = "quantiles") -> list[float]:
-    """The ``qs`` quantiles (linear interpolation) of every value in ``values``."""
-    flat = normal_values(values, what=what)
-    return [float(v) for v in np.quantile(flat, list(qs))]
+    """The ``qs`` quantiles (linear interpolation) of every value in ``values``; a ValueError naming
+    ``what`` when there are fewer than two values or any is not finite."""
+    flat = values.detach().flatten().cpu()
+    if not flat.is_floating_point():
+        flat = flat.double()
+    if flat.numel() < 2:
+        raise ValueError(f"{what} needs at least 2 values of normal images, got {flat.numel()}")
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError(f"{what}: the normal values hold NaN or infinite values")
+    if flat.numel() <= TORCH_QUANTILE_LIMIT:
+        return [float(v) for v in torch.quantile(flat, torch.tensor(list(qs), dtype=flat.dtype))]
+    return [float(v) for v in np.quantile(flat.double().numpy(), list(qs))]
