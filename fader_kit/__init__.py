@@ -26,6 +26,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{n: ("variants", n) for n in ("HeadVariant", "get_variant", "list_variants")},
     "resolve_variant": ("variants", "resolve"),
     **{n: ("errors", n) for n in ("UserError", "ConfigError")},
+    **{n: ("detector", n) for n in ("Detector", "Prediction")},
+    "Calibration": ("calibration", "Calibration"),
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -46,7 +48,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
+    from .calibration import Calibration
     from .config import PROFILES, FaderConfig, Profile, TrainConfig, UNetConfig, get_profile
+    from .detector import Detector, Prediction
     from .errors import ConfigError, UserError
     from .fader import FaderHead, FaderModel, FaderOutput, ViTHead, ranking_loss, soft_mask, wrap_with_fader
     from .interfaces import Masker, MaskerInfo, Reconstructor

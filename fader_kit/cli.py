@@ -16,41 +16,17 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import BUG_HINT, ConfigError, UserError
+from .masker_args import add_masker_arguments, masker_options, parse_options  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .engine.evaluate import EvaluationResult
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
-
-
-def parse_options(pairs: Sequence[str] | None, argument: str = "--masker-option") -> dict[str, Any]:
-    from .util.options import parse_options as parse
-
-    return parse(pairs, argument)
-
-
-def add_masker_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=None, help="checkpoint file or folder for pretrained maskers")
-    p.add_argument("--allow-random-weights", action="store_true",
-                   help="run without pretrained weights (reported as random-init in every result)")
-    p.add_argument("--masker-option", action="append", metavar="KEY=VALUE",
-                   help="option passed to the masker factory (repeatable; JSON values)")
-
-
-def masker_options(args: argparse.Namespace, device: str | None = None) -> dict[str, Any]:
-    opts = parse_options(args.masker_option)
-    if args.weights is not None:
-        opts["weights"] = args.weights
-    if args.allow_random_weights:
-        opts["allow_random_weights"] = True
-    if device is not None:
-        opts.setdefault("device", device)
-    return opts
 
 
 def cmd_maskers(args: argparse.Namespace) -> int:
@@ -168,7 +144,7 @@ def print_evaluation(result: "EvaluationResult") -> None:
             print(f"seed {row.seed}: {summary_line(row.diagnostics)}")
 
 
-CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export")
+CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export", "fit", "predict")
 
 
 def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
@@ -220,8 +196,10 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
                     "and score [B]. Needs the [export] extra (onnx, onnxruntime).",
     )
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="a fader-kit evaluate --out folder (its fader.pt) or a FaderModel checkpoint file")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a fader-kit fit folder (MODEL_DIR: the graph then takes images only, masker inside, "
+                        "calibration in its metadata), a fader-kit evaluate --out folder (its fader.pt) or a FaderModel "
+                        "checkpoint file")
     p.add_argument("--size", type=int, default=None,
                    help="image side the graph is built for (default: the run's profile image size)")
     p.add_argument("--no-head", action="store_true", help="export plain EAR (the same U-Net without FADeR's gates)")
@@ -229,6 +207,9 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check after export")
     p.set_defaults(func=cmd_export)
 
+    from .deploy_cli import add_deploy_commands
+
+    add_deploy_commands(sub)  # fit, predict
     if plugin_commands:
         from .registry import default_registry
 
@@ -237,6 +218,10 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy_cli import cmd_export_detector, is_detector_dir
+
+    if is_detector_dir(args.source):  # a fader-kit fit folder: the masker goes inside the graph
+        return cmd_export_detector(args)
     from .export import export_onnx
 
     report = export_onnx(args.source, args.onnx, size=args.size, head=not args.no_head, opset=args.opset,

@@ -26,3 +26,13 @@ class MissingFileError(UserError, FileNotFoundError):
 
 BUG_HINT = ("this is a bug in fader-kit or in a plugin, not in your input; please report it with the "
             "traceback above")
+
+
+class ModelDirError(UserError, ValueError):
+    """A detector folder (``fader-kit fit --out``) that is missing a file, is damaged, or was written
+    by a fader-kit whose format this one cannot read; the message names the folder and the file."""
+
+
+class UnsafeFileError(UserError, ValueError):
+    """A model, masker or weights file that holds pickled Python objects beyond tensors and plain
+    values.  Unpickling such a file can run any code, so it is refused instead of loaded."""

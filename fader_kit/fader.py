@@ -370,7 +370,9 @@ class FaderModel(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"FADeR checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        from .util.safe_load import torch_load_safe
+
+        ckpt = torch_load_safe(path, "FADeR checkpoint")
         if not isinstance(ckpt, dict) or ckpt.get("format") != "fader-kit/fader-model/1":
             raise ValueError(f"{path} is not a fader-kit FaderModel checkpoint")
         if reconstructor is None:

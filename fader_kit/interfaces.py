@@ -148,6 +148,12 @@ class Masker(abc.ABC):
                 value.to(device)
         return self
 
+    def mask_module(self) -> nn.Module | None:
+        """The fitted masker as a torch module ``images -> M_B`` that ``torch.onnx.export`` can trace,
+        or None (the default) when it cannot be exported: ``fader-kit export --onnx`` of a detector
+        folder puts this module inside the graph, so the graph takes images only."""
+        return None
+
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Fitted state: every nn.Module attribute plus the threshold."""
@@ -167,7 +173,7 @@ class Masker(abc.ABC):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"info": self.info.model_dump(), "state": self.state_dict()}, tmp)
+        torch.save({"info": self.info.model_dump(mode="json"), "state": self.state_dict()}, tmp)
         tmp.replace(path)
         return path
 
@@ -175,7 +181,11 @@ class Masker(abc.ABC):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"masker state file not found: {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        from .util.safe_load import torch_load_safe
+
+        payload = torch_load_safe(path, "masker state file")
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path} is not a fader-kit masker state file")
         saved = payload.get("info", {}).get("name")
         if saved != self.info.name:
             raise ValueError(f"{path} holds a {saved!r} masker, not {self.info.name!r}")

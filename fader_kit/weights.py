@@ -32,8 +32,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import UserError
-from .errors import ConfigError
+from .errors import ConfigError, UnsafeFileError, UserError
 
 ENV_FOLDER = "FADER_KIT_WEIGHTS"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -118,7 +117,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        from .util.safe_load import torch_load_safe
+
+        obj = torch_load_safe(path, "checkpoint")
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise MissingWeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, nn.Module):
@@ -281,7 +284,7 @@ def _converted_timm_state(model: nn.Module, path: Path) -> dict[str, torch.Tenso
     from timm.models import load_state_dict as timm_load_state_dict
 
     try:
-        state = timm_load_state_dict(str(path), weights_only=False)
+        state = timm_load_state_dict(str(path), weights_only=True)  # never unpickle code
     except Exception as exc:
         raise MissingWeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
@@ -420,7 +423,7 @@ def load_open_clip_model(
     def from_file(path: Path) -> nn.Module:
         model = open_clip.create_model(architecture, pretrained=None)
         try:
-            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=False)
+            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)  # never unpickle code
         except Exception as exc:
             first = " | ".join(str(exc).splitlines()[:4])
             raise MissingWeightsError(

@@ -261,7 +261,7 @@ class AttentionMasker(Masker):
     # -- persistence: the backbone is not fitted state ----------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Config and weights source only: the backbone comes from its source, not from here."""
-        return {"threshold": self.threshold, "config": self.config.model_dump(), "weights": self.weights_source}
+        return {"threshold": self.threshold, "config": self.config.model_dump(mode="json"), "weights": self.weights_source}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = (state.get("config") or {}).get("model")

@@ -118,12 +118,43 @@ class PatchStatsMasker(Masker):
 
     def state_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "mean": self.mean, "precision": self.precision,
-                "grid": self.grid, "mode": self.mode, "config": self.config.model_dump()}
+                "grid": self.grid, "mode": self.mode, "config": self.config.model_dump(mode="json")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = PatchStatsConfig(**state["config"])
         self.threshold, self.mean, self.precision = state["threshold"], state["mean"], state["precision"]
-        self.grid, self.mode = state["grid"], state["mode"]
+        self.grid = tuple(state["grid"]) if state["grid"] is not None else None  # a list after JSON
+        self.mode = state["mode"]
+
+    def mask_module(self) -> "PatchStatsMaskModule":
+        """The fitted masker as a torch module (images -> M_B), so it can go into an ONNX graph."""
+        if self.mean is None or self.precision is None or self.threshold is None:
+            raise RuntimeError("patch_stats is not fitted: call fit() on normal images first")
+        return PatchStatsMaskModule(self.config.patch_size, self.config.pooled_size, self.mean, self.precision,
+                                    self.threshold)
+
+
+class PatchStatsMaskModule(torch.nn.Module):
+    """``images [B, 3, H, W] -> M_B [B, 1, H, W] bool``: the same operations as
+    :meth:`PatchStatsMasker.mask` with the fitted statistics as buffers (exportable: pooling,
+    unfold, matrix products and a nearest upsampling by a whole factor)."""
+
+    def __init__(self, patch_size: int, pooled_size: int, mean: Tensor, precision: Tensor, threshold: float) -> None:
+        super().__init__()
+        self.patch_size, self.pooled_size = patch_size, pooled_size
+        self.register_buffer("mean", mean.detach().float().cpu().clone())
+        self.register_buffer("precision", precision.detach().float().cpu().clone())
+        self.threshold = float(threshold)
+
+    def forward(self, images: Tensor) -> Tensor:
+        p, k = self.patch_size, self.pooled_size
+        h, w = images.shape[-2:]
+        pooled = F.avg_pool2d(images.float(), p // k)
+        feats = F.unfold(pooled, kernel_size=k, stride=k).transpose(1, 2)  # [B, P, D]
+        d = feats - self.mean
+        md = ((d @ self.precision) * d).sum(-1)
+        scores = md.clamp_min(0).sqrt().reshape(images.shape[0], 1, h // p, w // p)
+        return F.interpolate(scores, scale_factor=float(p), mode="nearest") > self.threshold
 
 
 @hookimpl

@@ -371,7 +371,7 @@ class WinClipMasker(Masker):
     def state_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
-            "config": self.config.model_dump(),
+            "config": self.config.model_dump(mode="json"),
             "weights": self.weights_source,
             "text_embeddings": self.text_embeddings.cpu(),
         }

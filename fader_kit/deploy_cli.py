@@ -1,0 +1,180 @@
+"""``fader-kit fit`` and ``fader-kit predict`` (and ``export`` of a detector folder).
+
+Nothing heavy is imported at module level, so ``fader-kit --help`` stays fast; each handler
+imports what it runs.  Exit status of ``predict``: 0 when every image was read, 3 when some files
+could not be read (each is named in the CSV and on stderr), 2 for a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_deploy_commands(sub: Any) -> None:
+    """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
+    from .masker_args import add_masker_arguments
+    from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
+
+    p = sub.add_parser(
+        "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
+        description="Train the masker, the EAR U-Net and the FADeR head on the images under --normal (recursively), "
+                    "holding out a seeded share to set the thresholds at --false-alarm-rate; write a self-contained "
+                    "detector folder (safetensors + JSON + model card) to --out.",
+    )
+    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
+    p.add_argument("--masker", default="patch_stats", help="masker name (default: patch_stats)")
+    add_masker_arguments(p)
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
+    p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
+                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
+                        f"{DEFAULT_HEAD_VARIANT}, as evaluate)")
+    p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
+                   help="train the EAR U-Net on random blobs (default) or the masker's masks united with blobs")
+    p.add_argument("--holdout", type=float, default=0.15,
+                   help="share of the normal images held out to calibrate (default: 0.15, at least 5 images)")
+    p.add_argument("--false-alarm-rate", type=float, default=0.01,
+                   help="share of normal images the image threshold may flag (default: 0.01)")
+    p.add_argument("--validation", metavar="DIR", default=None,
+                   help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
+                        "validation AUROC and the F1-optimal threshold")
+    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "predict", help="judge new images with a fitted detector: predictions.csv and heat-map overlays",
+        usage="fader-kit predict [MODEL_DIR] INPUT... --out DIR [--onnx MODEL.onnx] [options]",
+        description="Score files, folders (recursive) or glob patterns with the detector in MODEL_DIR (or the ONNX "
+                    "graph given with --onnx, then no MODEL_DIR), appending one row per image to DIR/predictions.csv "
+                    "and writing a heat-map overlay for each flagged image. A rerun into the same DIR skips images "
+                    "already predicted. Exit status: 0 all read, 3 some files unreadable (named in the CSV and on "
+                    "stderr), 2 usage error.",
+    )
+    p.add_argument("items", nargs="+", metavar="MODEL_DIR INPUT", help="the detector folder, then the inputs")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--onnx", metavar="MODEL.onnx", default=None,
+                   help="run this exported detector graph with onnxruntime instead of a detector folder")
+    p.add_argument("--threshold", default=None, metavar="T",
+                   help="flag images whose normalised score is above T (0..1; the calibrated threshold is 0.5), or "
+                        "'f1' for the validation's F1-optimal threshold")
+    p.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
+                   help="re-derive the thresholds at this false-alarm rate from the held-out normal scores")
+    p.add_argument("--maps", choices=("flagged", "all", "none"), default="flagged",
+                   help="which images get an overlay PNG (default: flagged)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the detector's, 16)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2; 0 decodes in line)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="where a masker with a pretrained backbone finds it on this machine (overrides the path "
+                        "stored at fit time; not needed for patch_stats)")
+    p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
+    p.add_argument("--overwrite", action="store_true", help="start DIR's predictions again instead of resuming")
+    p.add_argument("--timings", action="store_true",
+                   help="print images/s, wall and CPU time and each step's share (decode, masker, FADeR + map, write)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .masker_args import masker_options
+    from .config import get_profile
+    from .devices import resolve_device
+    from .fitting import fit_detector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    detector = fit_detector(
+        args.normal, masker=args.masker, profile=get_profile(args.profile), out=args.out,
+        masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
+        holdout=args.holdout, false_alarm_rate=args.false_alarm_rate, validation=args.validation,
+        ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet,
+    )
+    print(detector.calibration.summary())
+    print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .detector import Detector, make_decision, sha256_of
+    from .devices import resolve_device
+    from .imagefiles import expand_inputs
+    from .predicting import predict_files, timing_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    items = list(args.items)
+    if args.onnx is not None:
+        from .deploy_export import OnnxScorer
+
+        if is_detector_dir(items[0]):
+            from .errors import ConfigError
+
+            raise ConfigError(f"with --onnx the graph is the model: drop the detector folder {items[0]} from the inputs")
+        scorer: Any = OnnxScorer(args.onnx, threads=args.threads)
+        calibration, model_id = scorer.calibration, sha256_of(Path(args.onnx))
+        batch_size = args.batch_size or 16
+    else:
+        if len(items) < 2:
+            from .errors import ConfigError
+
+            raise ConfigError("predict needs a detector folder and at least one input: fader-kit predict MODEL_DIR "
+                              "INPUT... --out DIR")
+        overrides = {"weights": args.weights} if args.weights else None
+        scorer = Detector.load(items.pop(0), device=resolve_device(args.device), masker_options=overrides)
+        calibration, model_id = scorer.calibration, scorer.manifest.sha256.get("model.safetensors", "")
+        batch_size = args.batch_size or scorer.settings.batch_size
+    decision = make_decision(calibration, args.threshold, args.false_alarm_rate)
+    out_dir = Path(args.out).resolve()
+    # the output folder may sit inside an input folder: its overlays are results, not inputs
+    paths = [p for p in expand_inputs(items) if out_dir not in p.resolve().parents]
+    identity = {"model": model_id, "threshold": decision.label}
+    summary = predict_files(scorer, decision, paths, args.out, identity=identity, maps=args.maps,
+                            batch_size=batch_size, workers=args.workers, progress=not args.quiet,
+                            overwrite=args.overwrite)
+    out = Path(args.out)
+    for w in decision.calibration.warnings if args.false_alarm_rate is not None else []:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"predicted {summary.predicted} images ({summary.flagged} flagged as anomalous) with threshold: "
+          f"{decision.label}; skipped {summary.skipped} already in {out / 'predictions.csv'}; "
+          f"{len(summary.failed)} unreadable")
+    print(f"wrote {out / 'predictions.csv'} and {summary.overlays} overlay(s) in {out / 'maps'}")
+    if args.timings:
+        print(timing_report(summary))
+    return summary.exit_status
+
+
+def cmd_export_detector(args: argparse.Namespace) -> int:
+    """``fader-kit export --onnx OUT MODEL_DIR``: the detector with its masker inside the graph."""
+    from .deploy_export import export_detector
+    from .errors import ConfigError
+
+    if args.no_head:
+        raise ConfigError("--no-head does not apply to a detector folder: its calibration is for the FADeR model")
+    from .detector import read_manifest
+
+    size = read_manifest(Path(args.source)).settings.image_size
+    if args.size is not None and args.size != size:
+        raise ConfigError(f"--size {args.size}: the detector in {args.source} works at {size} px")
+    report = export_detector(args.source, args.onnx, opset=args.opset, check=not args.no_check)
+    print(report.summary().replace(
+        f"inputs: images float32 [B,3,{report.size},{report.size}] in [0,1], binary_mask bool "
+        f"[B,1,{report.size},{report.size}]",
+        f"inputs: images float32 [B,3,{report.size},{report.size}] in [0,1] (masker inside the graph)"))
+    print(f"calibration and settings stored in the graph's metadata; run it with: fader-kit predict --onnx "
+          f"{args.onnx} INPUT... --out DIR")
+    return 0
+
+
+def is_detector_dir(source: str) -> bool:
+    return (Path(source) / "detector.json").is_file()

@@ -1,0 +1,133 @@
+"""A detector folder as one ONNX graph that takes images only, and predicting with it.
+
+Graph interface::
+
+    inputs   images        float32 [B, 3, S, S]  RGB in [0, 1], converted as the training images
+    outputs  anomaly_map   float32 [B, 1, S, S]  smoothed MSGMS map
+             score         float32 [B]           image score, the map's maximum
+
+The masker runs inside the graph, which needs a masker that can give itself as a torch module
+(:meth:`fader_kit.interfaces.Masker.mask_module`; ``patch_stats`` can).  The calibration
+(thresholds, normalisation, held-out normal scores) and the detector's settings travel in the
+model's metadata (``metadata_props``: ``fader_kit.calibration``, ``fader_kit.detector``), so
+``fader-kit predict --onnx`` judges images exactly as the torch detector does.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .calibration import Calibration
+from .errors import ConfigError, ModelDirError
+from .export import ExportError, ExportReport, ScoringGraph, onnx_session, require_onnx
+
+OUTPUTS = ("anomaly_map", "score")
+CALIBRATION_KEY = "fader_kit.calibration"
+DETECTOR_KEY = "fader_kit.detector"
+
+
+class DetectorGraph(nn.Module):
+    """``images -> (anomaly_map, score)``: the masker's module feeding the FADeR scoring graph."""
+
+    def __init__(self, masker_module: nn.Module, scoring: ScoringGraph) -> None:
+        super().__init__()
+        self.masker = masker_module.eval()
+        self.scoring = scoring.eval()
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.scoring(images, self.masker(images))
+
+
+def detector_graph(detector: Any) -> DetectorGraph:
+    module = detector.masker.mask_module()
+    if module is None:
+        raise ExportError(f"masker {detector.settings.masker!r} cannot be exported to ONNX (it gives no mask module); "
+                          "export a detector fitted with an exportable masker such as patch_stats, or export the "
+                          "FADeR model alone from an evaluate run folder and feed its binary_mask input yourself")
+    model = detector.model.cpu().eval()
+    # eval() on the root too: torch.onnx.export restores the root's mode on every submodule afterwards
+    return DetectorGraph(module.cpu(), ScoringGraph(model, detector.image_size, detector.settings.kernel_size)).eval()
+
+
+def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, check: bool = True,
+                    tolerance: float = 1e-4) -> ExportReport:
+    """``fader-kit export --onnx OUT MODEL_DIR``: write the detector as one graph (module notes)."""
+    from . import __version__
+    from .detector import Detector
+
+    onnx, _ = require_onnx()
+    detector = Detector.load(folder, device="cpu")
+    graph = detector_graph(detector)
+    size = detector.image_size
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tmp = out.with_name(out.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+        torch.onnx.export(graph, (torch.rand(2, 3, size, size),), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=list(OUTPUTS),
+                          dynamic_axes={n: {0: "batch"} for n in ("images", *OUTPUTS)})
+    proto = onnx.load(str(tmp))
+    onnx.helper.set_model_props(proto, {
+        "producer": f"fader-kit {__version__}", "image_size": str(size), "patch_size": str(detector.model.patch_size),
+        "head": str(detector.model.head is not None).lower(), "inputs": "images",
+        CALIBRATION_KEY: detector.calibration.model_dump_json(),
+        DETECTOR_KEY: detector.manifest.model_dump_json(include={"format", "format_version", "created_by", "settings"}),
+    })
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    tmp.replace(out)
+    report = ExportReport(out, size, detector.model.head is not None, opset, out.stat().st_size / 1e6,
+                          time.perf_counter() - t0)
+    if check:
+        d_map, d_score = parity(graph, out, size)
+        report = ExportReport(**{**report.__dict__, "max_abs_diff_map": d_map, "max_abs_diff_score": d_score})
+        if d_score > tolerance:
+            raise ExportError(f"{out}: onnxruntime and torch disagree by {d_score:.2e} on the score (> {tolerance:g})")
+    return report
+
+
+def parity(graph: DetectorGraph, path: Path, size: int, batch: int = 3, seed: int = 0) -> tuple[float, float]:
+    """Max |difference| (map, score) between onnxruntime and torch on smooth random images."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.nn.functional.interpolate(torch.rand(batch, 3, size // 8, size // 8, generator=g), size=(size, size),
+                                             mode="bilinear", align_corners=False)
+    graph.eval()
+    with torch.no_grad():
+        ref_map, ref_score = graph(images)
+    amap, score = onnx_session(path).run(list(OUTPUTS), {"images": images.numpy()})
+    return float((torch.from_numpy(amap) - ref_map).abs().max()), float((torch.from_numpy(score) - ref_score).abs().max())
+
+
+class OnnxScorer:
+    """An exported detector graph run with onnxruntime, with the calibration from its metadata."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelDirError(f"ONNX model {path} does not exist")
+        onnx, _ = require_onnx()
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if CALIBRATION_KEY not in meta or meta.get("inputs") != "images":
+            raise ConfigError(f"{path} is not a detector graph (no {CALIBRATION_KEY} metadata): export it with "
+                              "fader-kit export --onnx OUT.onnx MODEL_DIR")
+        self.path = path
+        self.calibration = Calibration.model_validate_json(meta[CALIBRATION_KEY])
+        self.detector_meta = json.loads(meta.get(DETECTOR_KEY, "{}"))
+        self.image_size = int(meta["image_size"])
+        self.session = onnx_session(path, threads)
+
+    def score_batch(self, images: Tensor, watch: Any = None) -> tuple[Tensor, Tensor]:
+        from contextlib import nullcontext
+
+        step = watch if watch is not None else (lambda name: nullcontext())
+        with step("onnx"):
+            amap, score = self.session.run(list(OUTPUTS), {"images": images.float().cpu().numpy()})
+        return torch.from_numpy(amap), torch.from_numpy(score)

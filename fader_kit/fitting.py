@@ -1,0 +1,173 @@
+"""``fader-kit fit``: a :class:`~fader_kit.detector.Detector` from a folder of normal images alone.
+
+The masker, the EAR U-Net and the FADeR head are trained exactly as ``fader-kit evaluate`` trains
+them (the same pipeline functions, profile, head variant and seed), on all normal images but a
+seeded held-out share; the held-out images are scored to calibrate the thresholds
+(:mod:`fader_kit.calibration`).  Training images must all be readable: a damaged normal image is
+an error naming the file, never silently dropped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .calibration import calibrate, check_rate, validate
+from .config import Profile
+from .detector import Detector, DetectorSettings, Manifest, TrainingSummary
+from .errors import ConfigError
+from .imagefiles import load_array, normal_images, to_tensor
+from .variants import resolve as resolve_variant
+
+MIN_NORMAL_IMAGES = 10
+MIN_HOLDOUT = 5
+
+Log = Callable[[str], None]
+
+
+def holdout_split(n: int, share: float, seed: int, folder: str = "") -> tuple[list[int], list[int]]:
+    """``(train, held_out)`` indices: a seeded ``share`` of ``n`` images (at least 5) held out."""
+    if not 0 < share < 1:
+        raise ConfigError(f"argument --holdout {share!r}: expected a share between 0 and 1, e.g. 0.15")
+    if n < MIN_NORMAL_IMAGES:
+        raise ConfigError(f"argument --normal {folder}: {n} normal image(s) found; fit needs at least "
+                          f"{MIN_NORMAL_IMAGES} ({MIN_HOLDOUT} or more are held out to set the thresholds)")
+    k = max(MIN_HOLDOUT, int(round(share * n)))
+    if n - k < MIN_HOLDOUT:
+        raise ConfigError(f"argument --holdout {share}: holding out {k} of {n} images leaves fewer than "
+                          f"{MIN_HOLDOUT} to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def read_images(paths: list[Path], size: int, progress: bool = False, desc: str = "reading") -> Tensor:
+    from .data.imageio import parallel_map
+
+    return to_tensor(parallel_map(lambda p: load_array(p, size)[0], paths, progress=progress, desc=desc))
+
+
+def read_validation(folder: Path, size: int, progress: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Images, labels and ground-truth masks of a labelled folder in the MVTec layout
+    (``test/good``, ``test/<defect>``, optional ``ground_truth/<defect>/<name>_mask.png``)."""
+    from .data.imageio import list_images, read_mask
+
+    test = folder / "test"
+    if not test.is_dir():
+        raise ConfigError(f"argument --validation {folder}: no test/ folder (expected the MVTec layout "
+                          "<folder>/test/good, <folder>/test/<defect>)")
+    paths, labels, mask_files = [], [], []
+    for kind in sorted(d.name for d in test.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for p in list_images(test / kind):
+            paths.append(p)
+            labels.append(0 if kind == "good" else 1)
+            m = folder / "ground_truth" / kind / f"{p.stem}_mask.png"
+            mask_files.append(m if kind != "good" and m.is_file() else None)
+    if not paths:
+        raise ConfigError(f"argument --validation {folder}: test/ holds no images")
+    images = read_images(paths, size, progress, "validation")
+    masks = None
+    if any(m is not None for m in mask_files):
+        arrays = []
+        for p, m in zip(paths, mask_files):
+            if m is None:
+                arrays.append(np.zeros((size, size), dtype=bool))
+            else:
+                with Image.open(p) as img:  # the header alone gives the original size
+                    original = img.size
+                arrays.append(read_mask(m, size, threshold=127, image_path=p, image_size=original))
+        masks = torch.from_numpy(np.stack(arrays))[:, None]
+    return images, torch.tensor(labels), masks
+
+
+def fit_detector(
+    normal: str | Path,
+    *,
+    masker: str,
+    profile: Profile,
+    out: str | Path | None = None,
+    masker_options: dict[str, Any] | None = None,
+    head_variant: str,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    holdout: float = 0.15,
+    false_alarm_rate: float = 0.01,
+    validation: str | Path | None = None,
+    ear_masks: str = "blobs",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = print,
+) -> Detector:
+    """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given."""
+    from .pipeline import anomaly_maps, compute_masks, environment, train_ear, train_fader_on
+    from .registry import default_registry
+    from .util.timing import Stopwatch
+
+    check_rate(false_alarm_rate)
+    watch = Stopwatch()
+    device = torch.device(device)
+    folder = Path(normal)
+    paths = normal_images(folder)
+    train_idx, hold_idx = holdout_split(len(paths), holdout, seed, str(folder))
+    registry = default_registry()
+    registry.get(masker)  # an unknown name fails now, before any work
+    options = {k: v for k, v in (masker_options or {}).items() if k != "device"}
+    head = resolve_variant(profile.fader_head, head_variant)
+    size = profile.image_size
+    t_start = time.time()
+    with watch("read"):
+        images = read_images(paths, size, progress, "normal images")
+    train, held = images[train_idx], images[hold_idx]
+    del images
+    log(f"normal images: {len(paths)} under {folder} ({len(train_idx)} to train, {len(hold_idx)} held out to "
+        f"calibrate) at {size}px")
+    bs = profile.eval_batch_size
+    with watch("masker"):
+        m = registry.create(masker, **{**options, "device": str(device)})
+        m.to(device)
+        m.fit(train.to(device) if train.shape[0] <= 4096 else train, seed=seed, progress=progress)
+        train_masks = compute_masks(m, train, batch_size=bs, device=device, progress=progress)
+    log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
+    with watch("ear"):
+        unet, _ = train_ear(train, train_masks if ear_masks == "masker" else None, profile, seed=seed, device=device,
+                            progress=progress)
+    log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
+    with watch("fader"):
+        model, _ = train_fader_on(unet, train, train_masks, head, profile.fader, seed=seed, device=device,
+                                  progress=progress)
+    log(f"FADeR head ({head_variant}) trained in {watch.seconds['fader']:.1f}s")
+    with watch("calibrate"):
+        held_masks = compute_masks(m, held, batch_size=bs, device=device)
+        maps = anomaly_maps(model, held, held_masks, batch_size=bs, device=device)
+        calibration = calibrate(maps, false_alarm_rate)
+    if validation is not None:
+        with watch("validate"):
+            v_images, v_labels, v_masks = read_validation(Path(validation), size, progress)
+            v_maps = anomaly_maps(model, v_images, compute_masks(m, v_images, batch_size=bs, device=device),
+                                  batch_size=bs, device=device)
+            calibration = validate(calibration, v_maps, v_labels, v_masks, str(validation))
+    settings = DetectorSettings(
+        profile=profile.name, image_size=size, masker=masker, masker_options=options, fader_variant=head_variant,
+        fader_config=head.model_dump(mode="json"), unet_config=profile.unet.model_dump(mode="json"), seed=seed,
+        ear_masks=ear_masks, holdout=holdout, false_alarm_rate=false_alarm_rate, batch_size=batch_size,
+    )
+    summary = TrainingSummary(
+        normal_folder=str(folder), n_images=len(paths), n_train=len(train_idx), n_holdout=len(hold_idx),
+        holdout_files=[str(paths[i].relative_to(folder)) for i in hold_idx], device=str(device),
+        seconds={k: round(v, 3) for k, v in watch.seconds.items()}, masker_info=m.info.model_dump(mode="json"),
+        created_at=_dt.datetime.fromtimestamp(t_start, _dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    from . import __version__
+    from .detector import FORMAT, FORMAT_VERSION
+
+    manifest = Manifest(format=FORMAT, format_version=FORMAT_VERSION, created_by=f"fader-kit {__version__}",
+                        settings=settings, training=summary, environment=environment())
+    detector = Detector(model, m, calibration, manifest, device)
+    if out is not None:
+        detector.save(out)
+    return detector
