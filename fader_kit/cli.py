@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import BUG_HINT, ConfigError, UserError
-from .masker_args import add_masker_arguments, masker_options, parse_options  # noqa: F401 (re-exported)
+from .masker_args import add_masker_arguments, add_model_arguments, masker_options, parse_options  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .engine.evaluate import EvaluationResult
@@ -162,28 +162,13 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train EAR and FADeR on one category and print AUROC before -> after")
     p.add_argument("--data", default="synthetic", help="synthetic | mvtec:PATH | visa:PATH (default: synthetic)")
     p.add_argument("--category", required=True)
-    p.add_argument("--masker", default="patch_stats")
-    add_masker_arguments(p)
-    p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    add_model_arguments(p)
     p.add_argument("--seeds", "--seed", default="0",
                    help="training seeds, e.g. 0,1,2 or 0-2: every row reports mean, spread and a paired bootstrap "
                         "interval of FADeR - EAR over them (default: 0)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
-    p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
-                   help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
-                        "masker, as in the paper) or on the masker's masks united with blobs")
-    from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
-
-    p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
-                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
-                        f"{DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' (alias fader, ours) is "
-                        "FADeR exactly as the paper reads; 'open_gates' the control (see "
-                        "docs/fader-head-experiments.md)")
     p.add_argument("--fused", action="store_true",
                    help="also score each model's map fused with the masker's own score map (beyond the paper)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (numbers depend on the count)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plugins", help="list the installed plugins: distribution, hooks, maskers and problems")

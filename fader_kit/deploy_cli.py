@@ -14,8 +14,7 @@ from typing import Any
 
 def add_deploy_commands(sub: Any) -> None:
     """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
-    from .masker_args import add_masker_arguments
-    from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
+    from .masker_args import add_model_arguments
 
     p = sub.add_parser(
         "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
@@ -25,16 +24,8 @@ def add_deploy_commands(sub: Any) -> None:
     )
     p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
-    p.add_argument("--masker", default="patch_stats", help="masker name (default: patch_stats)")
-    add_masker_arguments(p)
-    p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    add_model_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
-    p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
-                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
-                        f"{DEFAULT_HEAD_VARIANT}, as evaluate)")
-    p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
-                   help="train the EAR U-Net on random blobs (default) or the masker's masks united with blobs")
     p.add_argument("--holdout", type=float, default=0.15,
                    help="share of the normal images held out to calibrate (default: 0.15, at least 5 images)")
     p.add_argument("--false-alarm-rate", type=float, default=0.01,
@@ -43,8 +34,6 @@ def add_deploy_commands(sub: Any) -> None:
                    help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
                         "validation AUROC and the F1-optimal threshold")
     p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(

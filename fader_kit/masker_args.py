@@ -1,6 +1,7 @@
-"""The masker options every command shares (``--weights``, ``--allow-random-weights``,
-``--masker-option KEY=VALUE``): one definition for ``evaluate``, ``maskers``, ``fit`` and the rest,
-in a module of its own so that command modules can use it without importing each other."""
+"""The arguments commands share: the masker options (``--weights``, ``--allow-random-weights``,
+``--masker-option KEY=VALUE``) and the model settings of ``evaluate`` and ``fit`` (masker,
+profile, device, head variant, EAR masks, threads): one definition each, in a module of its own
+so that command modules can use it without importing each other."""
 from __future__ import annotations
 
 import argparse
@@ -30,3 +31,22 @@ def masker_options(args: argparse.Namespace, device: str | None = None) -> dict[
     if device is not None:
         opts.setdefault("device", device)
     return opts
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """What trains a model, as ``evaluate`` and ``fit`` take it (one default each, stated once)."""
+    from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
+
+    p.add_argument("--masker", default="patch_stats", help="masker name (default: patch_stats)")
+    add_masker_arguments(p)
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
+                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
+                        f"{DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' (alias fader, ours) is "
+                        "FADeR exactly as the paper reads; 'open_gates' the control")
+    p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
+                   help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
+                        "masker, as in the paper) or on the masker's masks united with blobs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (numbers depend on the count)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

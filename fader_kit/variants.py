@@ -7,7 +7,7 @@ by the same word.  Like timm's ``architecture.tag``, a name never changes meanin
 stays as an alias of the canonical one (``fader`` and ``ours`` are both ``paper``).
 
 Kinds: ``paper`` is FADeR exactly as the paper reads; ``ablation`` a column of the paper's Table 3;
-``experiment`` goes beyond the paper (docs/fader-head-experiments.md); ``control`` trains like
+``experiment`` goes beyond the paper (docs/results/fader-head.md); ``control`` trains like
 FADeR but measures what the head itself adds.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ _VARIANTS: tuple[HeadVariant, ...] = (
                 description="Table 3: bilinear Theta (gate resize) instead of nearest"),
     HeadVariant(name="sigmoid", kind="ablation", changes={"normaliser": "sigmoid"},
                 description="Table 3's extra column: sigmoid of the per-image z-score instead of min-max"),
-    # beyond the paper, one change at a time (docs/fader-head-experiments.md)
+    # beyond the paper, one change at a time (docs/results/fader-head.md)
     HeadVariant(name="calibrated", kind="experiment", changes={"normaliser": "calibrated"},
                 description="one fixed gate scale from normal training images, so a normal image keeps its skips open"),
     HeadVariant(name="ungated", kind="experiment", changes={"target": "ungated"},
@@ -91,7 +91,7 @@ _VARIANTS: tuple[HeadVariant, ...] = (
 )
 
 #: The head ``fader-kit evaluate`` trains unless told otherwise, chosen on the development grid
-#: (MPDD metal_plate and the four synthetic categories, four maskers; docs/fader-head-experiments.md):
+#: (MPDD metal_plate and the four synthetic categories, four maskers; docs/results/fader-head.md):
 #: of the head variants it came closest to the better of EAR and the masker alone (mean -0.006 image
 #: AUROC against -0.048 for ``paper``; worst cell -0.032 against EAR, ``paper`` -0.177).  Its
 #: calibrated gates rarely close, so it measured no different from the control ``open_gates``: the
