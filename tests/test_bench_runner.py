@@ -301,3 +301,23 @@ def test_registered_entry_points_are_not_needed_for_a_plugin_masker():
     names = {e.name for e in registry().list()}
     assert names == {"diff_a", "diff_b", "broken"}
     assert "patch_stats" in {ep.name for ep in importlib.metadata.entry_points(group="fader_kit")}
+
+
+def test_a_setting_that_does_not_apply_keeps_every_key(tmp_path):
+    """vit_dim of an MLP head changes nothing: same keys, so the row is reused; FADeR's ranking_pairs
+    changes the FADeR row but not the EAR U-Net's key; the head's hidden width changes the row."""
+    from fader_kit.engine.runner import GridRunner
+
+    grid = table_runner(config(tmp_path, variants=("ours",)), registry=registry()).grid
+    head = grid.heads[0]
+
+    def keys_of(**update):
+        return GridRunner(grid.model_copy(update=update), registry=registry()).plan()[0].keys
+
+    base = keys_of()
+    assert keys_of(heads=(head.model_copy(update={"config": head.config.model_copy(update={"vit_dim": 128})}),)) == base
+    pairs = grid.profile.model_copy(update={"fader": grid.profile.fader.model_copy(update={"ranking_pairs": 7})})
+    changed = keys_of(profile=pairs)
+    assert changed.ear == base.ear and changed.masks == base.masks and changed.work != base.work
+    wider = keys_of(heads=(head.model_copy(update={"config": head.config.model_copy(update={"hidden": 64})}),))
+    assert wider.ear == base.ear and wider.work != base.work
