@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from .calibration import Calibration
 from .errors import ConfigError, ModelDirError
-from .export import ExportError, ExportReport, ScoringGraph, onnx_session, require_onnx
+from .export import ExportError, ExportReport, ScoringGraph, onnx_session, require_onnx, write_onnx
 
 OUTPUTS = ("anomaly_map", "score")
 CALIBRATION_KEY = "fader_kit.calibration"
@@ -58,32 +57,20 @@ def detector_graph(detector: Any) -> DetectorGraph:
 def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, check: bool = True,
                     tolerance: float = 1e-4) -> ExportReport:
     """``fader-kit export --onnx OUT MODEL_DIR``: write the detector as one graph (module notes)."""
-    from . import __version__
     from .detector import Detector
 
-    onnx, _ = require_onnx()
+    require_onnx()  # the missing extra is one line, before the detector is loaded
     detector = Detector.load(folder, device="cpu")
     graph = detector_graph(detector)
     size = detector.image_size
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tmp = out.with_name(out.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
-        torch.onnx.export(graph, (torch.rand(2, 3, size, size),), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=list(OUTPUTS),
-                          dynamic_axes={n: {0: "batch"} for n in ("images", *OUTPUTS)})
-    proto = onnx.load(str(tmp))
-    onnx.helper.set_model_props(proto, {
-        "producer": f"fader-kit {__version__}", "image_size": str(size), "patch_size": str(detector.model.patch_size),
+    write_onnx(graph, (torch.rand(2, 3, size, size),), out, ["images"], opset, {
+        "image_size": str(size), "patch_size": str(detector.model.patch_size),
         "head": str(detector.model.head is not None).lower(), "inputs": "images",
         CALIBRATION_KEY: detector.calibration.model_dump_json(),
         DETECTOR_KEY: detector.manifest.model_dump_json(include={"format", "format_version", "created_by", "settings"}),
     })
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
     report = ExportReport(out, size, detector.model.head is not None, opset, out.stat().st_size / 1e6,
                           time.perf_counter() - t0)
     if check:

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .errors import UserError
-from .errors import MissingFileError
+from .errors import MissingFileError, UserError
 from .fader import FaderModel, theta
 from .scoring import anomaly_map, image_score
+from .util.files import atomic_path
 
 INPUTS = ("images", "binary_mask")
 OUTPUTS = ("anomaly_map", "score")
@@ -162,6 +162,25 @@ def resolve_source(source: str | Path, size: int | None) -> tuple[Path, int]:
     return ckpt, size
 
 
+def write_onnx(graph: nn.Module, example: tuple[Tensor, ...], out: Path, input_names: tuple[str, ...] | list[str],
+               opset: int, props: dict[str, str]) -> Path:
+    """Trace ``graph`` on ``example`` into ``out`` (atomically: a failed export leaves no file), with a
+    dynamic batch axis on every input and output, ``props`` (and the producer) in its metadata, and
+    the ONNX checker run on it."""
+    onnx, _ = require_onnx()
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+            torch.onnx.export(graph, example, str(tmp), dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=list(OUTPUTS),
+                              dynamic_axes={name: {0: "batch"} for name in (*input_names, *OUTPUTS)})
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {"producer": f"fader-kit {__version__}", **props})
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return out
+
+
 def export_model(
     model: FaderModel,
     out: str | Path,
@@ -173,30 +192,16 @@ def export_model(
     metadata: dict[str, str] | None = None,
 ) -> ExportReport:
     """Write ``model`` (with its head, or plain EAR when it has none) as an ONNX graph for side ``size``."""
-    onnx, _ = require_onnx()
+    require_onnx()  # the missing extra is one line, before any work
     if size % model.patch_size:
         raise ExportError(f"--size {size} is not divisible by the model's patch size {model.patch_size}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = model.cpu().eval()
     graph = ScoringGraph(model, size).eval()
     example = (torch.rand(2, 3, size, size), torch.zeros(2, 1, size, size, dtype=torch.bool))
-    tmp = out.with_name(out.name + ".tmp")
-    batch = {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
-        torch.onnx.export(
-            graph, example, str(tmp), dynamo=False, opset_version=opset, input_names=list(INPUTS),
-            output_names=list(OUTPUTS), dynamic_axes={name: batch for name in (*INPUTS, *OUTPUTS)},
-        )
-    proto = onnx.load(str(tmp))
-    props = {"producer": f"fader-kit {__version__}", "image_size": str(size), "patch_size": str(model.patch_size),
-             "head": str(model.head is not None).lower(), **(metadata or {})}
-    onnx.helper.set_model_props(proto, props)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
+    write_onnx(graph, example, out, INPUTS, opset, {"image_size": str(size), "patch_size": str(model.patch_size),
+                                                    "head": str(model.head is not None).lower(), **(metadata or {})})
     report = ExportReport(out, size, model.head is not None, opset, out.stat().st_size / 1e6, time.perf_counter() - t0)
     if check:
         d_map, d_score = parity(graph, out)

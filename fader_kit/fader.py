@@ -21,6 +21,8 @@ from .obfuscation import obfuscate
 from .ranking import patch_errors, ranking_loss, unmasked_patches  # noqa: F401 (public here too)
 from .scoring import anomaly_map as riad_anomaly_map
 from .scoring import image_score
+from .util.batching import device_batches, map_batches
+from .util.files import torch_save_atomic
 from .util.quantiles import quantiles
 
 
@@ -270,11 +272,11 @@ class FaderModel(nn.Module):
         was_training = self.training
         self.eval()
         preds = []
+        if binary_masks is None:
+            binary_masks = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.bool)
         try:
-            for i in range(0, images.shape[0], batch_size):
-                x = images[i : i + batch_size].to(self.calibration.device)
-                mb = (torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
-                      if binary_masks is None else binary_masks[i : i + batch_size].to(x.device).bool())
+            for x, mb in device_batches(images, binary_masks, batch_size=batch_size, device=self.calibration.device):
+                mb = mb.bool()
                 pred = self.predict_errors(obfuscate(x, mb, self.patch_size))
                 preds.append(pred[unmasked_patches(mb, self.patch_size)] if self.config.focus == "unmasked"
                              else pred.flatten())
@@ -339,8 +341,7 @@ class FaderModel(nn.Module):
 
         if masks is None and self.masker is not None and isinstance(images, Tensor):
             with torch.no_grad():
-                masks = torch.cat([self.binary_mask(images[i : i + 16].to(device)).cpu()
-                                   for i in range(0, images.shape[0], 16)])
+                masks = map_batches(self.binary_mask, images, batch_size=16, device=device)
         return train_fader(self, images, masks, train_config or TrainConfig(), seed=seed, device=device, progress=progress)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -356,12 +357,7 @@ class FaderModel(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write the reconstructor, head and configs atomically (a crash never leaves half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint(), tmp)
-        tmp.replace(path)
-        return path
+        return torch_save_atomic(self.checkpoint(), path)
 
     @classmethod
     def load(cls, path: str | Path, masker: Masker | None = None, reconstructor: Reconstructor | None = None) -> "FaderModel":

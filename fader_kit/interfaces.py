@@ -170,12 +170,9 @@ class Masker(abc.ABC):
                 getattr(self, key.split(":", 1)[1]).load_state_dict(value)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"info": self.info.model_dump(mode="json"), "state": self.state_dict()}, tmp)
-        tmp.replace(path)
-        return path
+        from .util.files import torch_save_atomic
+
+        return torch_save_atomic({"info": self.info.model_dump(mode="json"), "state": self.state_dict()}, path)
 
     def load(self, path: str | Path) -> "Masker":
         path = Path(path)
