@@ -95,3 +95,22 @@ def test_fused_score_is_reported_by_both_commands_and_paired_against_ear(both):
         c = metrics["fused_comparison"][name]["image_auroc"]
         assert c["before_mean"] == pytest.approx(metrics["ear"]["image_auroc"], abs=1e-3)
         assert c["after_mean"] == pytest.approx(metrics[name]["image_auroc"], abs=1e-3)
+
+
+def test_the_report_needs_the_results_folder_alone(both, tmp_path):
+    """Intervals come from the score details beside the rows: without the compute cache the report
+    gives the same intervals."""
+    import shutil
+
+    from fader_kit_bench.report import build_report
+
+    _, _, folder = both
+    copy = tmp_path / "results"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("cache"))
+    assert not (copy / "cache").exists()
+    with_cache, _ = build_report(folder, figures=False)
+    alone, _ = build_report(copy, figures=False)
+    assert "No interval" not in alone  # every row found its details
+    lines = [line for line in alone.splitlines() if line.startswith("| patch_stats | ours |")]
+    assert lines and all(any(v in line for v in ("no difference", "gain", "loss")) for line in lines)
+    assert [line for line in with_cache.splitlines() if line.startswith("| patch_stats | ours |")] == lines
