@@ -97,6 +97,7 @@ class CategoryWorkbench:
         self.data_key = keys.data_key(settings.data, settings.synthetic, settings.data_seed)
         self._split: CategorySplit | None = None
         self._masks: dict[str, MaskSet] = {}
+        self._alone: dict[str, tuple[Metrics, ScoreDetail] | None] = {}  # the masker alone, once per masks key
         self._unet: tuple[str, EARUNet] | None = None
         self._pending: dict[str, float] = {}  # stage seconds not yet reported by an evaluation
         self._trained = {"maskers_fitted": 0, "ear_trained": 0}
@@ -270,14 +271,17 @@ class CategoryWorkbench:
 
     def masker_alone(self, source: MaskSource) -> tuple[Metrics, ScoreDetail] | None:
         """The masker's own score map as the detector (image score = max): the baseline that tells
-        whether EAR / FADeR add anything over the masker they are fed with."""
-        masks, _ = self.masks(source)
-        if masks.test_scores is None:
-            return None
-        split = self.split()
-        maps = masks.test_scores.float()
-        return (metrics_from_maps(maps, split.labels, split.masks, extra=False),
+        whether EAR / FADeR add anything over the masker they are fed with.  Computed once per
+        masks key: every head of the same masks shares it."""
+        key = self.masks_key(source)
+        if key not in self._alone:
+            masks, _ = self.masks(source)
+            split = self.split()
+            maps = None if masks.test_scores is None else masks.test_scores.float()
+            self._alone[key] = None if maps is None else (
+                metrics_from_maps(maps, split.labels, split.masks, extra=False),
                 ScoreDetail.from_maps(maps, split.labels, split.masks))
+        return self._alone[key]
 
 
 __all__ = ["CategoryWorkbench", "EarMasks", "Evaluation", "UnitKeys", "WorkbenchSettings"]
