@@ -32,9 +32,15 @@ def measure_overhead(
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, size, size, generator=gen).to(dev)
     mask = (torch.rand(batch, 1, size, size, generator=gen) > 0.9).to(dev)
-    med = interleaved_medians(
-        {"ear": lambda: ear(x, mask).reconstruction, "fader": lambda: fader(x, mask).reconstruction}, dev, repeats=repeats
-    )
+    # a head that reads the masker's score map gets one (the masker's own cost is not FADeR's)
+    scores = torch.rand(batch, 1, size, size, generator=gen).to(dev) if fader.needs_scores else None
+    if fader.calibration is not None:
+        fader.calibration.copy_(torch.tensor([0.5, 1.0]))  # any finite scale: the cost does not depend on it
+    with torch.no_grad():
+        med = interleaved_medians(
+            {"ear": lambda: ear(x, mask).reconstruction,
+             "fader": lambda: fader(x, mask, scores=scores).reconstruction}, dev, repeats=repeats
+        )
     return {
         "size": size, "batch": batch, "device": str(dev), "ear_seconds": med["ear"], "fader_seconds": med["fader"],
         "overhead_ratio": med["fader"] / med["ear"] - 1.0,
@@ -49,8 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--profile", default=None, help="U-Net widths and head of this profile (default: the paper's)")
+    p.add_argument("--variant", default="paper", help="head variant (fader_kit.variants)")
     args = p.parse_args(argv)
-    r = measure_overhead(size=args.size, batch=args.batch, device=args.device, repeats=args.repeats)
+    from fader_kit.config import get_profile
+    from fader_kit.variants import resolve
+
+    prof = get_profile(args.profile) if args.profile else None
+    head = resolve(prof.fader_head if prof else FaderConfig(), args.variant)
+    r = measure_overhead(size=args.size, batch=args.batch, device=args.device, repeats=args.repeats,
+                         unet=prof.unet if prof else None, head=head)
+    r["variant"] = args.variant
     print(json.dumps(r, indent=2))
     print(f"FADeR adds {100 * r['overhead_ratio']:.2f} % to EAR inference "
           f"({r['ear_seconds'] * 1000:.1f} ms -> {r['fader_seconds'] * 1000:.1f} ms per batch of {r['batch']} at {r['size']}px, {r['device']})")
