@@ -15,6 +15,7 @@ import torch
 from fader_kit.config import FaderConfig, UNetConfig
 from fader_kit.devices import resolve_device
 from fader_kit.fader import wrap_with_fader
+from fader_kit.obfuscation import obfuscate
 from fader_kit.training import seeded_init
 from fader_kit.unet import EARUNet
 
@@ -37,13 +38,21 @@ def measure_overhead(
     if fader.calibration is not None:
         fader.calibration.copy_(torch.tensor([0.5, 1.0]))  # any finite scale: the cost does not depend on it
     with torch.no_grad():
+        obf = obfuscate(x, mask, fader.patch_size)
+        feats = fader.reconstructor.encode(obf)
+        grid = (size // fader.patch_size, size // fader.patch_size)
+
+        def head_only() -> torch.Tensor:  # what FADeR adds: l_hat and the gate grid (not the gate products)
+            return fader.gate_grid(fader.predict_errors(obf, feats, scores), grid, mask)
+
         med = interleaved_medians(
             {"ear": lambda: ear(x, mask).reconstruction,
-             "fader": lambda: fader(x, mask, scores=scores).reconstruction}, dev, repeats=repeats
+             "fader": lambda: fader(x, mask, scores=scores).reconstruction, "head": head_only}, dev, repeats=repeats
         )
     return {
         "size": size, "batch": batch, "device": str(dev), "ear_seconds": med["ear"], "fader_seconds": med["fader"],
         "overhead_ratio": med["fader"] / med["ear"] - 1.0,
+        "head_seconds": med["head"], "head_ratio": med["head"] / med["ear"],
         "head_parameters": sum(p.numel() for p in fader.head.parameters()),
         "unet_parameters": sum(p.numel() for p in fader.reconstructor.parameters()),
     }
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                          unet=prof.unet if prof else None, head=head)
     r["variant"] = args.variant
     print(json.dumps(r, indent=2))
-    print(f"FADeR adds {100 * r['overhead_ratio']:.2f} % to EAR inference "
+    print(f"{args.variant}: head alone {100 * r['head_ratio']:.2f} % of EAR's forward; "
+          f"FADeR adds {100 * r['overhead_ratio']:.2f} % to EAR inference "
           f"({r['ear_seconds'] * 1000:.1f} ms -> {r['fader_seconds'] * 1000:.1f} ms per batch of {r['batch']} at {r['size']}px, {r['device']})")
     return 0
 
