@@ -127,3 +127,27 @@ def test_ear_target_is_the_frozen_eval_error():
 def test_new_switches_keep_old_keys():
     assert "head_input" not in resolve(BASE, "paper").key_payload()
     assert resolve(BASE, "stats_ear").key_payload()["head_input"] == "stats"
+
+
+@pytest.mark.parametrize("variant", ["score_gates_one", "encoder_ear_one"])
+def test_gate_variants_round_trip(variant, tmp_path):
+    x, mb, scores = _data()
+    model = _model(variant)
+    train_fader(model, x, mb, TrainConfig(**TRAIN), scores=scores)
+    out = model.anomaly_map(x, mb, scores=scores)
+    loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
+    assert loaded.config == model.config and loaded.config.experiment.masked_gate == "one"
+    assert torch.allclose(loaded.anomaly_map(x, mb, scores=scores), out, atol=1e-6)
+
+
+def test_the_workbench_passes_the_masker_scores(tmp_path):
+    """A head that reads the masker's score map trains and scores through the benchmark grid."""
+    from fader_kit.cli import main
+    from fader_kit.engine.store import ResultStore
+
+    assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
+                 "--maskers", "patch_stats", "--variants", "ear,score_gates,stats_score_ear", "--seeds", "0",
+                 "--figures", "0", "--no-report", "--quiet", "--out", str(tmp_path)]) == 0
+    rows = {r.unit.variant: r for r in ResultStore.open_existing(tmp_path).rows()}
+    assert set(rows) == {"ear", "score_gates", "stats_score_ear"}
+    assert rows["score_gates"].config["diagnostics"]["head"]["auroc_unmasked_defect"] is not None
