@@ -15,6 +15,7 @@ import torch
 from fader_kit.config import FaderConfig, UNetConfig
 from fader_kit.devices import resolve_device
 from fader_kit.fader import wrap_with_fader
+from fader_kit.obfuscation import obfuscate
 from fader_kit.training import seeded_init
 from fader_kit.unet import EARUNet
 
@@ -32,12 +33,26 @@ def measure_overhead(
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, size, size, generator=gen).to(dev)
     mask = (torch.rand(batch, 1, size, size, generator=gen) > 0.9).to(dev)
-    med = interleaved_medians(
-        {"ear": lambda: ear(x, mask).reconstruction, "fader": lambda: fader(x, mask).reconstruction}, dev, repeats=repeats
-    )
+    # a head that reads the masker's score map gets one (the masker's own cost is not FADeR's)
+    scores = torch.rand(batch, 1, size, size, generator=gen).to(dev) if fader.needs_scores else None
+    if fader.calibration is not None:
+        fader.calibration.copy_(torch.tensor([0.5, 1.0]))  # any finite scale: the cost does not depend on it
+    with torch.no_grad():
+        obf = obfuscate(x, mask, fader.patch_size)
+        feats = fader.reconstructor.encode(obf)
+        grid = (size // fader.patch_size, size // fader.patch_size)
+
+        def head_only() -> torch.Tensor:  # what FADeR adds: l_hat and the gate grid (not the gate products)
+            return fader.gate_grid(fader.predict_errors(obf, feats, scores), grid, mask)
+
+        med = interleaved_medians(
+            {"ear": lambda: ear(x, mask).reconstruction,
+             "fader": lambda: fader(x, mask, scores=scores).reconstruction, "head": head_only}, dev, repeats=repeats
+        )
     return {
         "size": size, "batch": batch, "device": str(dev), "ear_seconds": med["ear"], "fader_seconds": med["fader"],
         "overhead_ratio": med["fader"] / med["ear"] - 1.0,
+        "head_seconds": med["head"], "head_ratio": med["head"] / med["ear"],
         "head_parameters": sum(p.numel() for p in fader.head.parameters()),
         "unet_parameters": sum(p.numel() for p in fader.reconstructor.parameters()),
     }
@@ -49,10 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--profile", default=None, help="U-Net widths and head of this profile (default: the paper's)")
+    p.add_argument("--variant", default="paper", help="head variant (fader_kit.variants)")
     args = p.parse_args(argv)
-    r = measure_overhead(size=args.size, batch=args.batch, device=args.device, repeats=args.repeats)
+    from fader_kit.config import get_profile
+    from fader_kit.variants import resolve
+
+    prof = get_profile(args.profile) if args.profile else None
+    head = resolve(prof.fader_head if prof else FaderConfig(), args.variant)
+    r = measure_overhead(size=args.size, batch=args.batch, device=args.device, repeats=args.repeats,
+                         unet=prof.unet if prof else None, head=head)
+    r["variant"] = args.variant
     print(json.dumps(r, indent=2))
-    print(f"FADeR adds {100 * r['overhead_ratio']:.2f} % to EAR inference "
+    print(f"{args.variant}: head alone {100 * r['head_ratio']:.2f} % of EAR's forward; "
+          f"FADeR adds {100 * r['overhead_ratio']:.2f} % to EAR inference "
           f"({r['ear_seconds'] * 1000:.1f} ms -> {r['fader_seconds'] * 1000:.1f} ms per batch of {r['batch']} at {r['size']}px, {r['device']})")
     return 0
 

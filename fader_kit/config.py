@@ -125,9 +125,10 @@ class FaderConfig(_Frozen):
         "patches, closing linearly to 0 at median + calibration_width * (q - median)")
     calibration_width: float = Field(2.0, gt=1, description="calibrated: where the gate reaches 0 (see above)")
     theta: Literal["nearest", "bilinear"] = "nearest"
-    target: Literal["gated", "ungated"] = Field(
-        "gated", description="Eq. 1 ground truth against the current gated reconstruction (paper, Fig. 4) or "
-        "against the un-gated reconstruction of the same U-Net (what plain EAR would get wrong)")
+    target: Literal["gated", "ungated", "ear"] = Field(
+        "gated", description="Eq. 1 ground truth against the current gated reconstruction (paper, Fig. 4), "
+        "against the un-gated reconstruction of the same U-Net while its decoder is fine-tuned ('ungated'), or "
+        "against a frozen copy of the plain EAR U-Net in eval mode ('ear': exactly the error plain EAR makes)")
     pseudo_anomalies: float = Field(
         0.0, ge=0, le=1, description="FADeR training: probability that a training image gets a foreign patch "
         "pasted in (not covered by M_B); the error target and the decoder's loss stay against the clean image")
@@ -182,6 +183,10 @@ class FaderConfig(_Frozen):
             out.update(calibration_quantile=self.calibration_quantile, calibration_width=self.calibration_width)
         exp = self.experiment
         out.update(context=exp.context, gates=exp.gates)
+        # later switches enter the key only when set, so every earlier head keeps its key
+        for name in ("head_input", "score_input", "masked_gate"):
+            if getattr(exp, name) != HeadExperiment.model_fields[name].default:
+                out[name] = getattr(exp, name)
         if self.pseudo_anomalies > 0:
             out.update(pseudo_area=exp.pseudo_area, pseudo_source=exp.pseudo_source)
         return out
@@ -203,10 +208,23 @@ class HeadExperiment(_Frozen):
         "image", description="what is pasted: a colour-shifted square of another training image, or a procedurally "
         "generated texture or shape (fader_kit.data.procedural: noise, gratings, flat and smooth fills, edges) -- "
         "content unlike the category's own, as DRAEM pastes foreign textures")
-    gates: Literal["head", "open"] = Field(
+    gates: Literal["head", "open", "score"] = Field(
         "head", description="'open' is the control: the head and the decoder are trained exactly as with 'head' but "
         "every gate is 1 (skips open) in training and at test, so what FADeR's decoder fine-tuning and BatchNorm "
-        "re-estimation give without any gating can be told from what the head gives")
+        "re-estimation give without any gating can be told from what the head gives. 'score': no learned head, "
+        "l_hat is the masker's own score map (max over each patch), put through the normaliser (calibrated on the "
+        "normal training images)")
+    head_input: Literal["pixels", "stats", "encoder"] = Field(
+        "pixels", description="what the head reads per patch of I': its raw pixels (paper), seven statistics "
+        "(mean and std of R, G, B and the gradient energy), or the frozen U-Net encoder's feature map at the patch "
+        "grid's resolution (pooled to the grid); every input but 'pixels' is standardised with the mean and std of "
+        "the normal training patches")
+    score_input: bool = Field(
+        False, description="the head also reads the masker's continuous score at the patch (mean and max over the "
+        "patch), standardised on the normal training patches: what the binary mask throws away below its threshold")
+    masked_gate: Literal["head", "one"] = Field(
+        "head", description="'one': the gate is forced to 1 on every patch with an M_B pixel, so the skips keep "
+        "carrying the mosaic hint there and the gates only act on the patches the masker left")
 
 
 #: The experimental settings of the paper's head (every default).
@@ -222,7 +240,10 @@ class ExperimentalFaderConfig(FaderConfig):
     context: Literal["token", "neighbours"] = HeadExperiment.model_fields["context"]
     pseudo_area: float = HeadExperiment.model_fields["pseudo_area"]
     pseudo_source: Literal["image", "procedural"] = HeadExperiment.model_fields["pseudo_source"]
-    gates: Literal["head", "open"] = HeadExperiment.model_fields["gates"]
+    gates: Literal["head", "open", "score"] = HeadExperiment.model_fields["gates"]
+    head_input: Literal["pixels", "stats", "encoder"] = HeadExperiment.model_fields["head_input"]
+    score_input: bool = HeadExperiment.model_fields["score_input"]
+    masked_gate: Literal["head", "one"] = HeadExperiment.model_fields["masked_gate"]
 
     @property
     def experiment(self) -> HeadExperiment:  # type: ignore[override]

@@ -8,6 +8,7 @@ reach the decoder attenuated, so the decoder paints normal patterns there.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,12 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FaderConfig, TrainConfig, UNetConfig, fader_config
+from .errors import ConfigError, UserError
 from .interfaces import Masker, Reconstructor, check_images
 from .obfuscation import obfuscate
 from .ranking import patch_errors, ranking_loss, unmasked_patches  # noqa: F401 (public here too)
 from .scoring import anomaly_map as riad_anomaly_map
 from .scoring import image_score
-from .util.batching import device_batches, map_batches
+from .util.batching import map_batches
 from .util.files import torch_save_atomic
 from .util.quantiles import quantiles
 
@@ -50,10 +52,65 @@ def context_tokens(images: Tensor, m: int, context: str = "token") -> Tensor:
     raise ValueError(f"unknown head context {context!r}; use 'token' or 'neighbours'")
 
 
-def token_dim(config: FaderConfig) -> int:
-    """Length of one head input token for ``config`` (3 m^2, or 27 m^2 with neighbours)."""
-    side = config.patch_size * (3 if config.experiment.context == "neighbours" else 1)
-    return 3 * side * side
+def token_dim(config: FaderConfig, encoder_width: int | None = None) -> int:
+    """Length of one head input token for ``config``: 3 m^2 (or 27 m^2 with neighbours) pixels, the
+    ``STATS_DIM`` patch statistics or ``encoder_width`` encoder channels, plus ``SCORE_DIM`` with the
+    masker's score."""
+    exp = config.experiment
+    if exp.head_input == "stats":
+        dim = STATS_DIM
+    elif exp.head_input == "encoder":
+        if encoder_width is None:
+            raise ConfigError("head_input='encoder' needs the encoder's width at the patch grid (an EARUNet "
+                              "reconstructor)")
+        dim = encoder_width
+    else:
+        side = config.patch_size * (3 if exp.context == "neighbours" else 1)
+        dim = 3 * side * side
+    return dim + (SCORE_DIM if exp.score_input else 0)
+
+
+#: patch statistics of head_input="stats": mean R, G, B, std R, G, B, gradient energy
+STATS_DIM = 7
+#: the masker's score per patch (score_input): its mean and its max over the patch
+SCORE_DIM = 2
+
+
+def patch_statistics(images: Tensor, m: int) -> Tensor:
+    """Seven numbers per m x m patch, ``[B, N, 7]`` (row-major like :func:`patchify`): mean and std of
+    each colour channel and the gradient energy (root mean square of the horizontal and vertical
+    differences of the channel mean, taken inside the image with a replicated border).  A texture-level
+    description of the patch that carries over to content never seen in training, where 192 raw
+    pixels do not."""
+    mean = F.avg_pool2d(images, m)
+    std = (F.avg_pool2d(images * images, m) - mean * mean).clamp(min=0.0).add(1e-8).sqrt()
+    grey = images.mean(dim=1, keepdim=True)
+    gx = F.pad(grey[..., :, 1:] - grey[..., :, :-1], (0, 1, 0, 0))
+    gy = F.pad(grey[..., 1:, :] - grey[..., :-1, :], (0, 0, 0, 1))
+    energy = F.avg_pool2d(gx * gx + gy * gy, m).add(1e-8).sqrt()
+    return torch.cat([mean, std, energy], dim=1).flatten(2).transpose(1, 2)
+
+
+def encoder_level(patch_size: int, depth: int) -> int:
+    """Index of the encoder feature whose resolution is the patch grid's (feature i is H / 2^(i+1)):
+    log2(m) - 1, clamped to the encoder's depth."""
+    return min(max(int(round(math.log2(patch_size))) - 1, 0), depth - 1)
+
+
+def encoder_tokens(feats: list[Tensor], m: int, grid: tuple[int, int]) -> Tensor:
+    """The frozen encoder's feature at each patch, ``[B, N, C]``: feature ``encoder_level(m)`` pooled
+    (mean) or repeated onto the patch grid, detached (the encoder is frozen during FADeR training)."""
+    f = feats[encoder_level(m, len(feats))].detach().float()
+    if tuple(f.shape[-2:]) != grid:
+        f = (F.adaptive_avg_pool2d(f, grid) if f.shape[-2] >= grid[0]
+             else F.interpolate(f, size=grid, mode="nearest"))
+    return f.flatten(2).transpose(1, 2)
+
+
+def score_tokens(scores: Tensor, m: int) -> Tensor:
+    """The masker's score map ``[B, 1, H, W]`` per patch: mean and max, ``[B, N, 2]``."""
+    s = scores.float()
+    return torch.cat([F.avg_pool2d(s, m), F.max_pool2d(s, m)], dim=1).flatten(2).transpose(1, 2)
 
 
 # -- heads ----------------------------------------------------------------------------------------
@@ -61,15 +118,32 @@ def _activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU(), "gelu": nn.GELU()}[name]
 
 
-class FaderHead(nn.Module):
-    """Phi_FADeR: Linear(3 m^2, h) -> activation -> Linear(h, 1), applied to each token alone."""
+def standardised_input(config: FaderConfig) -> bool:
+    """Whether the head standardises its input (every input but the paper's raw pixels)."""
+    exp = config.experiment
+    return exp.head_input != "pixels" or exp.score_input
 
-    def __init__(self, config: FaderConfig) -> None:
+
+class FaderHead(nn.Module):
+    """Phi_FADeR: Linear(3 m^2, h) -> activation -> Linear(h, 1), applied to each token alone.
+
+    A head that reads features (``head_input`` other than ``pixels``, or ``score_input``) first
+    standardises its token with the buffers ``input_shift`` / ``input_scale`` (set from the normal
+    training patches by :meth:`FaderModel.fit_input_norm`, saved with the model)."""
+
+    def __init__(self, config: FaderConfig, encoder_width: int | None = None) -> None:
         super().__init__()
-        dim = token_dim(config)
+        dim = token_dim(config, encoder_width)
         self.net = nn.Sequential(nn.Linear(dim, config.hidden), _activation(config.activation), nn.Linear(config.hidden, 1))
+        if standardised_input(config):
+            self.register_buffer("input_shift", torch.zeros(dim))
+            self.register_buffer("input_scale", torch.ones(dim))
+        else:
+            self.input_shift = self.input_scale = None
 
     def forward(self, tokens: Tensor) -> Tensor:
+        if self.input_shift is not None:
+            tokens = (tokens - self.input_shift) / self.input_scale
         return self.net(tokens).squeeze(-1)
 
 
@@ -111,8 +185,12 @@ class ViTHead(nn.Module):
         return self.out(self.blocks(x)).squeeze(-1)
 
 
-def build_head(config: FaderConfig) -> nn.Module:
-    return ViTHead(config) if config.head == "vit" else FaderHead(config)
+def build_head(config: FaderConfig, encoder_width: int | None = None) -> nn.Module:
+    if config.head == "vit":
+        if config.experiment.head_input != "pixels" or config.experiment.score_input:
+            raise ConfigError("the ViT head reads raw pixels only; head_input / score_input need head='mlp'")
+        return ViTHead(config)
+    return FaderHead(config, encoder_width)
 
 
 # -- loss and masks -------------------------------------------------------------------------------
@@ -211,7 +289,7 @@ class FaderModel(nn.Module):
         self.reconstructor = reconstructor
         self.masker = masker
         self.config = config or FaderConfig()
-        self.head = build_head(self.config) if head == "auto" else head
+        self.head = build_head(self.config, self._encoder_width()) if head == "auto" else head
         if self.head is not None and self.config.normaliser == "calibrated":
             # [start, end] of the calibrated normaliser; NaN until calibrate() (saved with the model)
             self.register_buffer("calibration", torch.full((2,), float("nan")))
@@ -222,6 +300,36 @@ class FaderModel(nn.Module):
     def patch_size(self) -> int:
         return self.config.patch_size
 
+    def _encoder_width(self) -> int | None:
+        """Channels of the encoder feature a ``head_input="encoder"`` head reads (None otherwise)."""
+        if self.config.experiment.head_input != "encoder":
+            return None
+        widths = getattr(getattr(self.reconstructor, "config", None), "widths", None)
+        if widths is None:
+            raise ConfigError("head_input='encoder' needs an EARUNet reconstructor (its config.widths give the "
+                              "encoder's channels)")
+        return int(widths[encoder_level(self.patch_size, len(widths))])
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the head (or its gates) reads the masker's continuous score map."""
+        exp = self.config.experiment
+        return self.head is not None and (exp.score_input or exp.gates == "score")
+
+    def masker_scores(self, images: Tensor, scores: Tensor | None = None) -> Tensor | None:
+        """The masker's score map ``[B, 1, H, W]`` for a head that reads it: ``scores`` as given, else the
+        wrapped masker's :meth:`~fader_kit.interfaces.Masker.score_map`; None for a head that does not."""
+        if not self.needs_scores:
+            return None
+        if scores is None:
+            if self.masker is None:
+                raise UserError("this FADeR head reads the masker's score map (score_input or gates='score'): pass "
+                                "scores= (the masker's score_map of the same images) or wrap a masker")
+            scores = self.masker.score_map(images)
+        if scores.shape[0] != images.shape[0] or scores.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"scores {list(scores.shape)} do not match images {list(images.shape)}")
+        return scores.to(images.device).float()
+
     def without_head(self) -> "FaderModel":
         """Plain EAR sharing this reconstructor and masker (no gates)."""
         return FaderModel(self.reconstructor, self.masker, self.config, head=None)
@@ -231,38 +339,106 @@ class FaderModel(nn.Module):
             return torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.bool, device=images.device)
         return self.masker.mask(images).to(images.device)
 
-    def predict_errors(self, obfuscated: Tensor) -> Tensor:
-        """l_hat ``[B, N]`` for the patches of the obfuscated image."""
+    def head_tokens(self, obfuscated: Tensor, feats: list[Tensor] | None = None,
+                    scores: Tensor | None = None) -> Tensor:
+        """The head's input ``[B, N, D]`` for the patches of the obfuscated image (before the head's own
+        standardisation): pixels (paper), patch statistics or encoder features, plus the masker's score.
+        ``feats`` (the encoder's features of ``obfuscated``) saves a second encoder pass."""
+        exp, m = self.config.experiment, self.patch_size
+        grid = (obfuscated.shape[-2] // m, obfuscated.shape[-1] // m)
+        if exp.head_input == "stats":
+            tokens = patch_statistics(obfuscated, m)
+        elif exp.head_input == "encoder":
+            if feats is None:
+                with torch.no_grad():
+                    feats = self.reconstructor.encode(obfuscated)
+            tokens = encoder_tokens(feats, m, grid)
+        else:
+            tokens = context_tokens(obfuscated, m, exp.context)
+        if exp.score_input:
+            if scores is None:
+                raise UserError("this FADeR head reads the masker's score map: pass scores=")
+            tokens = torch.cat([tokens, score_tokens(scores, m)], dim=-1)
+        return tokens
+
+    def predict_errors(self, obfuscated: Tensor, feats: list[Tensor] | None = None,
+                       scores: Tensor | None = None) -> Tensor:
+        """l_hat ``[B, N]`` for the patches of the obfuscated image.  With ``gates="score"`` it is the
+        masker's score (max over each patch) and no learned head is used."""
         if self.head is None:
             raise RuntimeError("this FaderModel has no head (plain EAR)")
-        tokens = context_tokens(obfuscated, self.patch_size, self.config.experiment.context)
+        if self.config.experiment.gates == "score":
+            if scores is None:
+                raise UserError("gates='score' reads the masker's score map: pass scores=")
+            return F.max_pool2d(scores.float(), self.patch_size).flatten(1)
+        tokens = self.head_tokens(obfuscated, feats, scores)
         grid = (obfuscated.shape[-2] // self.patch_size, obfuscated.shape[-1] // self.patch_size)
         if isinstance(self.head, ViTHead):
             return self.head(tokens, grid)
         return self.head(tokens)
 
-    def gate_grid(self, pred: Tensor, grid: tuple[int, int]) -> Tensor:
+    @torch.no_grad()
+    def fit_input_norm(self, images: Tensor, binary_masks: Tensor | None = None, scores: Tensor | None = None,
+                       batch_size: int = 16) -> None:
+        """Set the head's input standardisation (mean and std of each input over the patches of the
+        normal ``images``, obfuscated with their M_B); a no-op for the paper's pixel head."""
+        shift = getattr(self.head, "input_shift", None)
+        if shift is None:
+            return
+        device = shift.device
+        total = total_sq = None
+        count = 0
+        for i in range(0, images.shape[0], batch_size):
+            x = images[i : i + batch_size].to(device)
+            mb = (torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=device)
+                  if binary_masks is None else binary_masks[i : i + batch_size].to(device).bool())
+            s = self.masker_scores(x, None if scores is None else scores[i : i + batch_size])
+            was = self.reconstructor.training
+            self.reconstructor.eval()
+            try:
+                t = self.head_tokens(obfuscate(x, mb, self.patch_size), scores=s).flatten(0, 1).double()
+            finally:
+                self.reconstructor.train(was)
+            total = t.sum(0) if total is None else total + t.sum(0)
+            total_sq = (t * t).sum(0) if total_sq is None else total_sq + (t * t).sum(0)
+            count += t.shape[0]
+        mean = total / count
+        std = (total_sq / count - mean * mean).clamp(min=0).sqrt()
+        self.head.input_shift.copy_(mean.float())
+        self.head.input_scale.copy_(torch.clamp(std, min=1e-6).float())
+
+    def gate_grid(self, pred: Tensor, grid: tuple[int, int], binary_mask: Tensor | None = None) -> Tensor:
         """M_S (or the hard ablation gate) on the patch grid, ``[B, 1, gh, gw]``; all ones for the
-        ``gates="open"`` control."""
+        ``gates="open"`` control.  With ``masked_gate="one"`` every patch holding an M_B pixel
+        (``binary_mask`` ``[B, 1, H, W]``) keeps its gate at 1."""
         if self.config.experiment.gates == "open":
             return torch.ones(pred.shape[0], 1, *grid, dtype=pred.dtype, device=pred.device)
         if self.config.masking == "hard":
             g = hard_mask(pred, self.config.hard_threshold, self.config.normaliser, self.calibration)
         else:
             g = soft_mask(pred, self.config.normaliser, self.calibration)
-        return g.reshape(pred.shape[0], 1, *grid)
+        g = g.reshape(pred.shape[0], 1, *grid)
+        if self.config.experiment.masked_gate == "one":
+            if binary_mask is None:
+                raise ValueError("masked_gate='one' needs the binary mask M_B")
+            masked = F.max_pool2d(binary_mask.float(), self.patch_size) > 0
+            g = torch.where(masked, torch.ones_like(g), g)
+        return g
 
     @torch.no_grad()
-    def head_outputs(self, images: Tensor, binary_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def head_outputs(self, images: Tensor, binary_mask: Tensor, scores: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """l_hat ``[B, N]`` and the gate grid ``[B, 1, H/m, W/m]`` for images and their M_B, without
-        running the U-Net (the head sees only the obfuscated image): what the diagnostics inspect."""
-        obf = obfuscate(images, binary_mask.to(images.device).bool(), self.patch_size)
-        pred = self.predict_errors(obf)
+        running the decoder (the head sees only the obfuscated image, its encoder features and the
+        masker's score): what the diagnostics inspect."""
+        mask = binary_mask.to(images.device).bool()
+        obf = obfuscate(images, mask, self.patch_size)
+        pred = self.predict_errors(obf, scores=self.masker_scores(images, scores))
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
-        return pred, self.gate_grid(pred, grid)
+        return pred, self.gate_grid(pred, grid, mask)
 
     @torch.no_grad()
-    def calibrate(self, images: Tensor, binary_masks: Tensor | None = None, batch_size: int = 16) -> Tensor:
+    def calibrate(self, images: Tensor, binary_masks: Tensor | None = None, batch_size: int = 16,
+                  scores: Tensor | None = None) -> Tensor:
         """Set the calibrated normaliser from l_hat on normal ``images`` (obfuscated with their M_B);
         returns [start, end].  Only for ``normaliser="calibrated"``.  With ``focus="unmasked"`` only the
         patches without an M_B pixel count (masked patches are flat mosaic cells whose high l_hat says
@@ -272,12 +448,14 @@ class FaderModel(nn.Module):
         was_training = self.training
         self.eval()
         preds = []
-        if binary_masks is None:
-            binary_masks = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.bool)
         try:
-            for x, mb in device_batches(images, binary_masks, batch_size=batch_size, device=self.calibration.device):
-                mb = mb.bool()
-                pred = self.predict_errors(obfuscate(x, mb, self.patch_size))
+            for i in range(0, images.shape[0], batch_size):
+                x = images[i : i + batch_size].to(self.calibration.device)
+                mb = (torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
+                      if binary_masks is None else binary_masks[i : i + batch_size].to(x.device).bool())
+                s = self.masker_scores(x, None if scores is None else scores[i : i + batch_size])
+                obf = obfuscate(x, mb, self.patch_size)
+                pred = self.predict_errors(obf) if s is None else self.predict_errors(obf, scores=s)
                 preds.append(pred[unmasked_patches(mb, self.patch_size)] if self.config.focus == "unmasked"
                              else pred.flatten())
         finally:
@@ -290,7 +468,10 @@ class FaderModel(nn.Module):
         """Theta(M_S) at the resolution of each skip feature of depth 1..D-1 (Eq. 4)."""
         return [theta(gate_grid, tuple(f.shape[-2:]), self.config.theta) for f in feats[:-1]]
 
-    def forward(self, images: Tensor, binary_mask: Tensor | None = None, detach_gates: bool = False) -> FaderOutput:
+    def forward(self, images: Tensor, binary_mask: Tensor | None = None, detach_gates: bool = False,
+                scores: Tensor | None = None) -> FaderOutput:
+        """``scores``: the masker's score map of ``images`` ``[B, 1, H, W]``, read only by a head with
+        ``score_input`` or ``gates="score"`` (else the wrapped masker computes it)."""
         check_images(images)
         m = self.patch_size
         mask = self.binary_mask(images) if binary_mask is None else binary_mask.to(images.device).bool()
@@ -298,14 +479,15 @@ class FaderModel(nn.Module):
         feats = self.reconstructor.encode(obf)
         if self.head is None:
             return FaderOutput(self.reconstructor.decode(feats), None, mask, obf, None)
-        pred = self.predict_errors(obf)
+        pred = self.predict_errors(obf, feats, self.masker_scores(images, scores))
         grid = (images.shape[-2] // m, images.shape[-1] // m)
-        gates_grid = self.gate_grid(pred, grid)
+        gates_grid = self.gate_grid(pred, grid, mask)
         gates = self.skip_gates(gates_grid.detach() if detach_gates else gates_grid, feats)
         return FaderOutput(self.reconstructor.decode(feats, gates), gates_grid, mask, obf, pred)
 
     @torch.no_grad()
-    def anomaly_map(self, images: Tensor, binary_mask: Tensor | None = None, kernel_size: int = 21) -> Tensor:
+    def anomaly_map(self, images: Tensor, binary_mask: Tensor | None = None, kernel_size: int = 21,
+                    scores: Tensor | None = None) -> Tensor:
         """Smoothed MSGMS map between the input and its reconstruction, ``[B, 1, H, W]``.
 
         Always computed in eval mode (running BatchNorm statistics): in train mode the batch
@@ -315,7 +497,7 @@ class FaderModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self.forward(images, binary_mask)
+            out = self.forward(images, binary_mask, scores=scores)
         finally:
             self.train(was_training)
         return riad_anomaly_map(images, out.reconstruction, kernel_size)

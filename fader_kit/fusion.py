@@ -20,8 +20,13 @@ the balance towards the map that overfits more.
 """
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+
 from .util.quantiles import quantiles
 
 
@@ -48,27 +53,74 @@ class MapScale(BaseModel):
         return (maps.float() - self.centre) / self.scale
 
 
+FusionRule = Literal["sum", "max", "select"]
+#: the weights of the reconstruction's map that ``rule="select"`` tries (the masker's gets 1 - w)
+SELECT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 class FusionScales(BaseModel):
-    """The two scales of one fused score (stored beside a result so it can be reproduced)."""
+    """The two scales of one fused score (stored beside a result so it can be reproduced), the rule
+    that combines the normalised maps and, for ``weighted`` sums, the reconstruction's weight."""
 
     model_config = ConfigDict(frozen=True)
 
     reconstruction: MapScale
     masker: MapScale
+    rule: Literal["sum", "max", "weighted"] = "sum"
+    weight: float = Field(0.5, ge=0, le=1, description="rule 'weighted': w * reconstruction + (1 - w) * masker")
 
 
-def fit_fusion(normal_reconstruction_maps: Tensor, normal_masker_maps: Tensor, quantile: float = 0.99) -> FusionScales:
-    """Both scales from the maps of the same normal images."""
-    return FusionScales(reconstruction=MapScale.fit(normal_reconstruction_maps, quantile),
-                        masker=MapScale.fit(normal_masker_maps, quantile))
+def _combine(r: Tensor, m: Tensor, rule: str, weight: float) -> Tensor:
+    if rule == "sum":
+        return r + m
+    if rule == "max":
+        return torch.maximum(r, m)
+    if rule == "weighted":
+        return weight * r + (1.0 - weight) * m
+    raise ValueError(f"unknown fusion rule {rule!r}; use 'sum', 'max' or 'weighted'")
+
+
+def normal_tail(normal_fused_maps: Tensor, quantile: float = 0.99, image_quantile: float = 0.9) -> float:
+    """How far the normal images' scores (max of each map) reach, in units of the map's own normal pixel
+    spread: the ``image_quantile`` of ``(max - median) / (q - median)`` over the normal images, with the
+    pixel median and ``quantile`` q of the same maps.  Lower = the normal images stay closer to their
+    typical pixel, so a defect of a given strength stands out more."""
+    scale = MapScale.fit(normal_fused_maps, quantile)
+    tops = scale.apply(normal_fused_maps).flatten(1).amax(dim=1).cpu().numpy()
+    return float(np.quantile(tops, image_quantile))
+
+
+def fit_fusion(normal_reconstruction_maps: Tensor, normal_masker_maps: Tensor, quantile: float = 0.99,
+               rule: FusionRule = "sum") -> FusionScales:
+    """Both scales from the maps of the same normal images, and how to combine them:
+
+    - ``sum`` (default): the sum of the two normalised maps;
+    - ``max``: their pixel-wise maximum, so a map that is far above its normal range is not diluted by the
+      other map's normal noise;
+    - ``select``: the weighted sum ``w * r + (1 - w) * m`` with the ``w`` of :data:`SELECT_WEIGHTS` (0 = the
+      masker alone, 1 = the reconstruction alone) whose normal training images reach least far above their
+      own normal pixels (:func:`normal_tail`).  Chosen from normal images only, never from test labels.
+    """
+    scales = FusionScales(reconstruction=MapScale.fit(normal_reconstruction_maps, quantile),
+                          masker=MapScale.fit(normal_masker_maps, quantile))
+    if rule in ("sum", "max"):
+        return scales.model_copy(update={"rule": rule})
+    if rule != "select":
+        raise ValueError(f"unknown fusion rule {rule!r}; use 'sum', 'max' or 'select'")
+    r, m = scales.reconstruction.apply(normal_reconstruction_maps), scales.masker.apply(normal_masker_maps)
+    tails = {w: normal_tail(_combine(r, m, "weighted", w), quantile) for w in SELECT_WEIGHTS}
+    best = min(tails, key=lambda w: (tails[w], abs(w - 0.5)))  # ties: the more even mix
+    return scales.model_copy(update={"rule": "weighted", "weight": best})
 
 
 def fuse_maps(reconstruction_maps: Tensor, masker_maps: Tensor, scales: FusionScales) -> Tensor:
-    """The fused map ``[N, 1, H, W]``: the sum of the two normalised maps (same shape required)."""
+    """The fused map ``[N, 1, H, W]``: the two normalised maps combined by ``scales.rule`` (same shape
+    required)."""
     if reconstruction_maps.shape != masker_maps.shape:
         raise ValueError(f"fuse_maps: reconstruction maps {list(reconstruction_maps.shape)} and masker maps "
                          f"{list(masker_maps.shape)} must have the same shape")
-    return scales.reconstruction.apply(reconstruction_maps) + scales.masker.apply(masker_maps)
+    return _combine(scales.reconstruction.apply(reconstruction_maps), scales.masker.apply(masker_maps),
+                    scales.rule, scales.weight)
 
 
-__all__ = ["FusionScales", "MapScale", "fit_fusion", "fuse_maps"]
+__all__ = ["FusionRule", "FusionScales", "MapScale", "SELECT_WEIGHTS", "fit_fusion", "fuse_maps", "normal_tail"]

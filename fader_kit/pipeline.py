@@ -87,19 +87,21 @@ def train_ear(
 
 def train_fader_on(
     unet: EARUNet, train_images: Tensor, masks: Tensor | None, fader_config: FaderConfig, train_config: TrainConfig,
-    *, seed: int, device: torch.device | str, progress: bool = False,
+    *, seed: int, device: torch.device | str, progress: bool = False, scores: Tensor | None = None,
 ) -> tuple[FaderModel, dict[str, Any]]:
-    """Wrap a *copy* of ``unet`` with a fresh FADeR head and train it."""
+    """Wrap a *copy* of ``unet`` with a fresh FADeR head and train it (``scores``: the masker's score maps
+    of ``train_images``, for a head that reads them)."""
     t0 = time.perf_counter()
     model = seeded_init(lambda: wrap_with_fader(copy.deepcopy(unet), None, fader_config), seed + 1)
-    history = train_fader(model, train_images, masks, train_config, seed=seed, device=device, progress=progress)
+    history = train_fader(model, train_images, masks, train_config, seed=seed, device=device, progress=progress,
+                          scores=scores)
     return model, {"seconds": time.perf_counter() - t0, "final_ranking_loss": history[-1]["ranking_loss"]}
 
 
 @torch.no_grad()
 def diagnose(
     model: FaderModel, images: Tensor, masks: Tensor, labels: Tensor, gt_masks: Tensor, *, batch_size: int,
-    device: torch.device | str,
+    device: torch.device | str, scores: Tensor | None = None,
 ) -> Diagnostics:
     """Mask coverage of the defects, and -- for a model with a head -- where its gates close
     (see :mod:`fader_kit.diagnostics`)."""
@@ -108,8 +110,8 @@ def diagnose(
         return Diagnostics(mask=mask)
     model.to(device).eval()
     preds, grids = [], []
-    for x, mb in device_batches(images, masks, batch_size=batch_size, device=device):
-        p, g = model.head_outputs(x, mb)
+    for x, mb, *s in device_batches(images, masks, *_scores_for(model, scores), batch_size=batch_size, device=device):
+        p, g = model.head_outputs(x, mb, s[0] if s else None)
         preds.append(p.cpu())
         grids.append(g.cpu())
     head = head_diagnostics(torch.cat(preds), torch.cat(grids), masks, gt_masks, labels, model.patch_size)
@@ -119,12 +121,19 @@ def diagnose(
 @torch.no_grad()
 def anomaly_maps(
     model: FaderModel, images: Tensor, masks: Tensor, *, batch_size: int, device: torch.device | str,
-    progress: bool = False, desc: str = "scoring",
+    progress: bool = False, desc: str = "scoring", scores: Tensor | None = None,
 ) -> Tensor:
-    """Smoothed MSGMS anomaly maps ``[N, 1, H, W]`` (CPU) with the given binary masks."""
+    """Smoothed MSGMS anomaly maps ``[N, 1, H, W]`` (CPU) with the given binary masks (``scores``: the
+    masker's score maps, passed on only to a head that reads them)."""
     model.to(device).eval()
-    return torch.cat([model.anomaly_map(x, mb).cpu() for x, mb in device_batches(
-        images, masks, batch_size=batch_size, device=device, progress=progress, desc=desc)])
+    return torch.cat([model.anomaly_map(x, mb, scores=s[0] if s else None).cpu() for x, mb, *s in device_batches(
+        images, masks, *_scores_for(model, scores), batch_size=batch_size, device=device, progress=progress,
+        desc=desc)])
+
+
+def _scores_for(model: FaderModel, scores: Tensor | None) -> tuple[Tensor, ...]:
+    """``(scores,)`` for a model whose head reads the masker's score map, else ``()`` (not moved)."""
+    return (scores,) if scores is not None and model.needs_scores else ()
 
 
 def metrics_from_maps(maps: Tensor, labels: Tensor, gt_masks: Tensor, *, extra: bool = True) -> Metrics:

@@ -216,13 +216,18 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 
 def _training_batches(
-    images: Tensor, masks: Tensor | None, config: TrainConfig, generator: torch.Generator, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of (images, M_B) batches on ``device``: shuffled, masks united with blobs."""
+    images: Tensor, masks: Tensor | None, config: TrainConfig, generator: torch.Generator, device: torch.device,
+    scores: Tensor | None = None,
+) -> Iterator[tuple[Tensor, ...]]:
+    """One epoch of (images, M_B) batches on ``device``: shuffled, masks united with blobs; with
+    ``scores`` (the masker's score maps, aligned with ``images``) each batch also carries its scores."""
     for idx in _batches(images.shape[0], config.batch_size, generator):
         x = images[idx]
         mb = training_masks(masks, idx, x.shape, config, generator)
-        yield x.to(device), mb.to(device)
+        if scores is None:
+            yield x.to(device), mb.to(device)
+        else:
+            yield x.to(device), mb.to(device), scores[idx].to(device).float()
 
 
 def train_reconstructor(
@@ -276,18 +281,24 @@ def train_reconstructor(
     return history
 
 
-def error_target(model: FaderModel, clean: Tensor, out: FaderOutput) -> Tensor:
+def error_target(model: FaderModel, clean: Tensor, out: FaderOutput, reference: nn.Module | None = None) -> Tensor:
     """The ground truth l of Eq. 1 for one training step, ``[B, N]``, detached: the patch MSE between
     the clean image and the gated reconstruction ``out`` (``target="gated"``, the paper's active
-    loop), or the reconstruction of the same U-Net with every skip open (``"ungated"``: the errors
-    plain EAR makes, which the gates exist to prevent)."""
+    loop), or the reconstruction of the same U-Net with every skip open (``"ungated"``; its decoder is
+    the one being fine-tuned), or the reconstruction of ``reference``, a frozen copy of the plain EAR
+    U-Net in eval mode (``"ear"``: exactly the errors plain EAR makes, which the gates exist to prevent)."""
     m = model.patch_size
+    if model.config.target == "ear":
+        if reference is None:
+            raise ValueError("target='ear' needs the frozen EAR U-Net (train_fader keeps one)")
+        with torch.no_grad():
+            return patch_errors(clean, reference(out.obfuscated), m)
     if model.config.target == "ungated":
         with torch.no_grad():
             rec = model.reconstructor
             return patch_errors(clean, rec.decode(rec.encode(out.obfuscated)), m)
     if model.config.target != "gated":
-        raise ValueError(f"unknown FADeR target {model.config.target!r}; use 'gated' or 'ungated'")
+        raise ValueError(f"unknown FADeR target {model.config.target!r}; use 'gated', 'ungated' or 'ear'")
     return patch_errors(clean, out.reconstruction, m).detach()
 
 
@@ -301,6 +312,7 @@ def train_fader(
     device: str | torch.device = "cpu",
     progress: bool = False,
     on_epoch: EpochCallback | None = None,
+    scores: Tensor | None = None,
 ) -> list[dict[str, float]]:
     """FADeR training with the active-learning loop of Fig. 4.
 
@@ -317,17 +329,36 @@ def train_fader(
     decoder's loss stay against the clean image; ``normaliser="calibrated"`` ends by calibrating
     the gates on the training images (:meth:`FaderModel.calibrate`); ``focus="unmasked"`` draws Eq. 3's
     pairs (and the calibration) from patches without an M_B pixel only; ``gates="open"`` is the control
-    that trains the same way with every skip open.
+    that trains the same way with every skip open.  ``scores`` (the masker's score maps of ``images``,
+    ``[N, 1, H, W]``) feed a head that reads them (``score_input``, ``gates="score"``); ``target="ear"``
+    takes l from a frozen eval-mode copy of the U-Net as it was passed in.
     """
     if model.head is None:
         raise ValueError("train_fader needs a FaderModel with a head")
     _check_inputs(images, masks)
+    if model.needs_scores:
+        if scores is None:
+            from .errors import UserError
+
+            raise UserError("this FADeR head reads the masker's score map: pass scores= (the masker's score_map of "
+                            "the training images)")
+        if scores.shape[0] != images.shape[0] or scores.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"scores {list(scores.shape)} do not match images {list(images.shape)}")
+    else:
+        scores = None
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     rec = model.reconstructor
     encoder = rec.encoder_modules()
     encoder_params = {id(p) for p in rec.encoder_parameters()}
     saved_grad = [(p, p.requires_grad) for p in rec.parameters()]  # restored afterwards, as the caller had it
+    reference = None
+    if model.config.target == "ear":  # plain EAR as it is now: frozen, eval mode
+        import copy
+
+        reference = copy.deepcopy(rec).to(device).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
     model.to(device).train()
     for p in rec.encoder_parameters():
         p.requires_grad_(False)
@@ -343,30 +374,33 @@ def train_fader(
     head_cfg = model.config
     experiment = head_cfg.experiment  # the switches only named variants set (fader_kit.variants)
     calibrated = head_cfg.normaliser == "calibrated"
+    model.fit_input_norm(images, masks, scores, batch_size=config.batch_size)  # no-op for the paper's pixel head
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.epochs), desc="FADeR head", disable=not progress, leave=False)
     try:
         for epoch in bar:
             t0, tot_rank, tot_rec = time.perf_counter(), 0.0, 0.0
             if calibrated:  # the gates the decoder is fine-tuned with follow the current head
-                model.calibrate(images, masks, batch_size=config.batch_size)
+                model.calibrate(images, masks, batch_size=config.batch_size, scores=scores)
                 model.train()
                 for module in encoder:
                     module.eval()
-            for x, mb in _training_batches(images, masks, config, gen, device):
+            for x, mb, *s in _training_batches(images, masks, config, gen, device, scores):
                 x_in = x
                 if head_cfg.pseudo_anomalies > 0:
                     x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, experiment.pseudo_area, gen,
                                                      experiment.pseudo_source)
-                out = model(x_in, mb, detach_gates=True)
-                target = error_target(model, x, out)
+                out = model(x_in, mb, detach_gates=True, scores=s[0] if s else None)
+                target = error_target(model, x, out, reference)
                 valid = unmasked_patches(mb, model.patch_size) if head_cfg.focus == "unmasked" else None
                 l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen,
                                       valid=valid)
                 l_rec = reconstruction_loss(out.reconstruction, x) if config.decoder_lr_factor > 0 else torch.zeros(())
                 opt.zero_grad(set_to_none=True)
-                (l_rank + l_rec).backward()
-                opt.step()
+                loss = l_rank + l_rec
+                if loss.requires_grad:  # gates="score" with no decoder fine-tuning has nothing to learn
+                    loss.backward()
+                    opt.step()
                 sched.step()
                 tot_rank += float(l_rank.detach()) * x.shape[0]
                 tot_rec += float(l_rec.detach()) * x.shape[0]
@@ -378,13 +412,13 @@ def train_fader(
             if on_epoch:
                 on_epoch(row)
         if calibrated:  # the head has stopped moving: its final calibration (M_B without blobs)
-            model.calibrate(images, masks, batch_size=config.batch_size)
+            model.calibrate(images, masks, batch_size=config.batch_size, scores=scores)
         if config.recalibrate_bn:
             # the decoder moved and now sees gated skips: re-estimate its statistics (not the encoder's)
             enc_bn = {id(bn) for bn in batchnorm_layers(encoder)}
             layers = [bn for bn in batchnorm_layers([rec]) if id(bn) not in enc_bn]
-            recalibrate_batchnorm(model, layers, lambda x, mb: model(x, mb),
-                                  _training_batches(images, masks, config, gen, device))
+            recalibrate_batchnorm(model, layers, lambda x, mb, s=None: model(x, mb, scores=s),
+                                  _training_batches(images, masks, config, gen, device, scores))
     finally:
         for p, flag in saved_grad:
             p.requires_grad_(flag)

@@ -48,6 +48,9 @@ class HeadVariant(BaseModel):
 
 _PSEUDO_FOCUSED = {"pseudo_anomalies": 1.0, "normaliser": "calibrated", "focus": "unmasked", "target": "ungated"}
 
+#: the feature heads' training: against plain EAR's error, calibrated gates, unmasked patches only
+_FEATURE_HEAD = {"target": "ear", "normaliser": "calibrated", "focus": "unmasked"}
+
 _VARIANTS: tuple[HeadVariant, ...] = (
     HeadVariant(name="paper", aliases=("fader", "ours"), kind="paper",
                 description="FADeR as the paper reads: MLP head, soft mask, min-max normaliser, nearest Theta"),
@@ -88,6 +91,52 @@ _VARIANTS: tuple[HeadVariant, ...] = (
     HeadVariant(name="procedural_focused", kind="experiment",
                 changes={**_PSEUDO_FOCUSED, "pseudo_source": "procedural"},
                 description="procedurally generated pseudo-anomalies with the pseudo_focused head"),
+    # round 3: what the head reads, what it is trained against, and gates from the masker's score
+    HeadVariant(name="ear_target", kind="experiment", changes={"target": "ear"},
+                description="the paper's head trained against the error of the frozen plain EAR U-Net (eval mode)"),
+    HeadVariant(name="stats", kind="experiment", changes={"head_input": "stats"},
+                description="the paper's head on seven statistics per patch (mean, std of R, G, B; gradient energy)"),
+    HeadVariant(name="encoder", kind="experiment", changes={"head_input": "encoder"},
+                description="the paper's head on the frozen U-Net encoder's feature at each patch"),
+    HeadVariant(name="stats_ear", kind="experiment", changes={**_FEATURE_HEAD, "head_input": "stats"},
+                description="patch statistics, target: plain EAR's error, calibrated and focused gates"),
+    HeadVariant(name="encoder_ear", kind="experiment", changes={**_FEATURE_HEAD, "head_input": "encoder"},
+                description="encoder features, target: plain EAR's error, calibrated and focused gates"),
+    HeadVariant(name="stats_score_ear", kind="experiment",
+                changes={**_FEATURE_HEAD, "head_input": "stats", "score_input": True},
+                description="patch statistics and the masker's score at the patch, target: plain EAR's error, "
+                            "calibrated and focused gates"),
+    HeadVariant(name="score_gates", kind="experiment", changes={"gates": "score", "normaliser": "calibrated"},
+                description="no learned head: gates from the masker's score, 1 up to its normal quantile and 0 "
+                            "at median + width * (quantile - median); the decoder fine-tuned with them"),
+    HeadVariant(name="masked_gate_one", kind="experiment", changes={"masked_gate": "one"},
+                description="the paper's head with the gate forced to 1 on every patch holding an M_B pixel"),
+    HeadVariant(name="score_gates_one", kind="experiment",
+                changes={"gates": "score", "normaliser": "calibrated", "masked_gate": "one"},
+                description="score_gates with the gate forced to 1 on masked patches"),
+    HeadVariant(name="score_gates_q95", kind="experiment",
+                changes={"gates": "score", "normaliser": "calibrated", "calibration_quantile": 0.95},
+                description="score_gates opening only up to the 95th percentile of the normal patch scores"),
+    HeadVariant(name="stats_ear_q95", kind="experiment",
+                changes={**_FEATURE_HEAD, "head_input": "stats", "calibration_quantile": 0.95},
+                description="stats_ear with gates opening only up to the 95th percentile of normal l_hat"),
+    HeadVariant(name="stats_calibrated", kind="experiment", changes={"head_input": "stats", "normaliser": "calibrated"},
+                description="patch statistics, the paper's target and pairs, calibrated gates"),
+    HeadVariant(name="stats_ear_all", kind="experiment",
+                changes={"head_input": "stats", "target": "ear", "normaliser": "calibrated"},
+                description="patch statistics, target: plain EAR's error over every patch, calibrated gates"),
+    HeadVariant(name="stats_score", kind="experiment",
+                changes={"head_input": "stats", "score_input": True, "normaliser": "calibrated"},
+                description="patch statistics and the masker's score, the paper's target and pairs, calibrated gates"),
+    HeadVariant(name="encoder_calibrated", kind="experiment",
+                changes={"head_input": "encoder", "normaliser": "calibrated"},
+                description="encoder features, the paper's target and pairs, calibrated gates"),
+    HeadVariant(name="encoder_ear_one", kind="experiment",
+                changes={**_FEATURE_HEAD, "head_input": "encoder", "masked_gate": "one"},
+                description="encoder_ear with the gate forced to 1 on masked patches"),
+    HeadVariant(name="stats_ear_one", kind="experiment",
+                changes={**_FEATURE_HEAD, "head_input": "stats", "masked_gate": "one"},
+                description="stats_ear with the gate forced to 1 on masked patches"),
 )
 
 #: The head ``fader-kit evaluate`` trains unless told otherwise, chosen on the development grid

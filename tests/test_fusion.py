@@ -38,3 +38,22 @@ def test_fusion_puts_maps_of_different_units_on_one_scale():
     assert image_auroc(max_score(fused), labels) == pytest.approx(1.0)
     assert image_auroc(max_score(recon), labels) < 0.9 and image_auroc(max_score(masker), labels) < 0.9
     assert image_auroc(max_score(recon + masker), labels) < 0.9
+
+
+def test_fusion_rules_max_and_select():
+    import torch
+
+    from fader_kit.fusion import fit_fusion, fuse_maps
+
+    g = torch.Generator().manual_seed(0)
+    quiet = torch.rand(8, 1, 16, 16, generator=g)           # normal images: no spikes
+    spiky = torch.rand(8, 1, 16, 16, generator=g)
+    spiky[:, 0, 3, 3] = 20.0                                  # every normal image has a hot pixel
+    s = fit_fusion(quiet, spiky, rule="select")
+    assert s.rule == "weighted" and s.weight == 1.0           # the spiky map is left out
+    s = fit_fusion(spiky, quiet, rule="select")
+    assert s.weight == 0.0
+    m = fit_fusion(quiet, quiet, rule="max")
+    fused = fuse_maps(quiet, quiet, m)
+    assert torch.allclose(fused, m.reconstruction.apply(quiet))
+    assert fit_fusion(quiet, quiet).rule == "sum"

@@ -248,18 +248,21 @@ class CategoryWorkbench:
             timings["fader_train"] = 0.0
         else:
             model, info = train_fader_on(unet, split.train, masks.train, head, train or s.profile.fader,
-                                         seed=s.seed, device=self.device, progress=s.progress)
+                                         seed=s.seed, device=self.device, progress=s.progress,
+                                         scores=masks.train_scores)
             timings["fader_train"] = info["seconds"]
         t = time.perf_counter()
         bs = s.profile.eval_batch_size
-        maps = anomaly_maps(model, split.test, masks.test, batch_size=bs, device=self.device, progress=s.progress)
+        maps = anomaly_maps(model, split.test, masks.test, batch_size=bs, device=self.device, progress=s.progress,
+                            scores=masks.test_scores)
         metrics = metrics_from_maps(maps, split.labels, split.masks)
         details = {unit_keys.work: ScoreDetail.from_maps(maps, split.labels, split.masks)}
         diag = diagnose(model, split.test, masks.test, split.labels, split.masks, batch_size=bs,
-                        device=self.device) if diagnostics else None
+                        device=self.device, scores=masks.test_scores) if diagnostics else None
         fused_metrics = None
         if fused and masks.test_scores is not None and masks.train_scores is not None:
-            normal = anomaly_maps(model, split.train, masks.train, batch_size=bs, device=self.device)
+            normal = anomaly_maps(model, split.train, masks.train, batch_size=bs, device=self.device,
+                                  scores=masks.train_scores)
             fused_maps = fuse_maps(maps, masks.test_scores.float(), fit_fusion(normal, masks.train_scores.float()))
             fused_metrics = metrics_from_maps(fused_maps, split.labels, split.masks)
             details[keys.fused_key(unit_keys.work)] = ScoreDetail.from_maps(fused_maps, split.labels, split.masks)

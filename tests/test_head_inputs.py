@@ -1,0 +1,153 @@
+"""Round-3 head options: feature inputs, the masker's score as input, score gates, masked gate = 1,
+and the frozen-EAR target (smoke sizes)."""
+import pytest
+import torch
+
+from fader_kit.config import FaderConfig, TrainConfig, UNetConfig
+from fader_kit.errors import UserError
+from fader_kit.fader import (
+    STATS_DIM, FaderModel, calibration_from, encoder_tokens, patch_statistics, score_tokens,
+)
+from fader_kit.training import train_fader
+from fader_kit.unet import EARUNet
+from fader_kit.variants import resolve
+
+BASE = FaderConfig(patch_size=8, hidden=16)
+TRAIN = dict(epochs=1, batch_size=4, lr=1e-3, ranking_pairs=64)
+
+
+def _model(variant: str) -> FaderModel:
+    torch.manual_seed(0)
+    return FaderModel(EARUNet(UNetConfig(widths=(4, 8, 8, 8, 8))), None, resolve(BASE, variant))
+
+
+def _data(n: int = 4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    mb = torch.zeros(n, 1, 32, 32, dtype=torch.bool)
+    mb[:, :, :8, :8] = True
+    scores = torch.rand(n, 1, 32, 32, generator=g)
+    return x, mb, scores
+
+
+def test_patch_statistics_by_hand():
+    x = torch.zeros(1, 3, 16, 16)
+    x[:, 0, :8, :8] = 1.0                 # patch 0: red, flat
+    x[:, 1, :8, 8:] = torch.arange(8.0).repeat(8, 1) / 8  # patch 1: a green ramp
+    s = patch_statistics(x, 8)
+    assert s.shape == (1, 4, STATS_DIM)
+    assert s[0, 0, :3].tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert s[0, 0, 3:6].tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-3)
+    assert s[0, 1, 1] == pytest.approx(3.5 / 8)
+    assert s[0, 1, 6] > 0 and s[0, 3, 6] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_encoder_and_score_tokens_shapes():
+    feats = [torch.rand(2, c, 32 // 2 ** (i + 1), 32 // 2 ** (i + 1)) for i, c in enumerate((4, 8, 8, 8, 8))]
+    assert encoder_tokens(feats, 8, (4, 4)).shape == (2, 16, 8)
+    s = torch.zeros(2, 1, 32, 32)
+    s[0, 0, 0, 0] = 4.0
+    t = score_tokens(s, 8)
+    assert t.shape == (2, 16, 2) and t[0, 0].tolist() == pytest.approx([4.0 / 64, 4.0])
+
+
+@pytest.mark.parametrize("variant", ["stats_ear", "encoder_ear", "stats_score_ear"])
+def test_feature_heads_train_and_round_trip(variant, tmp_path):
+    x, mb, scores = _data()
+    model = _model(variant)
+    train_fader(model, x, mb, TrainConfig(**TRAIN), scores=scores)
+    assert torch.isfinite(model.calibration).all()
+    assert not torch.equal(model.head.input_scale, torch.ones_like(model.head.input_scale))  # standardised
+    # a gradient reaches the head's first layer
+    model.train()
+    pred = model.predict_errors(x, scores=scores if model.needs_scores else None)
+    pred.sum().backward()
+    assert model.head.net[0].weight.grad is not None and model.head.net[0].weight.grad.abs().sum() > 0
+    out = model.anomaly_map(x, mb, scores=scores)
+    loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
+    assert loaded.config == model.config
+    assert torch.allclose(loaded.anomaly_map(x, mb, scores=scores), out, atol=1e-6)
+
+
+def test_score_head_without_scores_is_a_user_error():
+    x, mb, _ = _data()
+    model = _model("stats_score_ear")
+    with pytest.raises(UserError, match="score map"):
+        model.anomaly_map(x, mb)
+
+
+def test_score_gates_follow_the_hand_computed_curve():
+    x, mb, _ = _data()
+    model = _model("score_gates")
+    normal = torch.linspace(0, 1, 101).view(1, 1, 1, 101)
+    cal = calibration_from(normal, 0.9, 2.0)  # start 0.9, median 0.5 -> end 1.3
+    assert cal.tolist() == pytest.approx([0.9, 1.3])
+    model.calibration.copy_(cal)
+    scores = torch.zeros(1, 1, 32, 32)
+    for k, v in enumerate((0.5, 0.9, 1.1, 1.3)):  # the max of patch (0, k)
+        scores[0, 0, 1, 8 * k + 3] = v
+    _, gates = model.head_outputs(x[:1], torch.zeros(1, 1, 32, 32, dtype=torch.bool), scores)
+    assert gates[0, 0, 0].tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0], abs=1e-5)
+    assert gates[0, 0, 1:].min() == 1.0
+
+
+def test_masked_gate_one_opens_masked_patches():
+    x, mb, scores = _data()
+    model = _model("score_gates_one")
+    model.calibration.copy_(torch.tensor([0.0, 0.1]))  # every patch with a score above 0.1 closes
+    _, gates = model.head_outputs(x, mb, scores)
+    assert (gates[:, 0, 0, 0] == 1).all() and gates[:, 0, 1:, 1:].max() < 1
+
+
+def test_score_gates_train_the_decoder_only(tmp_path):
+    x, mb, scores = _data()
+    model = _model("score_gates")
+    before = [p.clone() for p in model.head.parameters()]
+    train_fader(model, x, mb, TrainConfig(**TRAIN), scores=scores)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.head.parameters()))
+    with pytest.raises(UserError):
+        train_fader(_model("score_gates"), x, mb, TrainConfig(**TRAIN))
+
+
+def test_ear_target_is_the_frozen_eval_error():
+    from fader_kit.config import TrainConfig
+    from fader_kit.fader import patch_errors
+    from fader_kit.training import error_target
+
+    x, mb, _ = _data()
+    model = _model("ear_target")
+    ref = EARUNet(UNetConfig(widths=(4, 8, 8, 8, 8))).eval()
+    out = model(x, mb)
+    t = error_target(model, x, out, ref)
+    with torch.no_grad():
+        assert torch.allclose(t, patch_errors(x, ref(out.obfuscated), 8))
+    train_fader(model, x, mb, TrainConfig(**TRAIN))  # runs with its own frozen copy
+
+
+def test_new_switches_keep_old_keys():
+    assert "head_input" not in resolve(BASE, "paper").key_payload()
+    assert resolve(BASE, "stats_ear").key_payload()["head_input"] == "stats"
+
+
+@pytest.mark.parametrize("variant", ["score_gates_one", "encoder_ear_one"])
+def test_gate_variants_round_trip(variant, tmp_path):
+    x, mb, scores = _data()
+    model = _model(variant)
+    train_fader(model, x, mb, TrainConfig(**TRAIN), scores=scores)
+    out = model.anomaly_map(x, mb, scores=scores)
+    loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
+    assert loaded.config == model.config and loaded.config.experiment.masked_gate == "one"
+    assert torch.allclose(loaded.anomaly_map(x, mb, scores=scores), out, atol=1e-6)
+
+
+def test_the_workbench_passes_the_masker_scores(tmp_path):
+    """A head that reads the masker's score map trains and scores through the benchmark grid."""
+    from fader_kit.cli import main
+    from fader_kit.engine.store import ResultStore
+
+    assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
+                 "--maskers", "patch_stats", "--variants", "ear,score_gates,stats_score_ear", "--seeds", "0",
+                 "--figures", "0", "--no-report", "--quiet", "--out", str(tmp_path)]) == 0
+    rows = {r.unit.variant: r for r in ResultStore.open_existing(tmp_path).rows()}
+    assert set(rows) == {"ear", "score_gates", "stats_score_ear"}
+    assert rows["score_gates"].config["diagnostics"]["head"]["auroc_unmasked_defect"] is not None
