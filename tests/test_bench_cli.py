@@ -18,7 +18,8 @@ from fader_kit.weights import MissingWeightsError
 import torch
 
 
-def test_bench_table_runs_prints_the_table_and_resumes(tmp_path, capsys):
+def test_bench_table_runs_prints_the_table_and_resumes(tmp_path, capsys, smoke_ears):
+    smoke_ears(tmp_path)
     argv = ["bench", "table3", "--profile", "smoke", "--categories", "washer", "--variants", "ear,ours",
             "--out", str(tmp_path), "--figures", "1", "--quiet"]
     assert main(argv) == 0

@@ -9,8 +9,9 @@ from fader_kit.data import generate_synthetic
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, smoke_ears):
     out = tmp_path_factory.mktemp("eval")
+    smoke_ears(out)
     code = main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"])
     return code, out
 

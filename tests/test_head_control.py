@@ -10,8 +10,9 @@ from fader_kit.engine.store import ResultStore
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, smoke_ears):
     out = tmp_path_factory.mktemp("control")
+    smoke_ears(out, (0, 1))
     assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
                  "--variants", "ear,fader,open_gates", "--seeds", "0,1", "--figures", "0", "--no-report", "--quiet",
                  "--out", str(out)]) == 0

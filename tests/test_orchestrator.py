@@ -9,9 +9,11 @@ from fader_kit.engine.store import ResultStore
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory):
+def both(tmp_path_factory, smoke_ears):
     ev = tmp_path_factory.mktemp("evaluate")
     be = tmp_path_factory.mktemp("bench")
+    for folder in (ev, be):  # the same EAR U-Nets, trained once per session: the heads are trained here
+        smoke_ears(folder, (0, 1))
     common = ["--data", "synthetic", "--profile", "smoke", "--seeds", "0,1", "--quiet", "--fused"]
     # table3's "ours" is the paper's head: evaluate runs it with --fader-variant paper
     assert main(["evaluate", "--category", "washer", "--fader-variant", "paper", "--out", str(ev), *common]) == 0

@@ -91,8 +91,9 @@ def test_environment_switch_loads_only_the_named_plugins(site):
 
 
 @pytest.mark.slow
-def test_metadata_only_plugin_runs_through_fader_kit_evaluate(site, tmp_path):
+def test_metadata_only_plugin_runs_through_fader_kit_evaluate(site, tmp_path, smoke_ears):
     out_dir = tmp_path / "run"
+    smoke_ears(out_dir)  # blob-trained: the built-in masker's U-Net serves the plugin's masker too
     out = run_cli(
         site, "evaluate", "--data", "synthetic", "--category", "washer", "--masker", "mean_diff",
         "--profile", "smoke", "--device", "cpu", "--out", str(out_dir), "--quiet", "--threads", "1",
