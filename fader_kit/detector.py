@@ -209,6 +209,7 @@ class Detector:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.masker = masker.to(self.device)
+        self.model.masker = self.masker  # a head that reads the masker's score map gets it at predict time
         self.calibration = calibration
         self.manifest = manifest
 

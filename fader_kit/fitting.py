@@ -104,7 +104,7 @@ def fit_detector(
     log: Log = print,
 ) -> Detector:
     """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given."""
-    from .pipeline import anomaly_maps, compute_masks, environment, train_ear, train_fader_on
+    from .pipeline import anomaly_maps, compute_masks, environment, masker_score_maps, train_ear, train_fader_on
     from .registry import default_registry
     from .util.timing import Stopwatch
 
@@ -138,8 +138,12 @@ def fit_detector(
                             progress=progress)
     log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
     with watch("fader"):
+        exp = head.experiment  # a head that reads the masker's score map gets it, as evaluate gives it
+        scores = (masker_score_maps(m, train, batch_size=bs, device=device)
+                  if exp.score_input or exp.gates == "score" else None)
         model, _ = train_fader_on(unet, train, train_masks, head, profile.fader, seed=seed, device=device,
-                                  progress=progress)
+                                  progress=progress, scores=scores)
+        model.masker = m  # from here on the model computes the masker's scores itself where its head reads them
     log(f"FADeR head ({head_variant}) trained in {watch.seconds['fader']:.1f}s")
     with watch("calibrate"):
         held_masks = compute_masks(m, held, batch_size=bs, device=device)

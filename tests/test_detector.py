@@ -306,3 +306,15 @@ def test_state_files_round_trip_nested_state_and_refuse_objects(tmp_path: Path) 
     assert torch.equal(back["extra"][0], torch.ones(2))
     with pytest.raises(TypeError, match="modules/obj is a object"):
         save_state({"modules": {"obj": object()}}, tmp_path / "t.json", tmp_path / "t.safetensors")
+
+
+def test_a_head_that_reads_the_masker_score_fits_saves_and_predicts(data: Path, tmp_path: Path) -> None:
+    """score_gates reads the masker's score map: fit gives it to the training, and the loaded detector
+    computes it at predict time (before, both stopped with "pass scores=")."""
+    det = fit_detector(data / "normal", masker="patch_stats", profile=TINY, out=tmp_path / "sg", head_variant="score_gates",
+                       seed=0, log=lambda _: None)
+    assert det.model.needs_scores
+    images = [data / "new" / name for name in ("a_good.png", "b_defect.png", "c_gray.png", "d_rgba.png")]
+    before = [p.score for p in det.predict(images)]
+    after = [p.score for p in Detector.load(tmp_path / "sg").predict(images)]
+    assert len(before) == 4 and before == pytest.approx(after, abs=1e-6) and all(np.isfinite(before))
