@@ -33,11 +33,6 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _payload(config: Any, *args: Any) -> Any:
-    """The fields of ``config`` that change what it configures."""
-    return config.key_payload(*args)
-
-
 def data_key(data: str, synthetic: SyntheticConfig | None = None, data_seed: int = 0) -> str:
     """The data source as it enters keys.  Synthetic data depends on its generator settings and on
     the data seed; a folder of real images on neither."""
@@ -58,7 +53,7 @@ def ear_key(data: str, category: str, profile: Profile, seed: int, masks_from: s
     """Key of the EAR U-Net (see the module docstring)."""
     return digest({
         "data": str(data), "category": category, "image_size": profile.image_size,
-        "unet": _payload(profile.unet), "ear": _payload(profile.ear, "ear"), "m": profile.fader_head.patch_size,
+        "unet": profile.unet.key_payload(), "ear": profile.ear.key_payload("ear"), "m": profile.fader_head.patch_size,
         "seed": seed, "masks_from": masks_from,
     })
 
@@ -68,8 +63,8 @@ def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profi
     """Everything one results row depends on (plain EAR: no head, so no head settings)."""
     payload: dict[str, Any] = {
         "ear": ear, "masker": masker, "seed": seed, "image_size": profile.image_size,
-        "fader": _payload(fader) if fader is not None else None,
-        "fader_train": _payload(train or profile.fader, "fader") if fader is not None else None,
+        "fader": fader.key_payload() if fader is not None else None,
+        "fader_train": (train or profile.fader).key_payload("fader") if fader is not None else None,
     }
     if fused:  # a row that also scores the fused map is a different row (it carries more)
         payload["fused"] = True

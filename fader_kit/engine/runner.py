@@ -34,7 +34,7 @@ from ..fader import FaderModel
 from ..interfaces import Masker
 from ..pipeline import compute_masks, environment, masker_score_maps, metrics_from_maps
 from ..stats import ScoreDetail
-from ..registry import MaskerRegistry, default_registry
+from ..registry import MaskerRegistry
 from . import keys
 from .artifacts import WorkCache
 from .sources import MaskSource
@@ -190,11 +190,6 @@ class GridRunner:
     def store(self) -> ResultStore:
         """Opened on first use: a Ray worker computes rows without ever touching the SQLite file."""
         return ResultStore(self.out)
-
-    def get_registry(self) -> MaskerRegistry:
-        if self.registry is None:
-            self.registry = default_registry()
-        return self.registry
 
     def workbench(self, category: str, seed: int) -> CategoryWorkbench:
         g = self.grid

@@ -97,6 +97,7 @@ class CategoryWorkbench:
         self.data_key = keys.data_key(settings.data, settings.synthetic, settings.data_seed)
         self._split: CategorySplit | None = None
         self._masks: dict[str, MaskSet] = {}
+        self._maskers: dict[str, Masker] = {}  # fitted maskers by masks key, for fitted_masker()
         self._alone: dict[str, tuple[Metrics, ScoreDetail] | None] = {}  # the masker alone, once per masks key
         self._unet: tuple[str, EARUNet] | None = None
         self._pending: dict[str, float] = {}  # stage seconds not yet reported by an evaluation
@@ -149,6 +150,7 @@ class CategoryWorkbench:
         s, split = self.settings, self.split()
         t = time.perf_counter()
         masker, fit = self._fitted(source, mk)
+        self._maskers[mk] = masker
         bs = s.profile.eval_batch_size
         common = dict(batch_size=bs, device=self.device, progress=s.progress)
         train = compute_masks(masker, split.train, desc="masks (train)", **common)
@@ -189,7 +191,10 @@ class CategoryWorkbench:
         if isinstance(source, OracleSource):
             raise ConfigError(f"{source.name} is an oracle mask source, not a masker")
         self.masks(source)
-        return self._fitted(source, self.masks_key(source))[0]
+        mk = self.masks_key(source)
+        if mk not in self._maskers:  # the masks came from the cache: load the fitted state once
+            self._maskers[mk] = self._fitted(source, mk)[0]
+        return self._maskers[mk]
 
     def _oracle_masks(self, source: OracleSource) -> MaskSet:
         split = self.split()
