@@ -1,12 +1,12 @@
 """Detection and localisation metrics with anomalib's names: image / pixel AUROC, AUPRO, F1-max.
 
 AUROC is the Mann-Whitney statistic (ties count one half), exact and O(n log n), so pixel
-AUROC over millions of pixels needs no threshold sweep.
+AUROC over millions of pixels needs no threshold sweep: twice the statistic is an integer, counted
+in int64 over the groups of tied scores, and the AUROC is one correctly rounded division.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, stats
 from torch import Tensor
 
 
@@ -18,7 +18,9 @@ def _np(x: Tensor | np.ndarray) -> np.ndarray:
 
 def auroc(scores: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = anomalous)."""
-    s = _np(scores).astype(np.float64).ravel()
+    s = _np(scores).ravel()
+    if s.dtype not in (np.float32, np.float64):  # float32 maps are sorted as they are: same order
+        s = s.astype(np.float64)
     y = _np(labels).astype(bool).ravel()
     if s.shape != y.shape:
         raise ValueError(f"scores and labels differ in size: {s.size} vs {y.size}")
@@ -27,8 +29,14 @@ def auroc(scores: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
         raise ValueError(f"AUROC needs both classes, got {n_pos} positives and {n_neg} negatives")
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or inf")
-    ranks = stats.rankdata(s)  # average ranks for ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    order = np.argsort(s)  # any sort: tied scores are handled as groups below
+    s, y = s[order], y[order]
+    starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]  # first index of each group of equal scores
+    pos = np.add.reduceat(y.astype(np.int64), starts)
+    neg = np.diff(np.r_[starts, s.size]) - pos
+    below = np.cumsum(neg) - neg  # negatives with a lower score than the group
+    twice_u = int((pos * (2 * below + neg)).sum())  # each tie with a negative counts one half
+    return twice_u / (2 * n_pos * n_neg)
 
 
 def image_auroc(scores: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
@@ -67,6 +75,8 @@ def aupro(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray, fpr_limit: floa
     Each connected defect region counts equally whatever its size (MVTec AD's localisation
     metric).  Thresholds are ``steps`` quantiles of the normal pixels' scores.
     """
+    from scipy import ndimage  # imported here: the rest of the module does not need scipy
+
     m = _np(maps).astype(np.float64)
     g = _np(masks).astype(bool)
     if m.shape != g.shape:
@@ -79,13 +89,16 @@ def aupro(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray, fpr_limit: floa
     for i in range(g.shape[0]):
         labelled, n = ndimage.label(g[i])
         for r in range(1, n + 1):
-            regions.append(m[i][labelled == r])
+            regions.append(np.sort(m[i][labelled == r]))
     normal = m[~g]
     thresholds = np.unique(np.quantile(normal, np.linspace(1.0, 0.0, steps)))[::-1]
+    normal_sorted = np.sort(normal)
+    sizes = np.array([reg.size for reg in regions])
     fprs, pros = [], []
-    for t in thresholds:
-        fpr = float((normal > t).mean())
-        pro = float(np.mean([(reg > t).mean() for reg in regions]))
+    for t in thresholds:  # counts above t from sorted values: the same fractions as comparing every pixel
+        fpr = (normal.size - np.searchsorted(normal_sorted, t, side="right")) / normal.size
+        above = sizes - np.array([np.searchsorted(reg, t, side="right") for reg in regions])
+        pro = float(np.mean(above / sizes))
         fprs.append(fpr)
         pros.append(pro)
         if fpr > fpr_limit:

@@ -43,3 +43,49 @@ def test_aupro_perfect_and_inverted():
     noise = rng.random(masks.shape) * 0.1
     assert math.isclose(aupro(masks + noise, masks), 1.0, abs_tol=1e-6)
     assert aupro(-(masks + noise), masks) < 0.05
+
+
+def test_auroc_equals_the_pair_count_exactly_with_ties():
+    """The Mann-Whitney count over every (positive, negative) pair, ties one half, as one exact
+    fraction: the fast group count must give the same correctly rounded float, not a close one."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64, np.int64):
+        s = rng.integers(0, 6, 300).astype(dtype) if dtype is np.int64 else rng.random(300).round(1).astype(dtype)
+        y = rng.random(300) < 0.3
+        pos, neg = s[y], s[~y]
+        wins = sum(int((p > neg).sum()) * 2 + int((p == neg).sum()) for p in pos)
+        assert auroc(s, y) == float(Fraction(wins, 2 * pos.size * neg.size))
+
+
+def _aupro_pixelwise(maps, masks, fpr_limit=0.3, steps=200):
+    """AUPRO by comparing every pixel with every threshold: the definition the sorted-count form in
+    fader_kit.metrics must reproduce exactly."""
+    from scipy import ndimage
+
+    regions = [m[lab == r] for m, g in zip(maps, masks) for lab, n in [ndimage.label(g)] for r in range(1, n + 1)]
+    normal = maps[~masks]
+    fprs, pros = [], []
+    for t in np.unique(np.quantile(normal, np.linspace(1.0, 0.0, steps)))[::-1]:
+        fprs.append(float((normal > t).mean()))
+        pros.append(float(np.mean([(reg > t).mean() for reg in regions])))
+        if fprs[-1] > fpr_limit:
+            break
+    f, p = np.asarray(fprs), np.asarray(pros)
+    if f[-1] > fpr_limit:
+        p[-1] = p[-2] + (p[-1] - p[-2]) * (fpr_limit - f[-2]) / max(f[-1] - f[-2], 1e-12)
+        f[-1] = fpr_limit
+    return float(np.trapezoid(np.r_[0.0, p], np.r_[0.0, f]) / fpr_limit)
+
+
+def test_aupro_equals_the_pixelwise_definition_exactly():
+    rng = np.random.default_rng(5)
+    for k in range(6):
+        maps = rng.random((4, 24, 24)).round(2 if k % 2 else 6)
+        masks = np.zeros((4, 24, 24), bool)
+        for i in range(4):
+            y, x = rng.integers(0, 18, 2)
+            masks[i, y : y + int(rng.integers(1, 6)), x : x + int(rng.integers(1, 6))] = True
+            maps[i][masks[i]] += rng.random() * 0.5
+        assert aupro(maps, masks) == _aupro_pixelwise(maps, masks)

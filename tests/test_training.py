@@ -181,3 +181,40 @@ def test_oracle_masks_make_a_trained_ear_find_constructed_defects(trained_small_
     scores = FaderModel(trained_small_ear, None, HEAD, head=None).score(images, masks)
     labels = torch.tensor([0] * 16 + [1] * 16)
     assert image_auroc(scores, labels) >= 0.95
+
+
+def _ssim_five_calls(a, b, window=11, sigma=1.5):
+    """SSIM written with five separate depthwise convolutions: the reference the batched form in
+    fader_kit.training must match bit for bit (values and gradients), so that training numbers do not
+    move with it."""
+    import torch.nn.functional as F
+
+    from fader_kit.training import _gaussian_window
+
+    c = a.shape[1]
+    w = _gaussian_window(window, sigma, c, a.device, a.dtype)
+    pad = window // 2
+    mu_a = F.conv2d(a, w, padding=pad, groups=c)
+    mu_b = F.conv2d(b, w, padding=pad, groups=c)
+    saa = F.conv2d(a * a, w, padding=pad, groups=c) - mu_a**2
+    sbb = F.conv2d(b * b, w, padding=pad, groups=c) - mu_b**2
+    sab = F.conv2d(a * b, w, padding=pad, groups=c) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return s.mean()
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_batched_ssim_is_the_five_call_ssim_bit_for_bit(batch):
+    g = torch.Generator().manual_seed(batch)
+    base = torch.rand(batch, 3, 32, 32, generator=g)
+    target = torch.rand(batch, 3, 32, 32, generator=g)
+    grads = []
+    for fn in (ssim, _ssim_five_calls):
+        leaf = base.clone().requires_grad_(True)
+        pred = leaf * 0.9  # a non-leaf, as a network output is
+        value = 1 - fn(pred, target)
+        value.backward()
+        grads.append((value.detach(), leaf.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
