@@ -1,8 +1,9 @@
 """``fader-kit bench TABLE|speed`` and ``fader-kit report DIR`` (also ``python -m fader_kit_bench ...``).
 
-This module is a fader-kit plugin (entry point ``bench`` in the ``fader_kit`` group): its
-``register_commands`` hook adds the two sub-commands to the ``fader-kit`` parser, so ``fader_kit``
-never imports this package; errors a user can fix are reported there as one ``error:`` line.
+The two commands are declared as entry points of the ``fader_kit.commands`` group (``bench`` ->
+:func:`add_bench_command`, ``report`` -> :func:`add_report_command`): ``fader-kit --help`` lists them
+from the package metadata without importing this module, and ``fader-kit bench`` imports it alone.
+Errors a user can fix are reported by ``fader_kit.cli`` as one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import sys
 from pathlib import Path
 
 from fader_kit.errors import ConfigError
-from fader_kit.hookspecs import hookimpl
 
 from .tables import TABLES
 
@@ -93,14 +93,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-@hookimpl
-def register_commands(subparsers: argparse._SubParsersAction) -> None:
-    """fader-kit hook: add ``bench`` and ``report``."""
-    add_commands(subparsers)
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``bench`` and ``report`` on the ``fader-kit`` parser."""
+def add_bench_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench`` on the ``fader-kit`` parser (entry point ``bench`` of ``fader_kit.commands``)."""
     from fader_kit.cli import add_masker_arguments
 
     tables = ", ".join(TABLES)
@@ -161,6 +155,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="skip the onnxruntime timing of the exported graph (default: on CPU, when the [export] extra is installed)")
     p.set_defaults(func=cmd_bench)
 
+
+def add_report_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``report`` on the ``fader-kit`` parser (entry point ``report`` of ``fader_kit.commands``)."""
     r = sub.add_parser("report", help="Markdown/CSV/PNG report of a bench results folder, with the paper's numbers")
     r.add_argument("folder", help="the --out folder of fader-kit bench")
     r.add_argument("--no-figures", action="store_true", help="skip the bar charts")

@@ -1,7 +1,8 @@
 """The ``fader-kit`` command: ``maskers``, ``plugins``, ``evaluate``, ``export``, and plugins' commands.
 
-``bench`` / ``report`` come from the ``fader_kit_bench`` plugin through the ``register_commands`` hook,
-so this module imports neither ``fader_kit_bench`` nor ``fader_kit_plugins``.
+``bench`` / ``report`` are declared by the ``fader_kit_bench`` package as entry points of the
+``fader_kit.commands`` group: ``fader-kit --help`` lists them from the metadata, and only the command
+being run is imported, so this module imports neither ``fader_kit_bench`` nor ``fader_kit_plugins``.
 
 Errors a user can fix (:class:`fader_kit.errors.UserError`: a missing folder, an unknown masker,
 missing weights, a bad option) are printed as one ``error:`` line and exit with status 2
@@ -11,6 +12,7 @@ a line saying so, and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 import traceback
@@ -147,9 +149,40 @@ def print_evaluation(result: "EvaluationResult") -> None:
 CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export", "fit", "predict")
 
 
-def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
-    """The ``fader-kit`` parser; ``plugin_commands=False`` leaves out the commands plugins add (then
-    no plugin is imported: a core command's ``--help`` answers at once)."""
+COMMANDS_GROUP = "fader_kit.commands"
+"""Entry-point group of sub-commands by name (``name = "module:register"``, ``register(subparsers)``)."""
+
+
+def declared_commands() -> dict[str, importlib.metadata.EntryPoint]:
+    """The sub-commands installed packages declare in :data:`COMMANDS_GROUP`, read from their metadata
+    without importing them (a name that shadows a core command is ignored)."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        if ep.name not in CORE_COMMANDS:
+            found.setdefault(ep.name, ep)
+    return found
+
+
+def _add_declared(sub: argparse._SubParsersAction, ep: importlib.metadata.EntryPoint) -> None:
+    try:
+        register = ep.load()
+    except Exception as exc:  # a broken plugin must not take the other commands down
+        raise UserError(f"the command {ep.name!r} ({ep.value}) could not be loaded: {type(exc).__name__}: {exc}") from exc
+    register(sub)
+
+
+def _add_placeholders(sub: argparse._SubParsersAction, declared: dict[str, importlib.metadata.EntryPoint]) -> None:
+    """List the declared commands in ``fader-kit --help`` without importing them."""
+    for name, ep in sorted(declared.items()):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":", 1)[0]
+        sub.add_parser(name, help=f"from {dist}: fader-kit {name} --help", add_help=False)
+
+
+def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
+    """The ``fader-kit`` parser.  ``plugin_commands``: True adds every command plugins add (the declared
+    ones and those of the ``register_commands`` hook, which imports every plugin); a command's name adds
+    that declared command alone; False adds the declared commands' names only, for ``--help``: then no
+    plugin is imported and the help answers at once."""
     parser = argparse.ArgumentParser(prog="fader-kit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fader-kit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,10 +228,17 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
     from .deploy_cli import add_deploy_commands
 
     add_deploy_commands(sub)  # fit, predict
-    if plugin_commands:
+    declared = declared_commands()
+    if isinstance(plugin_commands, str) and plugin_commands in declared:
+        _add_declared(sub, declared[plugin_commands])
+    elif plugin_commands:
+        for ep in declared.values():
+            _add_declared(sub, ep)
         from .registry import default_registry
 
-        default_registry().register_commands(sub)  # plugins' sub-commands, e.g. fader_kit_bench's bench / report
+        default_registry().register_commands(sub)  # commands of the register_commands hook (imports every plugin)
+    else:
+        _add_placeholders(sub, declared)
     return parser
 
 
@@ -224,7 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # plugin problems are printed once each, below or by maskers / plugins, not as warnings too
         warnings.filterwarnings("ignore", message="fader-kit plugin", category=RuntimeWarning)
         first = next((a for a in args_in if not a.startswith("-")), None)
-        args = build_parser(plugin_commands=first not in CORE_COMMANDS).parse_args(args_in)
+        # a core command or `fader-kit --help` imports no plugin; a declared command imports its own module
+        # only; any other name loads every plugin, for the commands of the register_commands hook
+        wanted: bool | str = False if first is None or first in CORE_COMMANDS else first
+        if isinstance(wanted, str) and wanted not in declared_commands():
+            wanted = True
+        args = build_parser(plugin_commands=wanted).parse_args(args_in)
     if args.command not in ("maskers", "plugins"):
         from .registry import default_registry
 

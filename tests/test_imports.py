@@ -29,3 +29,29 @@ def test_no_module_of_fader_kit_names_them_in_an_import():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in OTHERS]
     assert offenders == []
+
+
+def _imported_by(argv: list[str]) -> tuple[str, list[str]]:
+    """Run ``fader-kit ARGV`` in a fresh interpreter: its output and which heavy packages it imported."""
+    code = (
+        "import contextlib, io, sys\nfrom fader_kit.cli import main\nout = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
+        "print(out.getvalue())\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules if m.split('.')[0] in {(*OTHERS, 'torch')!r}}}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text, _, modules = out.stdout.rstrip().rpartition("\n")
+    return text, eval(modules)
+
+
+def test_top_level_help_lists_the_declared_commands_without_importing_them():
+    text, modules = _imported_by(["--help"])
+    assert modules == []  # neither torch nor a plugin: the help answers at once
+    assert "bench" in text and "report" in text and "evaluate" in text
+
+
+def test_a_declared_command_imports_its_own_module_only():
+    text, modules = _imported_by(["report", "--help"])
+    assert "fader_kit_bench" in modules and "fader_kit_plugins" not in modules
+    assert "--no-figures" in text
