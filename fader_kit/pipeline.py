@@ -88,13 +88,15 @@ def train_ear(
 def train_fader_on(
     unet: EARUNet, train_images: Tensor, masks: Tensor | None, fader_config: FaderConfig, train_config: TrainConfig,
     *, seed: int, device: torch.device | str, progress: bool = False, scores: Tensor | None = None,
+    score_threshold: float | None = None,
 ) -> tuple[FaderModel, dict[str, Any]]:
     """Wrap a *copy* of ``unet`` with a fresh FADeR head and train it (``scores``: the masker's score maps
-    of ``train_images``, for a head that reads them)."""
+    of ``train_images``, for a head that reads them; ``score_threshold``: the masker's threshold, for
+    gates that close there)."""
     t0 = time.perf_counter()
     model = seeded_init(lambda: wrap_with_fader(copy.deepcopy(unet), None, fader_config), seed + 1)
     history = train_fader(model, train_images, masks, train_config, seed=seed, device=device, progress=progress,
-                          scores=scores)
+                          scores=scores, score_threshold=score_threshold)
     return model, {"seconds": time.perf_counter() - t0, "final_ranking_loss": history[-1]["ranking_loss"]}
 
 

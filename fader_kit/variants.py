@@ -134,6 +134,15 @@ _VARIANTS: tuple[HeadVariant, ...] = (
     HeadVariant(name="encoder_ear_one", kind="experiment",
                 changes={**_FEATURE_HEAD, "head_input": "encoder", "masked_gate": "one"},
                 description="encoder_ear with the gate forced to 1 on masked patches"),
+    HeadVariant(name="backbone", kind="experiment", changes={"head_input": "backbone"},
+                description="the paper's head on a frozen ImageNet CNN's features at each patch (EfficientNet-Lite0, "
+                            "stride 8 and 16)"),
+    HeadVariant(name="backbone_ear", kind="experiment", changes={**_FEATURE_HEAD, "head_input": "backbone"},
+                description="ImageNet CNN features, target: plain EAR's error, calibrated and focused gates"),
+    HeadVariant(name="score_gates_threshold", kind="experiment",
+                changes={"gates": "score", "normaliser": "calibrated", "focus": "unmasked", "gate_end": "threshold"},
+                description="no learned head: gates from the masker's score, 1 up to the normal unmasked patches' "
+                            "quantile and 0 at the masker's own threshold"),
     HeadVariant(name="stats_ear_one", kind="experiment",
                 changes={**_FEATURE_HEAD, "head_input": "stats", "masked_gate": "one"},
                 description="stats_ear with the gate forced to 1 on masked patches"),

@@ -3,7 +3,7 @@ and the frozen-EAR target (smoke sizes)."""
 import pytest
 import torch
 
-from fader_kit.config import FaderConfig, TrainConfig, UNetConfig
+from fader_kit.config import ExperimentalFaderConfig, FaderConfig, TrainConfig, UNetConfig
 from fader_kit.errors import UserError
 from fader_kit.fader import (
     STATS_DIM, FaderModel, calibration_from, encoder_tokens, patch_statistics, score_tokens,
@@ -51,7 +51,7 @@ def test_encoder_and_score_tokens_shapes():
     assert t.shape == (2, 16, 2) and t[0, 0].tolist() == pytest.approx([4.0 / 64, 4.0])
 
 
-@pytest.mark.parametrize("variant", ["stats_ear", "encoder_ear", "stats_score_ear"])
+@pytest.mark.parametrize("variant", ["stats_ear", "encoder_ear", "stats_score_ear", "backbone_ear"])
 def test_feature_heads_train_and_round_trip(variant, tmp_path):
     x, mb, scores = _data()
     model = _model(variant)
@@ -67,6 +67,40 @@ def test_feature_heads_train_and_round_trip(variant, tmp_path):
     loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
     assert loaded.config == model.config
     assert torch.allclose(loaded.anomaly_map(x, mb, scores=scores), out, atol=1e-6)
+
+
+def test_backbone_tokens_read_the_pretrained_backbone_at_the_patch_grid():
+    from fader_kit.backbones import create_feature_extractor
+    from fader_kit.fader import HEAD_BACKBONE_STAGES, backbone_tokens
+
+    model = _model("backbone_ear")
+    ref, source = create_feature_extractor("tf_efficientnet_lite0", HEAD_BACKBONE_STAGES)
+    assert source.startswith("package:")  # the offline ImageNet weights, not a random backbone
+    for (name, a), b in zip(model.head_backbone.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = torch.rand(2, 3, 64, 64)
+    tokens = backbone_tokens(model.head_backbone, x, (8, 8))
+    assert tokens.shape == (2, 64, 40 + 112) == (2, 64, model.head.net[0].in_features)
+    # the stride-8 stage needs no resizing: token (row 2, col 3) is that stage's feature at (2, 3)
+    stride8 = ref(x)[0]
+    assert torch.allclose(tokens[:, 2 * 8 + 3, :40], stride8[:, :, 2, 3])
+    assert not any(p.requires_grad for p in model.head_backbone.parameters())
+
+
+def test_gates_can_end_at_the_masker_threshold():
+    normal = torch.linspace(0, 1, 101).view(1, 1, 1, 101)
+    assert calibration_from(normal, 0.9, 2.0, end=1.1).tolist() == pytest.approx([0.9, 1.1])
+    start, end = calibration_from(normal, 0.9, 2.0, end=0.5).tolist()  # at or below start: a step
+    assert start == pytest.approx(0.9) and 0.9 < end < 0.9 + 1e-5
+    x, mb, scores = _data()
+    model = _model("score_gates_threshold")
+    assert model.config.experiment.gate_end == "threshold"
+    with pytest.raises(UserError, match="threshold"):
+        model.calibrate(x, mb, scores=scores)
+    cal = model.calibrate(x, mb, scores=scores, threshold=5.0)
+    assert cal[1] == 5.0 and cal[0] < 1.0
+    with pytest.raises(ValueError, match="calibrated"):
+        ExperimentalFaderConfig(**{**resolve(BASE, "score_gates_threshold").model_dump(), "normaliser": "minmax"})
 
 
 def test_score_head_without_scores_is_a_user_error():
@@ -146,8 +180,10 @@ def test_the_workbench_passes_the_masker_scores(tmp_path):
     from fader_kit.engine.store import ResultStore
 
     assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
-                 "--maskers", "patch_stats", "--variants", "ear,score_gates,stats_score_ear", "--seeds", "0",
+                 "--maskers", "patch_stats", "--variants", "ear,score_gates,stats_score_ear,score_gates_threshold",
+                 "--seeds", "0",
                  "--figures", "0", "--no-report", "--quiet", "--out", str(tmp_path)]) == 0
     rows = {r.unit.variant: r for r in ResultStore.open_existing(tmp_path).rows()}
-    assert set(rows) == {"ear", "score_gates", "stats_score_ear"}
+    assert set(rows) == {"ear", "score_gates", "stats_score_ear", "score_gates_threshold"}
     assert rows["score_gates"].config["diagnostics"]["head"]["auroc_unmasked_defect"] is not None
+    assert rows["score_gates_threshold"].status == "ok"

@@ -231,6 +231,7 @@ RELEVANT = [
     (ExperimentalFaderConfig(pseudo_anomalies=1.0), "pseudo_source", "procedural"),
     (ExperimentalFaderConfig(), "head_input", "stats"), (ExperimentalFaderConfig(), "score_input", True),
     (ExperimentalFaderConfig(), "masked_gate", "one"),
+    (ExperimentalFaderConfig(normaliser="calibrated"), "gate_end", "threshold"),
 ]
 #: (config, field, other value): the field is never read by that config
 IRRELEVANT = [

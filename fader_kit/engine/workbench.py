@@ -254,7 +254,7 @@ class CategoryWorkbench:
         else:
             model, info = train_fader_on(unet, split.train, masks.train, head, train or s.profile.fader,
                                          seed=s.seed, device=self.device, progress=s.progress,
-                                         scores=masks.train_scores)
+                                         scores=masks.train_scores, score_threshold=self._threshold(source, head))
             timings["fader_train"] = info["seconds"]
         t = time.perf_counter()
         bs = s.profile.eval_batch_size
@@ -276,6 +276,18 @@ class CategoryWorkbench:
         stages = {"load_data": 0.0, "masker": 0.0, "ear_train": 0.0, **shared, **timings}
         return Evaluation(metrics=metrics, details=details, timings=stages, trained=trained,
                           model=model, masks=masks, diagnostics=diag, fused=fused_metrics)
+
+    def _threshold(self, source: MaskSource, head: FaderConfig) -> float | None:
+        """The fitted masker's threshold, for gates that close there (``gate_end="threshold"``); else None."""
+        if head.experiment.gate_end != "threshold":
+            return None
+        if not source.is_masker:
+            raise ConfigError(f"gate_end='threshold' needs a masker's threshold; {source.name} is an oracle mask source")
+        threshold = self.fitted_masker(source).threshold
+        if threshold is None:
+            raise ConfigError(f"masker {source.name} sets no threshold (it masks by its own rule): gate_end='threshold' "
+                              "cannot be used with it")
+        return float(threshold)
 
     def masker_alone(self, source: MaskSource) -> tuple[Metrics, ScoreDetail] | None:
         """The masker's own score map as the detector (image score = max): the baseline that tells
