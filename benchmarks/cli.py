@@ -96,6 +96,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_bench_command(sub: argparse._SubParsersAction) -> None:
     """Register ``bench`` on the ``fader-kit`` parser (entry point ``bench`` of ``fader_kit.commands``)."""
     from fader_kit.cli import add_masker_arguments
+    from fader_kit.masker_args import add_fused_argument
 
     tables = ", ".join(TABLES)
     p = sub.add_parser(
@@ -126,9 +127,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
                         "variant (default), or on each masker's masks united with blobs (one per masker)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the generated synthetic data (a new seed is new data: everything is recomputed)")
-    p.add_argument("--fused", action="store_true",
-                   help="also score every model's map fused with the masker's own score map (beyond the paper; one "
-                        "more pass over the training images per model)")
+    add_fused_argument(p)
     p.add_argument("--figures", type=int, default=2, help="anomalous images per figure panel, 0 = no figures (default: 2)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

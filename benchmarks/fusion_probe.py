@@ -3,7 +3,8 @@
 For one (data, category, masker) and seeds, with the workbench's cached EAR U-Nets and masks (a bench
 ``--out`` folder), this scores plain EAR (and optionally head variants, trained again), the masker alone,
 and the fused maps of each rule of :func:`fader_kit.fusion.fit_fusion` (``sum``, ``max``, ``select``),
-every rule fitted on the normal *training* images only.  Each fused row is compared, paired over seeds
+every rule fitted on the normal *training* images only (``pseudo``: and on the same images with a
+pseudo-anomaly pasted in, masked and scored by the fitted masker).  Each fused row is compared, paired over seeds
 and test images, with the better of its two maps alone (the one with the higher mean image AUROC). Run::
 
     python -m fader_kit_bench.fusion_probe --data mvtec:path/to/mpdd --category metal_plate \\
@@ -24,11 +25,11 @@ from fader_kit.engine.sources import mask_source
 from fader_kit.engine.workbench import CategoryWorkbench, WorkbenchSettings
 from fader_kit.fader import FaderModel
 from fader_kit.fusion import fit_fusion, fuse_maps
-from fader_kit.pipeline import anomaly_maps, train_fader_on
+from fader_kit.pipeline import anomaly_maps, pseudo_anomaly_maps, train_fader_on
 from fader_kit.stats import ScoreDetail, paired_bootstrap
 from fader_kit.variants import resolve
 
-RULES = ("sum", "max", "select")
+RULES = ("sum", "max", "select", "pseudo")
 
 
 def seed_details(args: argparse.Namespace, seed: int, variant: str) -> dict[str, object]:
@@ -48,12 +49,14 @@ def seed_details(args: argparse.Namespace, seed: int, variant: str) -> dict[str,
     test = anomaly_maps(model, split.test, masks.test, batch_size=bs, device=bench.device, scores=masks.test_scores)
     normal = anomaly_maps(model, split.train, masks.train, batch_size=bs, device=bench.device,
                           scores=masks.train_scores)
+    pseudo = pseudo_anomaly_maps(model, bench.fitted_masker(source), split.train, seed=seed, batch_size=bs,
+                                 device=bench.device)
     out: dict[str, object] = {
         "model": ScoreDetail.from_maps(test, split.labels, split.masks),
         "masker": ScoreDetail.from_maps(masks.test_scores.float(), split.labels, split.masks),
     }
     for rule in RULES:
-        scales = fit_fusion(normal, masks.train_scores.float(), rule=rule)
+        scales = fit_fusion(normal, masks.train_scores.float(), rule=rule, pseudo=pseudo)
         out[rule] = ScoreDetail.from_maps(fuse_maps(test, masks.test_scores.float(), scales), split.labels, split.masks)
         out[f"{rule}_weight"] = scales.weight if scales.rule == "weighted" else None
     return out

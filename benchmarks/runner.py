@@ -9,7 +9,7 @@ engine, so it runs on either.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,7 +43,8 @@ class BenchConfig(BaseModel):
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="training seeds; each is a unit of its own")
     masker_options: dict[str, Any] = Field(default_factory=dict)
     figures: int = Field(2, ge=0, description="anomalous test images per figure panel (0 = no panels)")
-    fused: bool = Field(False, description="also score each model fused with the masker's score map")
+    fused: Union[bool, Literal["sum", "max", "select", "pseudo"]] = Field(
+        False, description="also score each model fused with the masker's score map (True or a fusion rule)")
     synthetic: SyntheticConfig | None = Field(None, description="override the synthetic generator's counts")
     data_seed: int = Field(0, ge=0, description="seed of the synthetic data (part of every key)")
     ear_masks: Literal["blobs", "masker"] = Field(

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import BUG_HINT, ConfigError, UserError
-from .masker_args import add_masker_arguments, add_model_arguments, masker_options, parse_options  # noqa: F401 (re-exported)
+from .masker_args import (  # noqa: F401 (re-exported)
+    add_fused_argument, add_masker_arguments, add_model_arguments, masker_options, parse_options,
+)
 
 if TYPE_CHECKING:
     from .engine.evaluate import EvaluationResult
@@ -200,8 +202,7 @@ def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
                    help="training seeds, e.g. 0,1,2 or 0-2: every row reports mean, spread and a paired bootstrap "
                         "interval of FADeR - EAR over them (default: 0)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
-    p.add_argument("--fused", action="store_true",
-                   help="also score each model's map fused with the masker's own score map (beyond the paper)")
+    add_fused_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plugins", help="list the installed plugins: distribution, hooks, maskers and problems")

@@ -20,7 +20,7 @@ the balance towards the map that overfits more.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import numpy as np
 import torch
@@ -53,7 +53,9 @@ class MapScale(BaseModel):
         return (maps.float() - self.centre) / self.scale
 
 
-FusionRule = Literal["sum", "max", "select"]
+FusionRule = Literal["sum", "max", "select", "pseudo"]
+#: the rule of a bare ``--fused``
+DEFAULT_FUSION_RULE: FusionRule = "sum"
 #: the weights of the reconstruction's map that ``rule="select"`` tries (the masker's gets 1 - w)
 SELECT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -91,7 +93,7 @@ def normal_tail(normal_fused_maps: Tensor, quantile: float = 0.99, image_quantil
 
 
 def fit_fusion(normal_reconstruction_maps: Tensor, normal_masker_maps: Tensor, quantile: float = 0.99,
-               rule: FusionRule = "sum") -> FusionScales:
+               rule: FusionRule = "sum", pseudo: tuple[Tensor, Tensor] | None = None) -> FusionScales:
     """Both scales from the maps of the same normal images, and how to combine them:
 
     - ``sum`` (default): the sum of the two normalised maps;
@@ -99,18 +101,56 @@ def fit_fusion(normal_reconstruction_maps: Tensor, normal_masker_maps: Tensor, q
       other map's normal noise;
     - ``select``: the weighted sum ``w * r + (1 - w) * m`` with the ``w`` of :data:`SELECT_WEIGHTS` (0 = the
       masker alone, 1 = the reconstruction alone) whose normal training images reach least far above their
-      own normal pixels (:func:`normal_tail`).  Chosen from normal images only, never from test labels.
+      own normal pixels (:func:`normal_tail`);
+    - ``pseudo``: the weighted sum whose ``w`` best separates pseudo-anomalous images from the normal ones
+      (image AUROC of the maps' maxima): ``pseudo`` = (reconstruction maps, masker maps) of the normal
+      training images with a pseudo-anomaly pasted in, e.g. by
+      :func:`fader_kit.training.paste_pseudo_anomalies`; ties go to the more even mix.
+
+    Every rule is chosen from the training images (and pseudo-anomalies made of them), never from test
+    labels.
     """
     scales = FusionScales(reconstruction=MapScale.fit(normal_reconstruction_maps, quantile),
                           masker=MapScale.fit(normal_masker_maps, quantile))
     if rule in ("sum", "max"):
         return scales.model_copy(update={"rule": rule})
-    if rule != "select":
-        raise ValueError(f"unknown fusion rule {rule!r}; use 'sum', 'max' or 'select'")
     r, m = scales.reconstruction.apply(normal_reconstruction_maps), scales.masker.apply(normal_masker_maps)
-    tails = {w: normal_tail(_combine(r, m, "weighted", w), quantile) for w in SELECT_WEIGHTS}
-    best = min(tails, key=lambda w: (tails[w], abs(w - 0.5)))  # ties: the more even mix
+    if rule == "select":
+        tails = {w: normal_tail(_combine(r, m, "weighted", w), quantile) for w in SELECT_WEIGHTS}
+        best = min(tails, key=lambda w: (tails[w], abs(w - 0.5)))  # ties: the more even mix
+    elif rule == "pseudo":
+        if pseudo is None:
+            raise ValueError("rule='pseudo' needs pseudo=(reconstruction maps, masker maps) of pseudo-anomalous images")
+        from .metrics import auroc
+
+        pr, pm = scales.reconstruction.apply(pseudo[0]), scales.masker.apply(pseudo[1])
+        labels = np.r_[np.zeros(r.shape[0]), np.ones(pr.shape[0])]
+
+        def separation(w: float) -> float:
+            tops = torch.cat([_combine(r, m, "weighted", w).flatten(1).amax(1),
+                              _combine(pr, pm, "weighted", w).flatten(1).amax(1)])
+            return auroc(tops, labels)
+
+        found = {w: separation(w) for w in SELECT_WEIGHTS}
+        best = max(found, key=lambda w: (found[w], -abs(w - 0.5)))
+    else:
+        raise ValueError(f"unknown fusion rule {rule!r}; use 'sum', 'max', 'select' or 'pseudo'")
     return scales.model_copy(update={"rule": "weighted", "weight": best})
+
+
+Fused = Union[bool, FusionRule]
+"""How a grid asks for the fused score: False (none), True (the ``sum`` rule) or a rule's name."""
+
+
+def fusion_rule(fused: Fused) -> FusionRule | None:
+    """The rule a ``fused`` setting asks for: None for False, ``sum`` for True, else the name itself."""
+    if fused is False or fused is None:
+        return None
+    if fused is True:
+        return "sum"
+    if fused not in ("sum", "max", "select", "pseudo"):
+        raise ValueError(f"unknown fusion rule {fused!r}; use 'sum', 'max', 'select' or 'pseudo'")
+    return fused
 
 
 def fuse_maps(reconstruction_maps: Tensor, masker_maps: Tensor, scales: FusionScales) -> Tensor:
@@ -123,4 +163,5 @@ def fuse_maps(reconstruction_maps: Tensor, masker_maps: Tensor, scales: FusionSc
                     scales.rule, scales.weight)
 
 
-__all__ = ["FusionRule", "FusionScales", "MapScale", "SELECT_WEIGHTS", "fit_fusion", "fuse_maps", "normal_tail"]
+__all__ = ["DEFAULT_FUSION_RULE", "Fused", "FusionRule", "FusionScales", "MapScale", "SELECT_WEIGHTS", "fit_fusion", "fuse_maps", "fusion_rule",
+           "normal_tail"]

@@ -50,3 +50,18 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "masker, as in the paper) or on the masker's masks united with blobs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (numbers depend on the count)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+FUSION_RULES = ("sum", "max", "select", "pseudo")
+
+
+def add_fused_argument(p: argparse.ArgumentParser, *, per_model: str = "per model") -> None:
+    """``--fused [RULE]``: also score the map fused with the masker's own score map (beyond the paper)."""
+    from .fusion import DEFAULT_FUSION_RULE
+
+    p.add_argument("--fused", nargs="?", const=DEFAULT_FUSION_RULE, default=False, choices=FUSION_RULES, metavar="RULE",
+                   help="also score each model's map fused with the masker's own score map (beyond the paper; one more "
+                        f"pass over the training images {per_model}). RULE: how the two maps are combined, chosen on "
+                        "training images only: sum, max, select (by the normal images' spread) or pseudo (the mix that "
+                        "best separates pseudo-anomalies pasted into the training images; one more pass). "
+                        f"Default: {DEFAULT_FUSION_RULE}")

@@ -21,7 +21,7 @@ from .diagnostics import Diagnostics, head_diagnostics, mask_diagnostics
 from .fader import FaderModel, wrap_with_fader
 from .interfaces import Masker, MaskerContractError
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
-from .training import seeded_init, train_fader, train_reconstructor
+from .training import paste_pseudo_anomalies, seeded_init, train_fader, train_reconstructor
 from .unet import EARUNet
 from .util.batching import device_batches
 
@@ -165,3 +165,21 @@ def masker_score_maps(
     return torch.cat(out)
 
 
+#: pseudo-anomalies of the fused score's ``pseudo`` rule: FADeR's training kind (a colour-shifted square of
+#: another image, this share of the area), one per normal training image
+PSEUDO_FUSION_AREA = 0.04
+
+
+@torch.no_grad()
+def pseudo_anomaly_maps(
+    model: FaderModel, masker: Masker, images: Tensor, *, seed: int, batch_size: int, device: torch.device | str,
+) -> tuple[Tensor, Tensor]:
+    """The model's anomaly maps and the masker's score maps of ``images`` (normal training images) with
+    one pseudo-anomaly pasted into each, masked and scored as a test image is: what the fused score's
+    ``pseudo`` rule chooses its mix on (:func:`fader_kit.fusion.fit_fusion`).  The score maps pass
+    through float16, as the mask cache keeps every other score map."""
+    pasted, _ = paste_pseudo_anomalies(images, 1.0, PSEUDO_FUSION_AREA, torch.Generator().manual_seed(10_000 + seed))
+    masks = compute_masks(masker, pasted, batch_size=batch_size, device=device, desc="masks (pseudo-anomalies)")
+    scores = masker_score_maps(masker, pasted, batch_size=batch_size, device=device).half().float()
+    maps = anomaly_maps(model, pasted, masks, batch_size=batch_size, device=device, scores=scores)
+    return maps, scores

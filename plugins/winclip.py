@@ -421,7 +421,7 @@ def build_winclip(config: WinClipConfig) -> WinClipMasker:
     tokenizer = open_clip.get_tokenizer(config.architecture)
     with torch.no_grad():
         text = class_text_embeddings(
-            lambda prompts: encode_text_trimmed(model, tokenizer(prompts).to(device)), config.object_name
+            lambda prompts, clip=model: encode_text_trimmed(clip, tokenizer(prompts).to(device)), config.object_name
         )
     encoder = OpenClipWindowEncoder(model.visual, window_batch=config.window_batch)
     del model  # the text tower is not needed any more

@@ -57,3 +57,26 @@ def test_fusion_rules_max_and_select():
     fused = fuse_maps(quiet, quiet, m)
     assert torch.allclose(fused, m.reconstruction.apply(quiet))
     assert fit_fusion(quiet, quiet).rule == "sum"
+
+
+def test_pseudo_rule_picks_the_map_that_sees_the_pseudo_anomalies():
+    """One map lifts the pasted square far above its normal range; the other has a large spike on
+    every normal image and none on the pseudo-anomalous ones, so any share of it hurts."""
+    g = torch.Generator().manual_seed(0)
+
+    def maps(spike: bool = False, square: bool = False) -> torch.Tensor:
+        x = torch.rand(20, 1, 16, 16, generator=g)
+        if spike:
+            x[:, :, 0, 0] += 20.0
+        if square:
+            x[:, :, 4:6, 4:6] += 5.0
+        return x
+
+    sees_normal, sees_pseudo = maps(), maps(square=True)
+    blind_normal, blind_pseudo = maps(spike=True), maps()
+    w = fit_fusion(blind_normal, sees_normal, rule="pseudo", pseudo=(blind_pseudo, sees_pseudo)).weight
+    assert w == 0.0  # the masker's map alone
+    w = fit_fusion(sees_normal, blind_normal, rule="pseudo", pseudo=(sees_pseudo, blind_pseudo)).weight
+    assert w == 1.0  # the reconstruction's map alone
+    with pytest.raises(ValueError, match="pseudo"):
+        fit_fusion(sees_normal, blind_normal, rule="pseudo")

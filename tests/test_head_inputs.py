@@ -181,9 +181,22 @@ def test_the_workbench_passes_the_masker_scores(tmp_path):
 
     assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
                  "--maskers", "patch_stats", "--variants", "ear,score_gates,stats_score_ear,score_gates_threshold",
-                 "--seeds", "0",
+                 "--seeds", "0", "--fused", "pseudo",
                  "--figures", "0", "--no-report", "--quiet", "--out", str(tmp_path)]) == 0
     rows = {r.unit.variant: r for r in ResultStore.open_existing(tmp_path).rows()}
     assert set(rows) == {"ear", "score_gates", "stats_score_ear", "score_gates_threshold"}
     assert rows["score_gates"].config["diagnostics"]["head"]["auroc_unmasked_defect"] is not None
     assert rows["score_gates_threshold"].status == "ok"
+    # the fused score's mix chosen on pseudo-anomalies of the training images, recorded with the row
+    fusion = rows["ear"].config["fusion"]
+    assert fusion["rule"] == "weighted" and fusion["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert rows["ear"].config["fused"]["image_auroc"] is not None
+
+
+def test_the_fusion_rule_is_in_the_row_key_unless_it_is_the_earlier_sum():
+    from fader_kit.config import get_profile
+    from fader_kit.engine.keys import work_key
+
+    common = dict(ear="e", masker="m", fader=None, profile=get_profile("smoke"), seed=0)
+    assert work_key(**common, fused=True) == work_key(**common, fused="sum") != work_key(**common)
+    assert work_key(**common, fused="pseudo") not in (work_key(**common, fused=True), work_key(**common, fused="max"))

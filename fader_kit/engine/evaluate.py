@@ -96,7 +96,7 @@ def evaluate_category(
     data: str, category: str, masker: str, profile: Profile, *, out: Path, masker_options: dict[str, Any] | None = None,
     registry: MaskerRegistry | None = None, device: torch.device | str = "cpu", seeds: tuple[int, ...] = (0,),
     ear_masks: EarMasks = "blobs", fader_config: FaderConfig | None = None, fader_variant: str = "paper",
-    fused: bool = False, progress: bool = True, log: Log = print,
+    fused: bool | str = False, progress: bool = True, log: Log = print,
 ) -> EvaluationResult:
     """Per seed: fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both (and, with
     ``fused``, each fused with the masker's score map); then the mean, spread and paired bootstrap

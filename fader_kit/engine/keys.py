@@ -59,7 +59,7 @@ def ear_key(data: str, category: str, profile: Profile, seed: int, masks_from: s
 
 
 def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profile, seed: int,
-             train: TrainConfig | None = None, fused: bool = False) -> str:
+             train: TrainConfig | None = None, fused: bool | str = False) -> str:
     """Everything one results row depends on (plain EAR: no head, so no head settings)."""
     payload: dict[str, Any] = {
         "ear": ear, "masker": masker, "seed": seed, "image_size": profile.image_size,
@@ -67,7 +67,7 @@ def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profi
         "fader_train": (train or profile.fader).key_payload("fader") if fader is not None else None,
     }
     if fused:  # a row that also scores the fused map is a different row (it carries more)
-        payload["fused"] = True
+        payload["fused"] = True if fused in (True, "sum") else fused  # the sum rule keeps its earlier keys
     return digest(payload)
 
 

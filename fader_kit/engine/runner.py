@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,7 +75,9 @@ class Grid(BaseModel):
     synthetic: SyntheticConfig | None = None
     data_seed: int = 0
     figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
-    fused: bool = Field(False, description="also score each model's map fused with the masker's score map")
+    fused: Union[bool, Literal["sum", "max", "select", "pseudo"]] = Field(
+        False, description="also score each model's map fused with the masker's score map: True or a rule of "
+        "fader_kit.fusion.fit_fusion (True = 'sum')")
     save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
     progress: bool = False
 
@@ -354,6 +356,7 @@ class GridRunner:
             "masked_fraction_test": float(masks.test.float().mean()),
             "masker_alone": alone[0].model_dump(mode="json") if alone is not None else None,
             "fused": ev.fused.model_dump(mode="json") if ev.fused is not None else None,
+            "fusion": ev.fusion.model_dump(mode="json") if ev.fusion is not None else None,
             "diagnostics": ev.diagnostics.model_dump(mode="json") if ev.diagnostics is not None else None,
             "figure": str(figure.relative_to(self.out)) if figure is not None else None,
             "model": str(model_path.relative_to(self.out)) if model_path is not None else None,

@@ -21,10 +21,11 @@ from ..data import CategorySplit, DataError, SyntheticConfig, load_category
 from ..diagnostics import Diagnostics
 from ..errors import ConfigError
 from ..fader import FaderModel
-from ..fusion import fit_fusion, fuse_maps
+from ..fusion import Fused, FusionScales, fit_fusion, fuse_maps, fusion_rule
 from ..interfaces import Masker, MaskerInfo
 from ..pipeline import (
-    Metrics, anomaly_maps, compute_masks, diagnose, masker_score_maps, metrics_from_maps, train_ear, train_fader_on,
+    Metrics, anomaly_maps, compute_masks, diagnose, masker_score_maps, metrics_from_maps, pseudo_anomaly_maps, train_ear,
+    train_fader_on,
 )
 from ..registry import MaskerRegistry
 from ..stats import ScoreDetail
@@ -82,6 +83,8 @@ class Evaluation(BaseModel):
     diagnostics: Diagnostics | None = None
     fused: Metrics | None = Field(None, description="the fused score (fader_kit.fusion): this model's map + the "
                                   "masker's score map, each on its normal-image scale")
+    fusion: FusionScales | None = Field(None, description="how the fused score combined the two maps (rule, scales, "
+                                        "weight)")
 
 
 class CategoryWorkbench:
@@ -110,7 +113,7 @@ class CategoryWorkbench:
         return keys.masker_key(source.name, opts, self.data_key, s.category, s.profile.image_size, s.seed)
 
     def keys(self, source: MaskSource, head: FaderConfig | None, *, train: TrainConfig | None = None,
-             fused: bool = False) -> UnitKeys:
+             fused: Fused = False) -> UnitKeys:
         s = self.settings
         mk = self.masks_key(source)
         ek = keys.ear_key(self.data_key, s.category, s.profile, s.seed, mk if s.ear_masks == "masker" else None)
@@ -240,9 +243,10 @@ class CategoryWorkbench:
         return timings, trained
 
     def evaluate(self, source: MaskSource, head: FaderConfig | None, *, train: TrainConfig | None = None,
-                 fused: bool = False, diagnostics: bool = True) -> Evaluation:
-        """Train (for a FADeR head) and score one model on the test set.  ``fused`` also scores its
-        map fused with the masker's score map (one more pass over the training images)."""
+                 fused: Fused = False, diagnostics: bool = True) -> Evaluation:
+        """Train (for a FADeR head) and score one model on the test set.  ``fused`` (True or a rule of
+        :func:`fader_kit.fusion.fit_fusion`) also scores its map fused with the masker's score map: one
+        more pass over the training images, and for ``pseudo`` one over them with pseudo-anomalies."""
         s, split = self.settings, self.split()
         unit_keys = self.keys(source, head, train=train, fused=fused)
         masks, _ = self.masks(source)
@@ -264,18 +268,22 @@ class CategoryWorkbench:
         details = {unit_keys.work: ScoreDetail.from_maps(maps, split.labels, split.masks)}
         diag = diagnose(model, split.test, masks.test, split.labels, split.masks, batch_size=bs,
                         device=self.device, scores=masks.test_scores) if diagnostics else None
-        fused_metrics = None
-        if fused and masks.test_scores is not None and masks.train_scores is not None:
+        fused_metrics = scales = None
+        rule = fusion_rule(fused)
+        if rule is not None and masks.test_scores is not None and masks.train_scores is not None:
             normal = anomaly_maps(model, split.train, masks.train, batch_size=bs, device=self.device,
                                   scores=masks.train_scores)
-            fused_maps = fuse_maps(maps, masks.test_scores.float(), fit_fusion(normal, masks.train_scores.float()))
+            pseudo = (pseudo_anomaly_maps(model, self.fitted_masker(source), split.train, seed=s.seed, batch_size=bs,
+                                          device=self.device) if rule == "pseudo" else None)
+            scales = fit_fusion(normal, masks.train_scores.float(), rule=rule, pseudo=pseudo)
+            fused_maps = fuse_maps(maps, masks.test_scores.float(), scales)
             fused_metrics = metrics_from_maps(fused_maps, split.labels, split.masks)
             details[keys.fused_key(unit_keys.work)] = ScoreDetail.from_maps(fused_maps, split.labels, split.masks)
         timings["evaluate"] = time.perf_counter() - t
         shared, trained = self.take_work_done()
         stages = {"load_data": 0.0, "masker": 0.0, "ear_train": 0.0, **shared, **timings}
         return Evaluation(metrics=metrics, details=details, timings=stages, trained=trained,
-                          model=model, masks=masks, diagnostics=diag, fused=fused_metrics)
+                          model=model, masks=masks, diagnostics=diag, fused=fused_metrics, fusion=scales)
 
     def _threshold(self, source: MaskSource, head: FaderConfig) -> float | None:
         """The fitted masker's threshold, for gates that close there (``gate_end="threshold"``); else None."""
