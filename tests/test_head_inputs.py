@@ -195,8 +195,12 @@ def test_the_workbench_passes_the_masker_scores(tmp_path):
 
 def test_the_fusion_rule_is_in_the_row_key_unless_it_is_the_earlier_sum():
     from fader_kit.config import get_profile
-    from fader_kit.engine.keys import work_key
+    from fader_kit.engine.keys import digest, work_key
+    from fader_kit.fusion import DEFAULT_FUSION_RULE
 
     common = dict(ear="e", masker="m", fader=None, profile=get_profile("smoke"), seed=0)
-    assert work_key(**common, fused=True) == work_key(**common, fused="sum") != work_key(**common)
-    assert work_key(**common, fused="pseudo") not in (work_key(**common, fused=True), work_key(**common, fused="max"))
+    plain = {"ear": "e", "masker": "m", "seed": 0, "image_size": 64, "fader": None, "fader_train": None}
+    assert work_key(**common) == digest(plain)
+    assert work_key(**common, fused="sum") == digest({**plain, "fused": True})  # the key sum rows always had
+    assert work_key(**common, fused=True) == work_key(**common, fused=DEFAULT_FUSION_RULE)
+    assert len({work_key(**common, fused=r) for r in ("sum", "max", "select", "pseudo")}) == 4

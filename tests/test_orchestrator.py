@@ -14,7 +14,7 @@ def both(tmp_path_factory, smoke_ears):
     be = tmp_path_factory.mktemp("bench")
     for folder in (ev, be):  # the same EAR U-Nets, trained once per session: the heads are trained here
         smoke_ears(folder, (0, 1))
-    common = ["--data", "synthetic", "--profile", "smoke", "--seeds", "0,1", "--quiet", "--fused"]
+    common = ["--data", "synthetic", "--profile", "smoke", "--seeds", "0,1", "--quiet", "--fused", "sum"]
     # table3's "ours" is the paper's head: evaluate runs it with --fader-variant paper
     assert main(["evaluate", "--category", "washer", "--fader-variant", "paper", "--out", str(ev), *common]) == 0
     assert main(["bench", "table3", "--categories", "washer", "--variants", "ear,ours", "--figures", "0",

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import FaderConfig, Profile, TrainConfig
 from ..data import SyntheticConfig
+from ..fusion import fusion_rule
 
 # Options that choose *where* a masker runs, not what it computes: left out of its key.
 NON_SEMANTIC_OPTIONS = frozenset({"device", "progress"})
@@ -66,8 +67,9 @@ def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profi
         "fader": fader.key_payload() if fader is not None else None,
         "fader_train": (train or profile.fader).key_payload("fader") if fader is not None else None,
     }
-    if fused:  # a row that also scores the fused map is a different row (it carries more)
-        payload["fused"] = True if fused in (True, "sum") else fused  # the sum rule keeps its earlier keys
+    rule = fusion_rule(fused)
+    if rule is not None:  # a row that also scores the fused map is a different row (it carries more)
+        payload["fused"] = True if rule == "sum" else rule  # the sum rule keeps the keys it had before the others
     return digest(payload)
 
 

@@ -77,7 +77,7 @@ class Grid(BaseModel):
     figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
     fused: Union[bool, Literal["sum", "max", "select", "pseudo"]] = Field(
         False, description="also score each model's map fused with the masker's score map: True or a rule of "
-        "fader_kit.fusion.fit_fusion (True = 'sum')")
+        "fader_kit.fusion.fit_fusion (True = the default, fader_kit.fusion.DEFAULT_FUSION_RULE)")
     save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
     progress: bool = False
 
@@ -212,7 +212,8 @@ class GridRunner:
                     for head in g.heads:
                         unit = UnitId(table=g.table, data=g.data, profile=g.profile.name, masker=source.row_name,
                                       variant=head.name, category=category, seed=seed)
-                        uk = bench.keys(source, head.config, train=head.train, fused=g.fused and head.kind == "model")
+                        fused = g.fused if head.kind == "model" else False
+                        uk = bench.keys(source, head.config, train=head.train, fused=fused)
                         if head.kind == "masker":  # no U-Net: the row is the masker's own
                             uk = UnitKeys(uk.masks, "", keys.digest({"masker_alone": uk.masks}))
                         units.append(PlannedUnit(unit, source, head, uk))
