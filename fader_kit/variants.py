@@ -143,6 +143,11 @@ _VARIANTS: tuple[HeadVariant, ...] = (
                 changes={"gates": "score", "normaliser": "calibrated", "focus": "unmasked", "gate_end": "threshold"},
                 description="no learned head: gates from the masker's score, 1 up to the normal unmasked patches' "
                             "quantile and 0 at the masker's own threshold"),
+    HeadVariant(name="score_gates_threshold_one", kind="experiment",
+                changes={"gates": "score", "normaliser": "calibrated", "focus": "unmasked", "gate_end": "threshold",
+                         "masked_gate": "one"},
+                description="score_gates_threshold with the gate forced to 1 on masked patches (the mosaic hint "
+                            "stays in the skips)"),
     HeadVariant(name="stats_ear_one", kind="experiment",
                 changes={**_FEATURE_HEAD, "head_input": "stats", "masked_gate": "one"},
                 description="stats_ear with the gate forced to 1 on masked patches"),
