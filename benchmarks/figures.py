@@ -43,17 +43,19 @@ def _rgb(t: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def unit_panel(
     path: Path, ear: FaderModel, fader: FaderModel, split: CategorySplit, test_masks: torch.Tensor, *,
-    n_images: int, device: torch.device | str, title: str,
+    n_images: int, device: torch.device | str, title: str, test_scores: torch.Tensor | None = None,
 ) -> Path | None:
-    """Draw the panel for ``n_images`` chosen anomalous test images; None when there are none."""
+    """Draw the panel for ``n_images`` chosen anomalous test images; None when there are none.
+    ``test_scores``: the masker's score maps of the test images, for a head that reads them."""
     idx = choose_images(split, n_images)
     if not idx:
         return None
     x = split.test[idx].to(device)
     mb = test_masks[idx].to(device)
+    scores = None if test_scores is None or not fader.needs_scores else test_scores[idx].to(device).float()
     ear.eval(), fader.eval()
     out_e = ear(x, mb)
-    out_f = fader(x, mb)
+    out_f = fader(x, mb, scores=scores)
     map_e = anomaly_map(x, out_e.reconstruction)
     map_f = anomaly_map(x, out_f.reconstruction)
     soft = F.interpolate(out_f.soft_mask, size=x.shape[-2:], mode="nearest")

@@ -118,7 +118,7 @@ def unit_figure(runner: GridRunner, pu: PlannedUnit, bench: CategoryWorkbench, e
     path = (runner.out / "figures" / u.table / safe_name(f"{u.data}-{u.profile}")
             / safe_name(f"{u.masker}-{u.variant}-{u.category}-seed{u.seed}.png"))
     return unit_panel(path, runner.ear_model(pu, bench), ev.model, bench.split(), ev.masks.test,
-                      n_images=runner.grid.figures, device=bench.device,
+                      n_images=runner.grid.figures, device=bench.device, test_scores=ev.masks.test_scores,
                       title=f"{u.masker} / {pu.head.title} / {u.category} / seed {u.seed}")
 
 

@@ -182,11 +182,13 @@ def test_the_workbench_passes_the_masker_scores(tmp_path):
     assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
                  "--maskers", "patch_stats", "--variants", "ear,score_gates,stats_score_ear,score_gates_threshold",
                  "--seeds", "0", "--fused", "pseudo",
-                 "--figures", "0", "--no-report", "--quiet", "--out", str(tmp_path)]) == 0
+                 "--figures", "1", "--no-report", "--quiet", "--out", str(tmp_path)]) == 0
     rows = {r.unit.variant: r for r in ResultStore.open_existing(tmp_path).rows()}
     assert set(rows) == {"ear", "score_gates", "stats_score_ear", "score_gates_threshold"}
     assert rows["score_gates"].config["diagnostics"]["head"]["auroc_unmasked_defect"] is not None
     assert rows["score_gates_threshold"].status == "ok"
+    # the figure panel feeds the masker's scores to the heads that read them
+    assert all(rows[v].status == "ok" and rows[v].config["figure"] for v in ("score_gates", "stats_score_ear"))
     # the fused score's mix chosen on pseudo-anomalies of the training images, recorded with the row
     fusion = rows["ear"].config["fusion"]
     assert fusion["rule"] == "weighted" and fusion["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
