@@ -20,6 +20,7 @@ from fader_kit.engine.runner import Grid, GridRunner, Head, PlannedUnit, RunSumm
 from fader_kit.engine.sources import mask_source, parse_gt_masker
 from fader_kit.engine.workbench import CategoryWorkbench, Evaluation
 from fader_kit.errors import ConfigError
+from fader_kit.fusion_rules import FusionRule
 from fader_kit.registry import MaskerRegistry, UnknownMaskerError, default_registry
 
 from .tables import TableSpec, get_table
@@ -43,7 +44,7 @@ class BenchConfig(BaseModel):
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="training seeds; each is a unit of its own")
     masker_options: dict[str, Any] = Field(default_factory=dict)
     figures: int = Field(2, ge=0, description="anomalous test images per figure panel (0 = no panels)")
-    fused: Union[bool, Literal["sum", "max", "select", "pseudo"]] = Field(
+    fused: Union[bool, FusionRule] = Field(
         False, description="also score each model fused with the masker's score map (True or a fusion rule)")
     synthetic: SyntheticConfig | None = Field(None, description="override the synthetic generator's counts")
     data_seed: int = Field(0, ge=0, description="seed of the synthetic data (part of every key)")

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from .fusion_rules import DEFAULT_FUSION_RULE, FUSION_RULES, FusionRule
 from .util.quantiles import quantiles
 
 
@@ -57,10 +58,7 @@ class MapScale(BaseModel):
         return (maps.float() - self.centre) / self.scale
 
 
-FusionRule = Literal["sum", "max", "select", "pseudo"]
-#: the rule of a bare ``--fused``: on MPDD and MVTec 3D-AD ``tire`` with three maskers it never fell below
-#: the better of the two maps alone, where ``sum`` fell 0.058 below it (docs/results/fader-head-round4.md)
-DEFAULT_FUSION_RULE: FusionRule = "pseudo"
+
 #: the weights of the reconstruction's map that ``rule="select"`` tries (the masker's gets 1 - w)
 SELECT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -154,7 +152,7 @@ def fusion_rule(fused: Fused) -> FusionRule | None:
         return None
     if fused is True:
         return DEFAULT_FUSION_RULE
-    if fused not in ("sum", "max", "select", "pseudo"):
+    if fused not in FUSION_RULES:
         raise ValueError(f"unknown fusion rule {fused!r}; use 'sum', 'max', 'select' or 'pseudo'")
     return fused
 

@@ -52,12 +52,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-FUSION_RULES = ("sum", "max", "select", "pseudo")
-
-
 def add_fused_argument(p: argparse.ArgumentParser, *, per_model: str = "per model") -> None:
     """``--fused [RULE]``: also score the map fused with the masker's own score map (beyond the paper)."""
-    from .fusion import DEFAULT_FUSION_RULE
+    from .fusion_rules import DEFAULT_FUSION_RULE, FUSION_RULES
 
     p.add_argument("--fused", nargs="?", const=DEFAULT_FUSION_RULE, default=False, choices=FUSION_RULES, metavar="RULE",
                    help="also score each model's map fused with the masker's own score map (beyond the paper; one more "
