@@ -9,7 +9,7 @@ engine, so it runs on either.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,7 @@ from fader_kit.engine.runner import Grid, GridRunner, Head, PlannedUnit, RunSumm
 from fader_kit.engine.sources import mask_source, parse_gt_masker
 from fader_kit.engine.workbench import CategoryWorkbench, Evaluation
 from fader_kit.errors import ConfigError
-from fader_kit.fusion_rules import FusionRule
+from fader_kit.fusion_rules import Fused
 from fader_kit.registry import MaskerRegistry, UnknownMaskerError, default_registry
 
 from .tables import TableSpec, get_table
@@ -44,7 +44,7 @@ class BenchConfig(BaseModel):
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="training seeds; each is a unit of its own")
     masker_options: dict[str, Any] = Field(default_factory=dict)
     figures: int = Field(2, ge=0, description="anomalous test images per figure panel (0 = no panels)")
-    fused: Union[bool, FusionRule] = Field(
+    fused: Fused = Field(
         False, description="also score each model fused with the masker's score map (True or a fusion rule)")
     synthetic: SyntheticConfig | None = Field(None, description="override the synthetic generator's counts")
     data_seed: int = Field(0, ge=0, description="seed of the synthetic data (part of every key)")

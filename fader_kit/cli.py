@@ -182,9 +182,9 @@ def _add_placeholders(sub: argparse._SubParsersAction, declared: dict[str, impor
 
 def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
     """The ``fader-kit`` parser.  ``plugin_commands``: True adds every command plugins add (the declared
-    ones and those of the ``register_commands`` hook, which imports every plugin); a command's name adds
-    that declared command alone; False adds the declared commands' names only, for ``--help``: then no
-    plugin is imported and the help answers at once."""
+    ones and those of the ``register_commands`` hook, which imports every plugin); a declared command's
+    name adds that command alone (any other name is treated as True); False adds the declared commands'
+    names only, for ``--help``: then no plugin is imported and the help answers at once."""
     parser = argparse.ArgumentParser(prog="fader-kit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fader-kit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,7 +232,7 @@ def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
     declared = declared_commands()
     if isinstance(plugin_commands, str) and plugin_commands in declared:
         _add_declared(sub, declared[plugin_commands])
-    elif plugin_commands:
+    elif plugin_commands:  # True, or a name no package declares: perhaps a register_commands hook's
         for ep in declared.values():
             _add_declared(sub, ep)
         from .registry import default_registry
@@ -268,8 +268,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a core command or `fader-kit --help` imports no plugin; a declared command imports its own module
         # only; any other name loads every plugin, for the commands of the register_commands hook
         wanted: bool | str = False if first is None or first in CORE_COMMANDS else first
-        if isinstance(wanted, str) and wanted not in declared_commands():
-            wanted = True
         args = build_parser(plugin_commands=wanted).parse_args(args_in)
     if args.command not in ("maskers", "plugins"):
         from .registry import default_registry

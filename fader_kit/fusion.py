@@ -7,14 +7,13 @@ maps after each is put on the scale of its own values on *normal* images:
 
     r = (recon - median_r) / (q_r - median_r),   m = (masker - median_m) / (q_m - median_m)
 
-and then ``r + m`` (rule ``sum``), ``max(r, m)`` (``max``) or ``w r + (1 - w) m`` with ``w`` chosen on
-the training images (``select``; ``pseudo``, the default: the ``w`` that best separates
-pseudo-anomalies pasted into them), see :func:`fit_fusion`.
-
 with median and q (the ``quantile``, default 0.99) over every pixel of the normal training
 images' maps.  One unit of either term is "as far above normal as the top 1 % of normal pixels",
 so neither map dominates by its units (MSGMS is in [0, 1], a flow's negative log-likelihood is
-not).  The image score is the map's max, as for every other map here.
+not).  The two are then combined by a rule (:func:`fit_fusion`): ``r + m`` (``sum``), ``max(r, m)``
+(``max``) or ``w r + (1 - w) m`` with ``w`` chosen on the training images (``select``; ``pseudo``, the
+default: the ``w`` that best separates pseudo-anomalies pasted into them).  The image score is the
+map's max, as for every other map here.
 
 The normal statistics come from the *training* images: the only normal images a user has.  A
 trained masker (MSFlow, DSR, AMI-Net) and the EAR U-Net have both seen them, so their maps there
@@ -24,14 +23,14 @@ the balance towards the map that overfits more.
 """
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from .fusion_rules import DEFAULT_FUSION_RULE, FUSION_RULES, FusionRule
+from .fusion_rules import DEFAULT_FUSION_RULE, FUSION_RULES, Fused, FusionRule, fusion_rule, unknown_rule
 from .util.quantiles import quantiles
 
 
@@ -56,7 +55,6 @@ class MapScale(BaseModel):
 
     def apply(self, maps: Tensor) -> Tensor:
         return (maps.float() - self.centre) / self.scale
-
 
 
 #: the weights of the reconstruction's map that ``rule="select"`` tries (the masker's gets 1 - w)
@@ -137,24 +135,8 @@ def fit_fusion(normal_reconstruction_maps: Tensor, normal_masker_maps: Tensor, q
         found = {w: separation(w) for w in SELECT_WEIGHTS}
         best = max(found, key=lambda w: (found[w], -abs(w - 0.5)))
     else:
-        raise ValueError(f"unknown fusion rule {rule!r}; use 'sum', 'max', 'select' or 'pseudo'")
+        raise unknown_rule(rule)
     return scales.model_copy(update={"rule": "weighted", "weight": best})
-
-
-Fused = Union[bool, FusionRule]
-"""How a grid asks for the fused score: False (none), True (the default rule) or a rule's name."""
-
-
-def fusion_rule(fused: Fused) -> FusionRule | None:
-    """The rule a ``fused`` setting asks for: None for False, :data:`DEFAULT_FUSION_RULE` for True, else
-    the name itself."""
-    if fused is False or fused is None:
-        return None
-    if fused is True:
-        return DEFAULT_FUSION_RULE
-    if fused not in FUSION_RULES:
-        raise ValueError(f"unknown fusion rule {fused!r}; use 'sum', 'max', 'select' or 'pseudo'")
-    return fused
 
 
 def fuse_maps(reconstruction_maps: Tensor, masker_maps: Tensor, scales: FusionScales) -> Tensor:
@@ -167,5 +149,5 @@ def fuse_maps(reconstruction_maps: Tensor, masker_maps: Tensor, scales: FusionSc
                     scales.rule, scales.weight)
 
 
-__all__ = ["DEFAULT_FUSION_RULE", "Fused", "FusionRule", "FusionScales", "MapScale", "SELECT_WEIGHTS", "fit_fusion", "fuse_maps", "fusion_rule",
-           "normal_tail"]
+__all__ = ["DEFAULT_FUSION_RULE", "FUSION_RULES", "Fused", "FusionRule", "FusionScales", "MapScale", "SELECT_WEIGHTS",
+           "fit_fusion", "fuse_maps", "fusion_rule", "normal_tail"]

@@ -87,6 +87,23 @@ def test_backbone_tokens_read_the_pretrained_backbone_at_the_patch_grid():
     assert not any(p.requires_grad for p in model.head_backbone.parameters())
 
 
+def test_a_saved_backbone_head_loads_without_the_weights_package(tmp_path, monkeypatch):
+    """The checkpoint holds the backbone's weights: loading it neither needs nor reads the package."""
+    import fader_kit.backbones as backbones
+
+    x, mb, _ = _data()
+    model = _model("backbone_ear")
+    train_fader(model, x, mb, TrainConfig(**TRAIN))
+    path = model.save(tmp_path / "m.pt")
+    monkeypatch.setattr(backbones, "lite0_package_file", lambda: None)
+    with pytest.raises(backbones.MissingWeightsError):
+        _model("backbone_ear")  # a new head does need the pretrained weights
+    loaded = FaderModel.load(path)
+    for (name, a), b in zip(loaded.head_backbone.state_dict().items(), model.head_backbone.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.allclose(loaded.anomaly_map(x, mb), model.anomaly_map(x, mb), atol=1e-6)
+
+
 def test_gates_can_end_at_the_masker_threshold():
     normal = torch.linspace(0, 1, 101).view(1, 1, 1, 101)
     assert calibration_from(normal, 0.9, 2.0, end=1.1).tolist() == pytest.approx([0.9, 1.1])

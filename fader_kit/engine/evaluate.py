@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from ..config import FaderConfig, Profile
 from ..diagnostics import Diagnostics
+from ..fusion_rules import Fused
 from ..interfaces import MaskerInfo
 from ..pipeline import Metrics, environment
 from ..registry import MaskerRegistry
@@ -96,7 +97,7 @@ def evaluate_category(
     data: str, category: str, masker: str, profile: Profile, *, out: Path, masker_options: dict[str, Any] | None = None,
     registry: MaskerRegistry | None = None, device: torch.device | str = "cpu", seeds: tuple[int, ...] = (0,),
     ear_masks: EarMasks = "blobs", fader_config: FaderConfig | None = None, fader_variant: str = "paper",
-    fused: bool | str = False, progress: bool = True, log: Log = print,
+    fused: Fused = False, progress: bool = True, log: Log = print,
 ) -> EvaluationResult:
     """Per seed: fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both (and, with
     ``fused``, each fused with the masker's score map); then the mean, spread and paired bootstrap

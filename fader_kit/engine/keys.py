@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import FaderConfig, Profile, TrainConfig
 from ..data import SyntheticConfig
-from ..fusion import fusion_rule
+from ..fusion_rules import Fused, fusion_rule
 
 # Options that choose *where* a masker runs, not what it computes: left out of its key.
 NON_SEMANTIC_OPTIONS = frozenset({"device", "progress"})
@@ -60,7 +60,7 @@ def ear_key(data: str, category: str, profile: Profile, seed: int, masks_from: s
 
 
 def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profile, seed: int,
-             train: TrainConfig | None = None, fused: bool | str = False) -> str:
+             train: TrainConfig | None = None, fused: Fused = False) -> str:
     """Everything one results row depends on (plain EAR: no head, so no head settings)."""
     payload: dict[str, Any] = {
         "ear": ear, "masker": masker, "seed": seed, "image_size": profile.image_size,

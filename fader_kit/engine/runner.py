@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Union
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..config import FaderConfig, Profile, TrainConfig
 from ..data import SyntheticConfig
 from ..fader import FaderModel
-from ..fusion_rules import FusionRule
+from ..fusion_rules import Fused
 from ..interfaces import Masker
 from ..pipeline import compute_masks, environment, masker_score_maps, metrics_from_maps
 from ..stats import ScoreDetail
@@ -76,7 +76,7 @@ class Grid(BaseModel):
     synthetic: SyntheticConfig | None = None
     data_seed: int = 0
     figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
-    fused: Union[bool, FusionRule] = Field(
+    fused: Fused = Field(
         False, description="also score each model's map fused with the masker's score map: True or a rule of "
         "fader_kit.fusion.fit_fusion (True = the default, fader_kit.fusion.DEFAULT_FUSION_RULE)")
     save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")

@@ -21,7 +21,8 @@ from ..data import CategorySplit, DataError, SyntheticConfig, load_category
 from ..diagnostics import Diagnostics
 from ..errors import ConfigError
 from ..fader import FaderModel
-from ..fusion import Fused, FusionScales, fit_fusion, fuse_maps, fusion_rule
+from ..fusion import FusionScales, fit_fusion, fuse_maps
+from ..fusion_rules import Fused, fusion_rule
 from ..interfaces import Masker, MaskerInfo
 from ..pipeline import (
     Metrics, anomaly_maps, compute_masks, diagnose, masker_score_maps, metrics_from_maps, pseudo_anomaly_maps, train_ear,
@@ -289,9 +290,7 @@ class CategoryWorkbench:
         """The fitted masker's threshold, for gates that close there (``gate_end="threshold"``); else None."""
         if head.experiment.gate_end != "threshold":
             return None
-        if not source.is_masker:
-            raise ConfigError(f"gate_end='threshold' needs a masker's threshold; {source.name} is an oracle mask source")
-        threshold = self.fitted_masker(source).threshold
+        threshold = self.fitted_masker(source).threshold  # an oracle mask source is refused there
         if threshold is None:
             raise ConfigError(f"masker {source.name} sets no threshold (it masks by its own rule): gate_end='threshold' "
                               "cannot be used with it")
