@@ -64,7 +64,7 @@ def _reference_lite0(sd, x):
     """Logits and the block outputs of the package network, written from its tensors only."""
     x = F.relu6(_bn(_same_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
     outs, n = [], 0
-    for repeats, k, stride, expand, cin, cout in LITE0_ARCH:
+    for repeats, _k, stride, expand, cin, cout in LITE0_ARCH:
         for r in range(repeats):
             p, s, i = f"_blocks.{n}.", stride if r == 0 else 1, cin if r == 0 else cout
             h = x

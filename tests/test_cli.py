@@ -92,7 +92,7 @@ def test_stale_metrics_are_removed_when_a_rerun_fails(evaluated, tmp_path, capsy
 def test_maskers_lists_builtin_with_weights_source(capsys):
     assert main(["maskers"]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("patch_stats"))
+    line = next(row for row in out.splitlines() if row.startswith("patch_stats"))
     assert " none " in line
 
 

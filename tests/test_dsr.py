@@ -121,14 +121,21 @@ def _official_vq_state(h: int, rh: int, e: int, k: int) -> dict[str, torch.Tenso
                 f"{prefix}._ema_w": torch.randn(k, e)}
 
     state = {}
-    state.update(conv("_encoder_t._conv_1", h, h, 4)); state.update(conv("_encoder_t._conv_2", h, h, 3))
+    state.update(conv("_encoder_t._conv_1", h, h, 4))
+    state.update(conv("_encoder_t._conv_2", h, h, 3))
     state.update(res("_encoder_t", h))
-    state.update(conv("_encoder_b._conv_1", 3, h // 2, 4)); state.update(conv("_encoder_b._conv_2", h // 2, h, 4))
-    state.update(conv("_encoder_b._conv_3", h, h, 3)); state.update(res("_encoder_b", h))
-    state.update(conv("_pre_vq_conv_bot", h + e, e, 1)); state.update(conv("_pre_vq_conv_top", h, e, 1))
-    state.update(vq("_vq_vae_top")); state.update(vq("_vq_vae_bot"))
-    state.update(conv("_decoder_b._conv_1", 2 * e, h, 3)); state.update(res("_decoder_b", h))
-    state.update(deconv("_decoder_b._conv_trans_1", h, h // 2)); state.update(deconv("_decoder_b._conv_trans_2", h // 2, 3))
+    state.update(conv("_encoder_b._conv_1", 3, h // 2, 4))
+    state.update(conv("_encoder_b._conv_2", h // 2, h, 4))
+    state.update(conv("_encoder_b._conv_3", h, h, 3))
+    state.update(res("_encoder_b", h))
+    state.update(conv("_pre_vq_conv_bot", h + e, e, 1))
+    state.update(conv("_pre_vq_conv_top", h, e, 1))
+    state.update(vq("_vq_vae_top"))
+    state.update(vq("_vq_vae_bot"))
+    state.update(conv("_decoder_b._conv_1", 2 * e, h, 3))
+    state.update(res("_decoder_b", h))
+    state.update(deconv("_decoder_b._conv_trans_1", h, h // 2))
+    state.update(deconv("_decoder_b._conv_trans_2", h // 2, 3))
     state.update(deconv("upsample_t", e, e))
     return state
 
