@@ -243,14 +243,16 @@ class ExperimentalFaderConfig(FaderConfig):
     cache keys, checkpoints and the ONNX export take it unchanged; it dumps flat (the experiment's
     fields beside the head's), as every head configuration was saved before the split."""
 
-    context: Literal["token", "neighbours"] = HeadExperiment.model_fields["context"]
-    pseudo_area: float = HeadExperiment.model_fields["pseudo_area"]
-    pseudo_source: Literal["image", "procedural"] = HeadExperiment.model_fields["pseudo_source"]
-    gates: Literal["head", "open", "score"] = HeadExperiment.model_fields["gates"]
-    head_input: Literal["pixels", "stats", "encoder", "backbone"] = HeadExperiment.model_fields["head_input"]
-    score_input: bool = HeadExperiment.model_fields["score_input"]
-    masked_gate: Literal["head", "one"] = HeadExperiment.model_fields["masked_gate"]
-    gate_end: Literal["spread", "threshold"] = HeadExperiment.model_fields["gate_end"]
+    # The FieldInfo of HeadExperiment is the default (description and bounds included); mypy reads the
+    # assignment of a FieldInfo to a typed field as a type error.
+    context: Literal["token", "neighbours"] = HeadExperiment.model_fields["context"]  # type: ignore[assignment]
+    pseudo_area: float = HeadExperiment.model_fields["pseudo_area"]  # type: ignore[assignment]
+    pseudo_source: Literal["image", "procedural"] = HeadExperiment.model_fields["pseudo_source"]  # type: ignore[assignment]
+    gates: Literal["head", "open", "score"] = HeadExperiment.model_fields["gates"]  # type: ignore[assignment]
+    head_input: Literal["pixels", "stats", "encoder", "backbone"] = HeadExperiment.model_fields["head_input"]  # type: ignore[assignment]
+    score_input: bool = HeadExperiment.model_fields["score_input"]  # type: ignore[assignment]
+    masked_gate: Literal["head", "one"] = HeadExperiment.model_fields["masked_gate"]  # type: ignore[assignment]
+    gate_end: Literal["spread", "threshold"] = HeadExperiment.model_fields["gate_end"]  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _gate_end_needs_calibration(self) -> "ExperimentalFaderConfig":

@@ -69,6 +69,15 @@ def f1_max(scores: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
     return float(f1.max())
 
 
+def trapezoid_area(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under the polyline through (x, y): numpy's trapezoid rule, in the same operations.
+
+    Written out because the function is ``np.trapezoid`` in numpy 2 and ``np.trapz`` in numpy 1,
+    and both are supported.
+    """
+    return float((np.diff(x) * (y[1:] + y[:-1]) / 2.0).sum())
+
+
 def aupro(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray, fpr_limit: float = 0.3, steps: int = 200) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, normalised to [0, 1].
 
@@ -112,4 +121,4 @@ def aupro(maps: Tensor | np.ndarray, masks: Tensor | np.ndarray, fpr_limit: floa
         fprs_a[j] = fpr_limit
     fprs_a = np.r_[0.0, fprs_a]
     pros_a = np.r_[0.0, pros_a]
-    return float(np.trapezoid(pros_a, fprs_a) / fpr_limit)
+    return float(trapezoid_area(pros_a, fprs_a) / fpr_limit)

@@ -32,6 +32,7 @@ refused, naming the option and the accepted ones.
 from __future__ import annotations
 
 import argparse
+import builtins
 import difflib
 import importlib.metadata
 import inspect
@@ -166,6 +167,22 @@ def _distribution(ep: importlib.metadata.EntryPoint) -> str:
         return ""
 
 
+def _hashable_plugin(obj: Any) -> Any:
+    """The plugin object itself, or, for an unhashable one, a module holding the same attributes.
+
+    pluggy 1.7 keeps plugins in a set, so an unhashable namespace (``types.SimpleNamespace``, a
+    dict-like object) would fail deep inside ``register``; its hook functions keep their
+    ``@hookimpl`` marks when copied onto a module, so it registers the same way.
+    """
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        proxy = types.ModuleType(f"{type(obj).__name__}_plugin")
+        proxy.__dict__.update(vars(obj))
+        return proxy
+
+
 @dataclass
 class MaskerRegistry:
     """One pluggy plugin manager, its plugins and the maskers they registered.
@@ -214,7 +231,7 @@ class MaskerRegistry:
                              f"that holds the @hookimpl functions: {ep.name} = {ep.module!r}")
                 continue
             loaded.append((info, obj))
-        for obj in self.extra_plugins:
+        for obj in map(_hashable_plugin, self.extra_plugins):
             name = getattr(obj, "__name__", None) or type(obj).__name__
             info = PluginInfo(name, repr(obj), "", _is_builtin(_module_name(obj)))
             self._plugins.setdefault(name, info)
@@ -352,15 +369,15 @@ class MaskerRegistry:
         return register
 
     # -- public ------------------------------------------------------------------------------
-    def list(self) -> list[MaskerEntry]:
+    def list(self) -> builtins.list[MaskerEntry]:
         self._load()
         return sorted(self._entries.values(), key=lambda e: e.name)
 
-    def errors(self) -> list[PluginError]:
+    def errors(self) -> builtins.list[PluginError]:
         self._load()
         return list(self._errors)
 
-    def plugins(self) -> list[PluginInfo]:
+    def plugins(self) -> builtins.list[PluginInfo]:
         self._load()
         return sorted(self._plugins.values(), key=lambda p: (not p.builtin, p.name))
 

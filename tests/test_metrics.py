@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fader_kit.metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc
+from fader_kit.metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc, trapezoid_area
 
 
 def test_auroc_hand_cases():
@@ -76,7 +76,8 @@ def _aupro_pixelwise(maps, masks, fpr_limit=0.3, steps=200):
     if f[-1] > fpr_limit:
         p[-1] = p[-2] + (p[-1] - p[-2]) * (fpr_limit - f[-2]) / max(f[-1] - f[-2], 1e-12)
         f[-1] = fpr_limit
-    return float(np.trapezoid(np.r_[0.0, p], np.r_[0.0, f]) / fpr_limit)
+    xs, ys = np.r_[0.0, f], np.r_[0.0, p]
+    return float((np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0).sum() / fpr_limit)
 
 
 def test_aupro_equals_the_pixelwise_definition_exactly():
@@ -89,3 +90,9 @@ def test_aupro_equals_the_pixelwise_definition_exactly():
             masks[i, y : y + int(rng.integers(1, 6)), x : x + int(rng.integers(1, 6))] = True
             maps[i][masks[i]] += rng.random() * 0.5
         assert aupro(maps, masks) == _aupro_pixelwise(maps, masks)
+
+
+def test_trapezoid_area_by_hand():
+    # (0,0) -> (1,2) -> (3,2): a triangle of area 1 plus a rectangle of area 4
+    assert trapezoid_area(np.array([0.0, 2.0, 2.0]), np.array([0.0, 1.0, 3.0])) == 5.0
+    assert trapezoid_area(np.array([1.0]), np.array([0.5])) == 0.0

@@ -314,3 +314,32 @@ def test_every_builtin_masker_refuses_an_unknown_option_with_one_error_type(name
         reg.create(name, no_such_option=1)
     assert reg.accepts(name, "no_such_option") is False
     assert "seed" not in reg.factory_options(name, {"seed": 3, "category": "washer"}) or reg.accepts(name, "seed")
+
+
+def test_an_unhashable_plugin_object_registers_its_hooks():
+    """pluggy 1.7 keeps plugins in a set; a namespace holding @hookimpl functions (unhashable)
+    still registers, and its masker is created, whatever pluggy version is installed."""
+    import types
+
+    import torch
+
+    from fader_kit.hookspecs import hookimpl
+    from fader_kit.interfaces import Masker
+
+    class Constant(Masker):
+        def fit(self, images):
+            self.threshold = 0.5
+
+        def score_map(self, images):
+            return torch.zeros(images.shape[0], 1, *images.shape[-2:])
+
+    @hookimpl
+    def register_maskers(register):
+        register("constant_ns", Constant, summary="zero everywhere", weights="none")
+
+    namespace = types.SimpleNamespace(register_maskers=register_maskers)
+    with pytest.raises(TypeError):
+        hash(namespace)
+    reg = MaskerRegistry(entry_points=[], extra_plugins=[namespace], env={})
+    assert isinstance(reg.create("constant_ns"), Constant)
+    assert reg.errors() == []

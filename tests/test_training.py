@@ -205,7 +205,13 @@ def _ssim_five_calls(a, b, window=11, sigma=1.5):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_batched_ssim_is_the_five_call_ssim_bit_for_bit(batch):
+def test_batched_ssim_is_the_five_call_ssim(batch):
+    """The grouped convolution computes the five local means of five separate calls.
+
+    Equal to float32 rounding: which oneDNN kernel runs (and so the last bits of a gradient)
+    depends on the CPU, so exact equality is checked on one machine by diffing benchmark rows,
+    not here. A wrong mean (a swapped channel, a missing term) moves values by far more than 1e-5.
+    """
     g = torch.Generator().manual_seed(batch)
     base = torch.rand(batch, 3, 32, 32, generator=g)
     target = torch.rand(batch, 3, 32, 32, generator=g)
@@ -216,5 +222,5 @@ def test_batched_ssim_is_the_five_call_ssim_bit_for_bit(batch):
         value = 1 - fn(pred, target)
         value.backward()
         grads.append((value.detach(), leaf.grad))
-    assert torch.equal(grads[0][0], grads[1][0])
-    assert torch.equal(grads[0][1], grads[1][1])
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)

@@ -44,14 +44,14 @@ def comparisons(rows: list[ResultRow], details: DetailStore) -> list[dict[str, o
         if v != EAR:
             row = comparison_row(m, v, c, pairs, [(e.work_key, f.work_key) for e, f in pairs],
                                  [{k: getattr(f, k) for k in METRICS} for _, f in pairs], details)
-            control = [ok.get((m, CONTROL, c, s)) for s in seeds]
-            if v != CONTROL and all(control):  # what the head adds over the same training with every skip open
+            control = [ok[(m, CONTROL, c, s)] for s in seeds if (m, CONTROL, c, s) in ok]
+            if v != CONTROL and len(control) == len(seeds):  # what the head adds over the same training, skips open
                 vs_control, _ = paired(details, [k.work_key for k in control], [f.work_key for _, f in pairs])
                 if vs_control is not None:
                     row["vs_control"] = vs_control
             out.append(row)
-        fused = [f.config.get("fused") for _, f in pairs]
-        if all(fused):
+        fused: list[dict[str, float]] = [f.config["fused"] for _, f in pairs if f.config.get("fused")]
+        if fused and len(fused) == len(pairs):
             out.append(comparison_row(m, f"{v}+masker", c, pairs, [(e.work_key, fused_key(f.work_key)) for e, f in pairs],
                                       fused, details))
     return out
@@ -69,7 +69,7 @@ def comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[R
     for metric in METRICS:
         row[f"ear_{metric}"] = SeedSummary.of([getattr(e, metric) for e, _ in pairs])
         row[f"after_{metric}"] = SeedSummary.of([a[metric] for a in after])
-    alone = [e.config.get("masker_alone") for e, _ in pairs if e.config.get("masker_alone")]
+    alone: list[dict[str, float]] = [e.config["masker_alone"] for e, _ in pairs if e.config.get("masker_alone")]
     for metric in METRICS:
         row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
     comparison, error = paired(details, [b for b, _ in detail_keys], [a for _, a in detail_keys])
