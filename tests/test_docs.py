@@ -12,6 +12,7 @@ Each fenced block of README.md, CONTRIBUTING.md and docs/**/*.md is one of:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -32,7 +33,7 @@ FENCE = re.compile(r"^(?P<indent> {0,3})```(?P<lang>[^\s`]*)\s*$")
 FORBIDDEN = re.compile(r"other agents|previous session|this session|whoever continues|issue [0-9]+|/work/|/tmp/[a-z]",
                        re.IGNORECASE)
 CHEAP = {("maskers",), ("plugins",)}
-KNOWN_PROGRAMS = {"fader-kit", "python", "mkdocs", "ray", "pip", "cd", "export"}
+KNOWN_PROGRAMS = {"fader-kit", "python", "mkdocs", "ray", "pip", "cd", "export", ".", "ruff", "mypy"}
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,13 @@ def _check_fader_kit(argv: list[str], where: str) -> None:
 
 def _check_python_m(argv: list[str], where: str) -> None:
     module = argv[2] if len(argv) > 2 else ""
-    if module in ("pip", "pytest"):
+    if module in ("pip", "pytest", "venv"):
         return
     if module == "fader_kit":
         _check_fader_kit(argv[3:], where)
         return
-    if module == "fader_kit_bench.trained_maskers":
-        from fader_kit_bench.trained_maskers import main
-
+    if module.startswith("fader_kit_bench.") and hasattr(importlib.import_module(module), "main"):
+        main = importlib.import_module(module).main
         out = io.StringIO()
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
             main(["--help"])
@@ -213,7 +213,7 @@ def test_readme_starts_with_the_two_setup_commands_and_ci_runs_its_test_command(
     assert len(lines) == 2, f"the set-up block holds exactly two commands, not {len(lines)}"
     assert "pip install" in lines[0]
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
-    assert ci == [lines[1]], f"README's test command {lines[1]!r} differs from .ci/run's {ci}"
+    assert ci and set(ci) == {lines[1]}, f"README's test command {lines[1]!r} differs from .ci/run's {ci}"
 
 
 def test_no_machine_paths_or_process_words():
