@@ -23,6 +23,8 @@ def import_everything() -> int:
         if "site-packages" not in (package.__file__ or ""):
             sys.exit(f"{top} was imported from {package.__file__}, not from the installed wheel")
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{top}."):
+            if info.name.endswith(".__main__"):  # runs the command line when imported
+                continue
             try:
                 importlib.import_module(info.name)
             except ModuleNotFoundError as exc:
