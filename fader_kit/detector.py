@@ -20,6 +20,7 @@ Folder layout (``FILES``)::
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -256,6 +257,23 @@ def make_decision(calibration: Calibration, threshold: float | str | None = None
     return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted)")
 
 
+def check_image_tensor(images: Tensor, argument: str = "images") -> Tensor:
+    """``images`` as given when it is a float tensor with every value in [0, 1] (what the model was
+    trained on), else a ConfigError naming ``argument``.  Nothing is rescaled: a uint8 or 0-255 float
+    tensor would be judged on the wrong scale without a sound, so it is refused instead."""
+    if not images.is_floating_point():
+        raise ConfigError(f"argument {argument}: a {images.dtype} tensor; predict() takes float tensors with values in "
+                          "[0, 1] (divide uint8 pixels by 255), or pass paths, PIL images or uint8 arrays")
+    if images.numel():
+        low, high = float(images.min()), float(images.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ConfigError(f"argument {argument}: values that are not finite (NaN or infinite)")
+        if low < 0.0 or high > 1.0:
+            hint = " (0-255 pixels? divide by 255)" if high > 1.0 and high <= 255.0 and low >= 0.0 else ""
+            raise ConfigError(f"argument {argument}: values from {low:g} to {high:g}, outside [0, 1]{hint}")
+    return images
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -410,7 +428,7 @@ class Detector:
         from .imagefiles import load_array, pil_array, to_tensor
 
         if isinstance(images, Tensor):
-            return images if images.ndim == 4 else images.unsqueeze(0)
+            return check_image_tensor(images if images.ndim == 4 else images.unsqueeze(0))
         arrays = []
         for item in images:
             if isinstance(item, (str, Path)):
