@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from .calibration import Calibration
@@ -148,7 +149,12 @@ class OnnxScorer:
             raise ConfigError(f"{path} is not a detector graph (no {CALIBRATION_KEY} metadata): export it with "
                               "fader-kit export --onnx OUT.onnx MODEL_DIR")
         self.path = path
-        self.calibration = Calibration.model_validate_json(meta[CALIBRATION_KEY])
+        try:
+            self.calibration = Calibration.model_validate_json(meta[CALIBRATION_KEY], strict=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ModelDirError(f"{path}: metadata {CALIBRATION_KEY}: field {where}: {first['msg']}") from None
         self.detector_meta = json.loads(meta.get(DETECTOR_KEY, "{}"))
         self.image_size = int(meta["image_size"])
         self.session = onnx_session(path, threads)

@@ -149,3 +149,23 @@ def test_a_head_reading_the_masker_score_is_refused_before_tracing(normal: Path,
     with pytest.raises(ExportError, match="masker's score map"):
         export_model(det.model, tmp_path / "m.onnx", det.image_size)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_an_onnx_graph_with_a_nan_threshold_in_its_metadata_is_refused(backbone_dir: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    import json
+
+    from fader_kit.deploy_export import CALIBRATION_KEY, OnnxScorer, export_detector
+    from fader_kit.errors import ModelDirError
+
+    path = tmp_path / "d.onnx"
+    export_detector(backbone_dir, path)
+    proto = onnx.load(str(path))
+    for prop in proto.metadata_props:
+        if prop.key == CALIBRATION_KEY:
+            cal = json.loads(prop.value)
+            cal["image_threshold"] = float("nan")
+            prop.value = json.dumps(cal)
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelDirError, match="image_threshold"):
+        OnnxScorer(path)
