@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
 from .errors import ConfigError
@@ -35,6 +35,10 @@ from .errors import ConfigError
 #: so ``predict --false-alarm-rate`` can re-derive the pixel threshold without the maps.
 PIXEL_RATES: tuple[float, ...] = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 5e-4, 2e-4, 1e-4, 1e-5,
                                   1e-6, 0.0)
+
+
+#: The most held-out normal scores a calibration may hold (a bound on what a loaded file may ask for).
+MAX_NORMAL_SCORES = 10_000_000
 
 
 def check_rate(rate: float, argument: str = "--false-alarm-rate") -> float:
@@ -74,7 +78,22 @@ def denormalise(value: float, threshold: float, low: float) -> float:
 class PixelQuantiles(BaseModel):
     """Pixel scores of the held-out normal maps: ``values[i]`` is exceeded by a share ``rates[i]``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if not 1 <= len(v) <= 64 or any(not 0 <= r <= 1 for r in v) or any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError("rates must hold 1 to 64 rates in [0, 1], in descending order")
+        if v[0] <= 0:
+            raise ValueError("rates must hold a positive rate")
+        return v
+
+    @model_validator(mode="after")
+    def _paired(self) -> "PixelQuantiles":
+        if len(self.values) != len(self.rates):
+            raise ValueError(f"values must hold one value per rate ({len(self.rates)}), got {len(self.values)}")
+        return self
 
     rates: list[float]
     values: list[float]
@@ -98,7 +117,21 @@ class PixelQuantiles(BaseModel):
 class Validation(BaseModel):
     """What a labelled validation set (``fit --validation``) adds: AUROC and the F1-optimal threshold."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    @field_validator("n_normal", "n_defective")
+    @classmethod
+    def _counts(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("a validation set holds at least one normal and one defective image")
+        return v
+
+    @field_validator("image_auroc", "pixel_auroc", "f1", "false_alarm_rate_at_f1")
+    @classmethod
+    def _share(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError(f"must lie in [0, 1], got {v}")
+        return v
 
     folder: str
     n_normal: int
@@ -113,7 +146,42 @@ class Validation(BaseModel):
 class Calibration(BaseModel):
     """Thresholds and normalisation of one detector, estimated on held-out normal images."""
 
-    model_config = ConfigDict(frozen=True)
+    # every number finite: a NaN threshold would load and then never flag anything
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    @field_validator("false_alarm_rate")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"must lie between 0 and 1 (exclusive), got {v}")
+        return v
+
+    @field_validator("normal_false_alarm_rate")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError(f"must lie in [0, 1], got {v}")
+        return v
+
+    @field_validator("normal_scores")
+    @classmethod
+    def _scores(cls, v: list[float]) -> list[float]:
+        if not 1 <= len(v) <= MAX_NORMAL_SCORES:
+            raise ValueError(f"must hold 1 to {MAX_NORMAL_SCORES} held-out normal scores, got {len(v)}")
+        return v
+
+    @field_validator("n_pixels")
+    @classmethod
+    def _pixels(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be positive, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _counted(self) -> "Calibration":
+        if self.n_images != len(self.normal_scores):
+            raise ValueError(f"n_images {self.n_images} does not count the {len(self.normal_scores)} normal_scores")
+        return self
 
     false_alarm_rate: float = Field(description="the rate both thresholds were set for")
     image_threshold: float = Field(description="raw image score above which an image is flagged")

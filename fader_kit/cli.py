@@ -224,6 +224,9 @@ def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
     p.add_argument("--no-head", action="store_true", help="export plain EAR (the same U-Net without FADeR's gates)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check after export")
+    p.add_argument("--check-images", nargs="+", default=None, metavar="IMAGE",
+                   help="detector folder only: normal images (files or folders) the check compares onnxruntime with "
+                        "the torch detector on (default: the fit's held-out images, where they are on this machine)")
     p.set_defaults(func=cmd_export)
 
     from .deploy_cli import add_deploy_commands

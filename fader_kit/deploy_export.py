@@ -17,14 +17,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from .calibration import Calibration
 from .errors import ConfigError, ModelDirError
-from .export import ExportError, ExportReport, ScoringGraph, onnx_session, require_onnx, write_onnx
+from .export import (ExportError, ExportReport, ScoringGraph, check_parity, onnx_session, require_onnx,
+                     unexportable_reason, write_onnx)
 
 OUTPUTS = ("anomaly_map", "score")
 CALIBRATION_KEY = "fader_kit.calibration"
@@ -44,6 +46,11 @@ class DetectorGraph(nn.Module):
 
 
 def detector_graph(detector: Any) -> DetectorGraph:
+    """The detector's own (loaded) modules as one graph; an ExportError says why a head or masker
+    cannot be exported, before anything is traced."""
+    reason = unexportable_reason(detector.model)
+    if reason is not None:
+        raise ExportError(f"head variant {detector.settings.fader_variant!r} cannot be exported to ONNX: {reason}")
     module = detector.masker.mask_module()
     if module is None:
         raise ExportError(f"masker {detector.settings.masker!r} cannot be exported to ONNX (it gives no mask module); "
@@ -55,14 +62,20 @@ def detector_graph(detector: Any) -> DetectorGraph:
 
 
 def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, check: bool = True,
-                    tolerance: float = 1e-4) -> ExportReport:
-    """``fader-kit export --onnx OUT MODEL_DIR``: write the detector as one graph (module notes)."""
+                    tolerance: float = 1e-4, check_images: Sequence[str | Path] | None = None) -> ExportReport:
+    """``fader-kit export --onnx OUT MODEL_DIR``: write the detector as one graph (module notes).
+
+    The graph traces the loaded detector's modules.  The check runs the graph with onnxruntime and
+    the torch detector (:meth:`~fader_kit.detector.Detector.score_batch`) on real images --
+    ``check_images``, else the fit's held-out normal images where they are on this machine -- and
+    refuses the graph when the anomaly map or the score differ by more than ``tolerance``."""
     from .detector import Detector
 
     require_onnx()  # the missing extra is one line, before the detector is loaded
     detector = Detector.load(folder, device="cpu")
-    graph = detector_graph(detector)
+    graph = detector_graph(detector)  # refuses an unexportable head or masker before any tracing
     size = detector.image_size
+    images, source = parity_images(detector, check_images) if check else (None, "")
     out = Path(out)
     t0 = time.perf_counter()
     write_onnx(graph, (torch.rand(2, 3, size, size),), out, ["images"], opset, {
@@ -73,22 +86,52 @@ def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, che
     })
     report = ExportReport(out, size, detector.model.head is not None, opset, out.stat().st_size / 1e6,
                           time.perf_counter() - t0)
-    if check:
-        d_map, d_score = parity(graph, out, size)
-        report = ExportReport(**{**report.__dict__, "max_abs_diff_map": d_map, "max_abs_diff_score": d_score})
-        if d_score > tolerance:
-            raise ExportError(f"{out}: onnxruntime and torch disagree by {d_score:.2e} on the score (> {tolerance:g})")
+    if images is not None:
+        d_map, d_score = parity(detector, out, images)
+        report = ExportReport(**{**report.__dict__, "max_abs_diff_map": d_map, "max_abs_diff_score": d_score,
+                                 "checked_on": source})
+        check_parity(out, d_map, d_score, tolerance)
     return report
 
 
-def parity(graph: DetectorGraph, path: Path, size: int, batch: int = 3, seed: int = 0) -> tuple[float, float]:
-    """Max |difference| (map, score) between onnxruntime and torch on smooth random images."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.nn.functional.interpolate(torch.rand(batch, 3, size // 8, size // 8, generator=g), size=(size, size),
-                                             mode="bilinear", align_corners=False)
-    graph.eval()
-    with torch.no_grad():
-        ref_map, ref_score = graph(images)
+#: Images the parity check runs (enough to cover flagged and unflagged patches, few enough to be quick).
+PARITY_IMAGES = 8
+
+
+def parity_images(detector: Any, check_images: Sequence[str | Path] | None = None) -> tuple[Tensor, str]:
+    """``([N, 3, S, S], description)``: the images the parity check runs.  ``check_images`` when given
+    (files or folders), else the fit's held-out normal images under the folder it was fitted on, when
+    they are on this machine (names that would leave that folder are skipped)."""
+    from .data.imageio import IMAGE_EXTENSIONS
+    from .imagefiles import expand_inputs, load_array, to_tensor
+
+    if check_images is not None:
+        paths = expand_inputs([str(p) for p in check_images])[:PARITY_IMAGES]
+        source = f"{len(paths)} image(s) of --check-images"
+    else:
+        t = detector.manifest.training
+        root = Path(t.normal_folder)
+        paths = []
+        if root.is_dir():
+            base = root.resolve()
+            for name in t.holdout_files:
+                path = (root / name).resolve()
+                if base in path.parents and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                    paths.append(path)
+                if len(paths) == PARITY_IMAGES:
+                    break
+        if not paths:
+            raise ExportError(f"the onnxruntime-vs-torch check runs on images of the fit, and the held-out normal images "
+                              f"under {root} are not on this machine: pass --check-images DIR (a few normal images "
+                              "of the part) or --no-check")
+        source = f"{len(paths)} held-out normal images of the fit (under {root})"
+    return to_tensor([load_array(p, detector.image_size)[0] for p in paths]), source
+
+
+def parity(detector: Any, path: Path, images: Tensor) -> tuple[float, float]:
+    """Max |difference| (map, score) between onnxruntime running the graph at ``path`` and the torch
+    detector itself (its masker and model, not the traced wrapper) on ``images``."""
+    ref_map, ref_score = detector.score_batch(images)
     amap, score = onnx_session(path).run(list(OUTPUTS), {"images": images.numpy()})
     return float((torch.from_numpy(amap) - ref_map).abs().max()), float((torch.from_numpy(score) - ref_score).abs().max())
 
@@ -106,7 +149,12 @@ class OnnxScorer:
             raise ConfigError(f"{path} is not a detector graph (no {CALIBRATION_KEY} metadata): export it with "
                               "fader-kit export --onnx OUT.onnx MODEL_DIR")
         self.path = path
-        self.calibration = Calibration.model_validate_json(meta[CALIBRATION_KEY])
+        try:
+            self.calibration = Calibration.model_validate_json(meta[CALIBRATION_KEY], strict=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ModelDirError(f"{path}: metadata {CALIBRATION_KEY}: field {where}: {first['msg']}") from None
         self.detector_meta = json.loads(meta.get(DETECTOR_KEY, "{}"))
         self.image_size = int(meta["image_size"])
         self.session = onnx_session(path, threads)

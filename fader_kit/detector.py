@@ -4,7 +4,8 @@
 (threshold at 0.5), the decision, the anomaly map and the pixel mask.  The folder holds no pickle:
 tensors are ``.safetensors``, everything else JSON, so loading a folder from another machine never
 runs code.  Its ``detector.json`` carries a format name and version checked on load, the settings,
-the library versions and a SHA-256 of every tensor file.
+the library versions and a SHA-256 of every file of the folder, its own content included; loading
+trusts no file (:mod:`fader_kit.modeldir`, and the validators of the models below).
 
 Folder layout (``FILES``)::
 
@@ -19,7 +20,7 @@ Folder layout (``FILES``)::
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -27,48 +28,131 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor
 
 from . import __version__
 from .calibration import Calibration, denormalise
 from .errors import ConfigError, ModelDirError, UserError
 from .fader import FaderModel
-from .interfaces import Masker
+from .interfaces import Masker, MaskerInfo
+from .modeldir import FILES as MODEL_DIR_FILES
+from .modeldir import canonical_json
 
 FORMAT = "fader-kit/detector"
-FORMAT_VERSION = 1
-FILES = ("detector.json", "calibration.json", "model.safetensors", "masker.json", "masker.safetensors", "README.md")
+#: 2: every file digested, detector.json included; 1 (still read): the two tensor files only.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FILES = MODEL_DIR_FILES
 TENSOR_FILES = ("model.safetensors", "masker.safetensors")
+
+#: Bounds on what a detector folder may ask the loader to build: far beyond any profile (the paper's is
+#: 256 px, widths up to 512), far below what would exhaust a machine before the first image.
+MAX_IMAGE_SIZE = 2048
+MAX_WIDTH = 4096
+MAX_DEPTH = 8
+MAX_KERNEL = 255
+MAX_BATCH = 4096
+#: Head sizes: the MLP's hidden width, the ViT ablation's width, depth and heads.
+MAX_HEAD = {"patch_size": 256, "hidden": 65536, "vit_dim": 4096, "vit_depth": 64, "vit_heads": 64}
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+
+
+def _first_error(exc: ValidationError, field: str = "field ") -> str:
+    """``field a.b: what is wrong`` for the first problem pydantic found, on one line."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = str(first["msg"]).splitlines()[0].removeprefix("Value error, ")
+    return (f"{field}{where}: " if where else "") + msg
+
+
+def _reason(exc: Exception) -> str:
+    """One line saying why ``exc`` was raised (a pydantic error: its first problem)."""
+    if isinstance(exc, ValidationError):
+        return _first_error(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if isinstance(exc, (KeyError, TypeError)) or not text else text
 
 
 class DetectorSettings(BaseModel):
-    """How the detector was built: enough to rebuild its modules and to repeat the fit."""
+    """How the detector was built: enough to rebuild its modules and to repeat the fit.  The
+    validators bound every size the loader builds from (see ``MAX_*``)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    profile: str
-    image_size: int
-    masker: str
-    masker_options: dict[str, Any] = Field(default_factory=dict)
-    fader_variant: str
+    profile: str = Field(max_length=100)
+    image_size: int = Field(ge=16, le=MAX_IMAGE_SIZE)
+    masker: str = Field(pattern=_NAME)
+    masker_options: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    fader_variant: str = Field(max_length=100)
     fader_config: dict[str, Any]
     unet_config: dict[str, Any]
-    seed: int
+    seed: int = Field(ge=-(1 << 63), lt=1 << 64)
     ear_masks: Literal["blobs", "masker"] = "blobs"
-    holdout: float
-    false_alarm_rate: float
-    kernel_size: int = 21
-    batch_size: int = 16
+    holdout: float = Field(gt=0, lt=1)
+    false_alarm_rate: float = Field(gt=0, lt=1)
+    kernel_size: int = Field(21, ge=1, le=MAX_KERNEL)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
+
+    @field_validator("masker_options")
+    @classmethod
+    def _plain_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not isinstance(value, (str, int, float, bool, type(None))) or (isinstance(value, str) and len(value) > 4096):
+                raise ValueError(f"option {key!r} must be a string, number, boolean or null")
+        return v
+
+    @field_validator("unet_config")
+    @classmethod
+    def _unet(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from .config import UNetConfig
+
+        try:
+            cfg = UNetConfig.model_validate_json(canonical_json(v), strict=True)
+        except ValidationError as exc:
+            raise ValueError(_first_error(exc, "")) from None
+        if cfg.in_channels != 3 or not 2 <= cfg.depth <= MAX_DEPTH or max(cfg.widths) > MAX_WIDTH:
+            raise ValueError(f"widths must hold 2 to {MAX_DEPTH} widths of at most {MAX_WIDTH} channels for RGB "
+                             f"input, got widths {list(cfg.widths)} and {cfg.in_channels} input channels")
+        return v
+
+    @field_validator("fader_config")
+    @classmethod
+    def _head(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from .config import ExperimentalFaderConfig, HeadExperiment, fader_config
+
+        try:
+            cfg = fader_config(dict(v))
+            # again without type coercion (a float where an int belongs is refused, not rounded)
+            data = v if isinstance(cfg, ExperimentalFaderConfig) else {
+                k: x for k, x in v.items() if k not in HeadExperiment.model_fields}
+            type(cfg).model_validate_json(canonical_json(data), strict=True)
+        except ValidationError as exc:
+            raise ValueError(_first_error(exc, "")) from None
+        except (TypeError, ValueError, UserError) as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        for key, top in MAX_HEAD.items():
+            if getattr(cfg, key) > top:
+                raise ValueError(f"{key} {getattr(cfg, key)} is above {top}")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "DetectorSettings":
+        down = 2 ** len(self.unet_config["widths"])
+        patch = self.fader_config.get("patch_size", 8)
+        if self.image_size % down or self.image_size % patch:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2**depth = {down} and by the head's "
+                             f"patch_size {patch}")
+        return self
 
 
 class TrainingSummary(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     normal_folder: str
-    n_images: int
-    n_train: int
-    n_holdout: int
+    n_images: int = Field(ge=0)
+    n_train: int = Field(ge=0)
+    n_holdout: int = Field(ge=0)
     holdout_files: list[str]
     device: str
     seconds: dict[str, float]
@@ -88,6 +172,16 @@ class Manifest(BaseModel):
     training: TrainingSummary
     environment: dict[str, str] = Field(default_factory=dict)
     sha256: dict[str, str] = Field(default_factory=dict)
+
+
+class MaskerFile(BaseModel):
+    """``masker.json``: the masker's name, its info and its state (tensors by reference)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    masker: str = Field(pattern=_NAME)
+    info: MaskerInfo
+    state: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -163,6 +257,23 @@ def make_decision(calibration: Calibration, threshold: float | str | None = None
     return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted)")
 
 
+def check_image_tensor(images: Tensor, argument: str = "images") -> Tensor:
+    """``images`` as given when it is a float tensor with every value in [0, 1] (what the model was
+    trained on), else a ConfigError naming ``argument``.  Nothing is rescaled: a uint8 or 0-255 float
+    tensor would be judged on the wrong scale without a sound, so it is refused instead."""
+    if not images.is_floating_point():
+        raise ConfigError(f"argument {argument}: a {images.dtype} tensor; predict() takes float tensors with values in "
+                          "[0, 1] (divide uint8 pixels by 255), or pass paths, PIL images or uint8 arrays")
+    if images.numel():
+        low, high = float(images.min()), float(images.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ConfigError(f"argument {argument}: values that are not finite (NaN or infinite)")
+        if low < 0.0 or high > 1.0:
+            hint = " (0-255 pixels? divide by 255)" if high > 1.0 and high <= 255.0 and low >= 0.0 else ""
+            raise ConfigError(f"argument {argument}: values from {low:g} to {high:g}, outside [0, 1]{hint}")
+    return images
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -171,34 +282,101 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(folder: Path) -> Manifest:
-    """``detector.json`` of ``folder``, its format and version checked, with errors naming the file."""
-    path = folder / "detector.json"
-    if not folder.is_dir():
-        raise ModelDirError(f"model folder {folder} does not exist")
-    if not path.is_file():
-        raise ModelDirError(f"{folder} is not a fader-kit detector folder: missing file {path} "
-                            "(made by fader-kit fit --out)")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ModelDirError(f"{path} is not a fader-kit detector manifest (format {raw.get('format')!r}, "
-                            f"expected {FORMAT!r})" if isinstance(raw, dict) else f"{path} is not a detector manifest")
+def check_version(raw: dict[str, Any], folder: Path) -> int:
+    """The format version of a parsed ``detector.json``, or a ModelDirError saying what to do."""
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+        from .modeldir import shown
+
         raise ModelDirError(
-            f"{folder} holds detector format version {version!r} (written by {raw.get('created_by', 'unknown')}); "
-            f"this fader-kit {__version__} reads version {FORMAT_VERSION} only: "
+            f"{folder} holds detector format version {shown(version)} (written by {shown(raw.get('created_by', 'unknown'))}); "
+            f"this fader-kit {__version__} reads versions {', '.join(map(str, READABLE_VERSIONS))}: "
             + ("upgrade fader-kit to load it" if newer else f"refit it with fader-kit {__version__} (fader-kit fit)"))
+    return int(version)
+
+
+def validate_file(model: type[BaseModel], raw: Any, path: Path) -> Any:
+    """``model`` validated strictly (no type coercion) from ``raw``, read from ``path``; the first
+    problem is one ModelDirError naming the file and the field."""
     try:
-        return Manifest.model_validate(raw)
+        return model.model_validate(raw, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ModelDirError(f"{path}: field {where}: {first['msg']}") from None
+        raise ModelDirError(f"{path}: {_first_error(exc)}") from None
+
+
+def validate_manifest(raw: dict[str, Any], folder: Path) -> Manifest:
+    return validate_file(Manifest, raw, folder / "detector.json")
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """``detector.json`` of ``folder``, its format, version and fields checked, with errors naming the
+    file (its digests are checked by :meth:`Detector.load`, which reads the other files)."""
+    from .modeldir import read_manifest_file
+
+    raw = read_manifest_file(folder)
+    check_version(raw, folder)
+    return validate_manifest(raw, folder)
+
+
+def build_model(settings: DetectorSettings) -> FaderModel:
+    """The modules ``settings`` describe, without weights: a backbone head's backbone too (the saved
+    state holds its weights, so no pretrained weights are looked for)."""
+    from .config import UNetConfig, fader_config
+    from .unet import EARUNet
+
+    unet = EARUNet(UNetConfig(**settings.unet_config))
+    return FaderModel(unet, None, fader_config(settings.fader_config), pretrained_backbone=False)
+
+
+def check_model_tensors(header: dict[str, tuple[str, tuple[int, ...]]], expected: dict[str, Tensor], path: Path) -> None:
+    """The tensors of ``model.safetensors`` (its header) against the modules' (``expected``)."""
+    from .modeldir import safetensors_dtype, shown
+
+    for name, tensor in expected.items():
+        if name not in header:
+            raise ModelDirError(f"{path} lacks tensor {shown(name)} of the model that detector.json describes")
+        want = (safetensors_dtype(tensor.dtype), tuple(tensor.shape))
+        if header[name] != want:
+            raise ModelDirError(f"{path}: tensor {shown(name)} is {header[name][0]} {list(header[name][1])}, the model "
+                                f"detector.json describes has {want[0]} {list(want[1])}")
+    extra = sorted(set(header) - set(expected))
+    if extra:
+        raise ModelDirError(f"{path} holds tensor {shown(extra[0])}, which the model detector.json describes has not")
+
+
+def check_tensor_refs(tree: Any, header: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> None:
+    """Every tensor reference of a state tree names a tensor of the file and every tensor is
+    referenced once; ``__float__`` leaves hold numbers."""
+    from .modeldir import shown
+    from .statefiles import TENSOR_KEY
+
+    seen: set[str] = set()
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if TENSOR_KEY in node:
+                key = node[TENSOR_KEY]
+                if len(node) != 1 or not isinstance(key, str) or key not in header or key in seen:
+                    raise ModelDirError(f"{path}: entry {where or '/'} refers to tensor {shown(key)}, which its "
+                                        ".safetensors file does not hold (or another entry already uses)")
+                seen.add(key)
+                return
+            if "__float__" in node:
+                value = node["__float__"]
+                if len(node) != 1 or value not in ("inf", "-inf", "nan"):
+                    raise ModelDirError(f"{path}: entry {where or '/'} is not a number ({shown(value)})")
+                return
+            for k, v in node.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}/{i}")
+
+    walk(tree, "")
+    unused = sorted(set(header) - seen)
+    if unused:
+        raise ModelDirError(f"{path} does not refer to tensor {shown(unused[0])} of its .safetensors file")
 
 
 class Detector:
@@ -250,7 +428,7 @@ class Detector:
         from .imagefiles import load_array, pil_array, to_tensor
 
         if isinstance(images, Tensor):
-            return images if images.ndim == 4 else images.unsqueeze(0)
+            return check_image_tensor(images if images.ndim == 4 else images.unsqueeze(0))
         arrays = []
         for item in images:
             if isinstance(item, (str, Path)):
@@ -312,65 +490,80 @@ class Detector:
             from .modelcard import model_card
 
             write_text_atomic(folder / "README.md", model_card(self.manifest, self.calibration))
-        sums = {name: sha256_of(folder / name) for name in TENSOR_FILES}
-        self.manifest = self.manifest.model_copy(update={"sha256": sums})
-        write_json_atomic(folder / "detector.json", self.manifest.model_dump(mode="json"))
+        from .modeldir import FILES as names, MANIFEST, manifest_digest
+
+        # every file is digested as it lies on disk; detector.json last, with the digest of its own content
+        sums = {name: sha256_of(folder / name) for name in names if name != MANIFEST}
+        self.manifest = self.manifest.model_copy(update={"format_version": FORMAT_VERSION, "sha256": sums})
+        payload = self.manifest.model_dump(mode="json")
+        payload["sha256"][MANIFEST] = manifest_digest(payload)
+        self.manifest = self.manifest.model_copy(update={"sha256": payload["sha256"]})
+        write_json_atomic(folder / MANIFEST, payload)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
              masker_options: dict[str, Any] | None = None) -> "Detector":
-        """Rebuild a detector from its folder.  Never unpickles; a missing or damaged file, or a
-        folder of another format version, raises :class:`~fader_kit.errors.ModelDirError` naming it.
+        """Rebuild a detector from its folder.  Never unpickles, and trusts no file in it (see
+        :mod:`fader_kit.modeldir`): every file is read once with a size cap and checked against its
+        digest, then every field of every JSON file is validated and the tensor files' headers are
+        compared with the modules the settings describe -- all before a module is built.  Anything
+        wrong is one :class:`~fader_kit.errors.ModelDirError` naming the file.  ``verify=False`` skips
+        the digest comparison only.
 
         ``masker_options`` override the stored ones, e.g. ``{"weights": PATH}`` where a masker with a
         pretrained backbone finds that backbone on this machine (the folder holds the masker's
         fitted state, not a pretrained backbone's weights)."""
-        from safetensors.torch import load_file
-
-        from .config import UNetConfig, fader_config
-        from .registry import default_registry
-        from .statefiles import load_state
-        from .unet import EARUNet
+        from . import modeldir as md
 
         folder = Path(folder)
-        manifest = read_manifest(folder)
-        for name in FILES:
-            if name != "README.md" and not (folder / name).is_file():
-                raise ModelDirError(f"detector folder {folder} is incomplete: missing file {folder / name}")
-        if verify:
-            for name, digest in manifest.sha256.items():
-                if sha256_of(folder / name) != digest:
-                    raise ModelDirError(f"{folder / name} does not match the checksum in {folder / 'detector.json'}: "
-                                        "the file was changed or damaged after fitting")
+        raw = md.read_manifest_file(folder)
+        version = check_version(raw, folder)
+        files = md.read_folder(folder, raw, version, verify=verify)
+        manifest = validate_manifest(raw, folder)
         s = manifest.settings
-        try:
-            calibration = Calibration.model_validate_json((folder / "calibration.json").read_text())
-        except ValidationError as exc:
-            raise ModelDirError(f"{folder / 'calibration.json'} is damaged: {exc.errors()[0]['msg']}") from None
-        device = torch.device(device)
-        try:
-            head = fader_config(s.fader_config)  # the plain or the experimental configuration, as saved
-            unet = EARUNet(UNetConfig(**s.unet_config))
-        except (ValidationError, ValueError) as exc:
-            raise ModelDirError(f"{folder / 'detector.json'}: the saved U-Net or head settings are not valid for this "
-                                f"fader-kit {__version__}: {str(exc).splitlines()[0]}") from None
-        model = FaderModel(unet, None, head)
-        try:
-            state = load_file(str(folder / "model.safetensors"))
-        except Exception as exc:
-            raise ModelDirError(f"{folder / 'model.safetensors'} is not readable ({type(exc).__name__}: {exc})") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelDirError(f"{folder / 'model.safetensors'} does not fit the settings in detector.json: "
-                                f"{str(exc).splitlines()[0]}") from None
-        masker_state, _ = load_state(folder / "masker.json", folder / "masker.safetensors")
+        calibration = validate_file(Calibration, md.parse_json(files[md.CALIBRATION], folder / md.CALIBRATION),
+                                    folder / md.CALIBRATION)
+        masker_file = validate_file(MaskerFile, md.parse_json(files[md.MASKER_JSON], folder / md.MASKER_JSON),
+                                    folder / md.MASKER_JSON)
+        if masker_file.masker != s.masker:
+            raise ModelDirError(f"{folder / md.MASKER_JSON}: field masker: holds the state of masker "
+                                f"{md.shown(masker_file.masker)}, but {folder / md.MANIFEST} names {s.masker!r}")
+        model_header = md.check_safetensors(files[md.MODEL], folder / md.MODEL)
+        masker_header = md.check_safetensors(files[md.MASKER_TENSORS], folder / md.MASKER_TENSORS)
+        check_tensor_refs(masker_file.state, masker_header, folder / md.MASKER_JSON)
+        from .registry import default_registry
+
         registry = default_registry()
         try:
             registry.get(s.masker)
         except (KeyError, UserError) as exc:
-            raise ModelDirError(f"{folder} needs masker {s.masker!r}, which is not installed here ({exc})") from None
-        masker = registry.create(s.masker, **{**s.masker_options, **(masker_options or {}), "device": str(device)})
-        masker.load_state_dict(masker_state)
+            raise ModelDirError(f"{folder / md.MANIFEST}: field settings.masker: {folder} needs masker {s.masker!r}, "
+                                f"which is not installed here ({str(exc).splitlines()[0]})") from None
+        try:
+            with torch.device("meta"):  # the modules' shapes, without allocating them
+                expected = build_model(s).state_dict()
+        except (RuntimeError, ValueError, UserError) as exc:
+            raise ModelDirError(f"{folder / md.MANIFEST}: field settings: they describe a model that cannot be built "
+                                f"({_reason(exc)})") from None
+        check_model_tensors(model_header, expected, folder / md.MODEL)
+        device = torch.device(device)
+        model = build_model(s)
+        model.load_state_dict(md.load_tensors(files[md.MODEL], folder / md.MODEL))
+        from .statefiles import join_state
+
+        masker_state = join_state(masker_file.state, md.load_tensors(files[md.MASKER_TENSORS], folder / md.MASKER_TENSORS),
+                                  source=str(folder / md.MASKER_JSON))
+        options = {**s.masker_options, **(masker_options or {}), "device": str(device)}
+        try:
+            masker = registry.create(s.masker, **options)
+        except (UserError, ValueError, TypeError) as exc:
+            raise ModelDirError(f"{folder / md.MANIFEST}: field settings.masker_options: masker {s.masker!r} refuses "
+                                f"them ({_reason(exc)})") from None
+        try:
+            masker.check_state(masker_state, s.image_size)
+            masker.load_state_dict(masker_state)
+        except (UserError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise ModelDirError(f"{folder / md.MASKER_JSON}: not a fitted state of masker {s.masker!r} for "
+                                f"{s.image_size} px images: {_reason(exc)}") from None
         return cls(model, masker, calibration, manifest, device)

@@ -66,7 +66,10 @@ class _FixedSkipSizes(FaderModel):
     gate resize is traced with constant output sizes (ONNX needs them for adaptive pooling)."""
 
     def __init__(self, model: FaderModel, size: int, sizes: list[tuple[int, int]]) -> None:
-        super().__init__(model.reconstructor, None, model.config, head=model.head)
+        super().__init__(model.reconstructor, None, model.config, head=model.head, pretrained_backbone=False)
+        # the very modules that were saved: a backbone head's backbone is the model's, never one rebuilt
+        # from pretrained weights (which the exporting machine may lack, or hold in another version)
+        self.head_backbone = model.head_backbone
         if model.calibration is not None:  # the calibrated normaliser's levels travel with the graph
             self.calibration.copy_(model.calibration)
         self.grid = (size // model.patch_size, size // model.patch_size)
@@ -118,6 +121,18 @@ class ScoringGraph(nn.Module):
         return amap, image_score(amap)
 
 
+def unexportable_reason(model: FaderModel) -> str | None:
+    """Why ``model``'s head cannot go into an ONNX graph, or None when it can.  Said before anything
+    is traced, so the user learns the reason instead of reading a tracer's traceback."""
+    exp = model.config.experiment
+    if model.head is not None and (exp.score_input or exp.gates == "score"):
+        what = "its gates are the masker's score (gates='score')" if exp.gates == "score" else \
+            "it reads the masker's score at each patch (score_input)"
+        return (f"the head reads the masker's score map ({what}), and the graph carries the binary mask only; "
+                "fit or train a head that reads the image (e.g. the default pseudo_focused), or export --no-head")
+    return None
+
+
 @dataclass(frozen=True)
 class ExportReport:
     path: Path
@@ -128,6 +143,7 @@ class ExportReport:
     seconds: float
     max_abs_diff_map: float | None = None
     max_abs_diff_score: float | None = None
+    checked_on: str = "random inputs"
 
     def summary(self) -> str:
         what = "FADeR_EAR" if self.head else "EAR (no FADeR head)"
@@ -136,7 +152,7 @@ class ExportReport:
                  f"inputs: images float32 [B,3,{self.size},{self.size}] in [0,1], binary_mask bool [B,1,{self.size},{self.size}]; "
                  "outputs: anomaly_map float32 [B,1,H,W], score float32 [B]"]
         if self.max_abs_diff_map is not None:
-            lines.append(f"onnxruntime vs torch on random inputs: max |anomaly_map diff| {self.max_abs_diff_map:.2e}, "
+            lines.append(f"onnxruntime vs torch on {self.checked_on}: max |anomaly_map diff| {self.max_abs_diff_map:.2e}, "
                          f"max |score diff| {self.max_abs_diff_score:.2e}")
         return "\n".join(lines)
 
@@ -193,6 +209,9 @@ def export_model(
 ) -> ExportReport:
     """Write ``model`` (with its head, or plain EAR when it has none) as an ONNX graph for side ``size``."""
     require_onnx()  # the missing extra is one line, before any work
+    reason = unexportable_reason(model)
+    if reason is not None:
+        raise ExportError(f"this FADeR model cannot be exported to ONNX: {reason}")
     if size % model.patch_size:
         raise ExportError(f"--size {size} is not divisible by the model's patch size {model.patch_size}")
     out = Path(out)
@@ -204,11 +223,19 @@ def export_model(
                                                     "head": str(model.head is not None).lower(), **(metadata or {})})
     report = ExportReport(out, size, model.head is not None, opset, out.stat().st_size / 1e6, time.perf_counter() - t0)
     if check:
-        d_map, d_score = parity(graph, out)
+        d_map, d_score = parity(graph, out, model=model)
         report = ExportReport(**{**report.__dict__, "max_abs_diff_map": d_map, "max_abs_diff_score": d_score})
-        if d_map > tolerance:
-            raise ExportError(f"{out}: onnxruntime and torch disagree by {d_map:.2e} on the anomaly map (> {tolerance:g})")
+        check_parity(out, d_map, d_score, tolerance)
     return report
+
+
+def check_parity(out: Path, d_map: float, d_score: float, tolerance: float) -> None:
+    """Raise an ExportError (and remove ``out``) when onnxruntime and torch disagree on the map or the score."""
+    for what, diff in (("anomaly map", d_map), ("score", d_score)):
+        if not diff <= tolerance:  # NaN too
+            out.unlink(missing_ok=True)
+            raise ExportError(f"{out}: onnxruntime and torch disagree by {diff:.2e} on the {what} (> {tolerance:g}); "
+                              "the graph was not kept")
 
 
 def export_onnx(
@@ -240,14 +267,20 @@ def run_onnx(session: Any, images: Tensor, binary_mask: Tensor) -> tuple[Tensor,
     return torch.from_numpy(amap), torch.from_numpy(score)
 
 
-def parity(graph: ScoringGraph, path: str | Path, batch: int = 3, seed: int = 0) -> tuple[float, float]:
+def parity(graph: ScoringGraph, path: str | Path, batch: int = 3, seed: int = 0,
+           model: FaderModel | None = None) -> tuple[float, float]:
     """Max absolute differences (anomaly map, score) between onnxruntime and torch on random
-    images and masks, at a batch size other than the traced one (the batch axis is dynamic)."""
+    images and masks, at a batch size other than the traced one (the batch axis is dynamic).
+    With ``model``, torch is the model itself (``FaderModel.anomaly_map``), not the traced wrapper."""
     g = torch.Generator().manual_seed(seed)
     s = graph.size
     images = torch.rand(batch, 3, s, s, generator=g)
     mask = torch.rand(batch, 1, s, s, generator=g) > 0.9
     with torch.no_grad():
-        ref_map, ref_score = graph(images, mask)
+        if model is None:
+            ref_map, ref_score = graph(images, mask)
+        else:
+            ref_map = model.anomaly_map(images, mask, graph.kernel_size)
+            ref_score = image_score(ref_map)
     got_map, got_score = run_onnx(onnx_session(path), images, mask)
     return float((got_map - ref_map).abs().max()), float((got_score - ref_score).abs().max())

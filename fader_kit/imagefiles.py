@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data.imageio import IMAGE_EXTENSIONS, _to_rgb_or_l, read_image
+from .data.imageio import IMAGE_EXTENSIONS, MAX_PIXELS, _to_rgb_or_l, read_image, upright
 from .errors import ConfigError, MissingFileError
 
 
@@ -75,8 +75,13 @@ def load_array(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def pil_array(image: Image.Image, size: int) -> np.ndarray:
-    """A PIL image converted exactly as :func:`read_image` converts a decoded file."""
-    image = _to_rgb_or_l(image)
+    """A PIL image converted exactly as :func:`read_image` converts a decoded file (EXIF orientation,
+    modes, pixel limit)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ConfigError(f"a PIL image of {width}x{height} pixels is more than the {MAX_PIXELS} this library "
+                          "decodes: crop or shrink it first")
+    image = _to_rgb_or_l(upright(image), "given as a PIL image")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(image, dtype=np.uint8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,6 +164,14 @@ class Masker(abc.ABC):
                 state[f"module:{key}"] = value.state_dict()
         return state
 
+    def check_state(self, state: dict[str, Any], image_size: int) -> None:
+        """Raise ValueError (naming the entry) when ``state`` cannot be this masker's fitted state for
+        images of side ``image_size``.  A detector folder's state is read from a file, so the loader
+        calls this before :meth:`load_state_dict`; without it a wrong shape shows as a traceback at the
+        first prediction.  The default checks the threshold (None or a finite number); a masker whose
+        state holds tensors should also check their shapes and dtypes (``patch_stats`` does)."""
+        check_threshold(state.get("threshold"))
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.threshold = state.get("threshold")
         for key, value in state.items():
@@ -188,6 +197,24 @@ class Masker(abc.ABC):
             raise ValueError(f"{path} holds a {saved!r} masker, not {self.info.name!r}")
         self.load_state_dict(payload["state"])
         return self
+
+
+def check_threshold(value: Any, name: str = "threshold") -> None:
+    """A saved masker threshold: None (unset) or a finite number; a ValueError naming ``name`` otherwise."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"state entry {name} must be a finite number, got {value!r}")
+
+
+def check_tensor(value: Any, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> None:
+    """A saved state tensor of exactly ``shape`` and ``dtype``; a ValueError naming ``name`` otherwise."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"state entry {name} must be a tensor, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise ValueError(f"state entry {name} has dtype {value.dtype}, expected {dtype}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"state entry {name} has shape {list(value.shape)}, expected {list(shape)}")
 
 
 FIT_KEYWORDS = ("seed", "progress")

@@ -23,7 +23,7 @@ from fader_kit.data import DataError
 from fader_kit.errors import ConfigError
 from fader_kit.hookspecs import hookimpl
 from fader_kit.util.quantiles import quantiles
-from fader_kit.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.interfaces import Masker, MaskerInfo, check_images, check_tensor, check_threshold
 
 
 class PatchStatsConfig(BaseModel):
@@ -119,6 +119,30 @@ class PatchStatsMasker(Masker):
     def state_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "mean": self.mean, "precision": self.precision,
                 "grid": self.grid, "mode": self.mode, "config": self.config.model_dump(mode="json")}
+
+    def check_state(self, state: dict[str, Any], image_size: int) -> None:
+        """The saved statistics fit images of side ``image_size``: a ``[P, D]`` (position) or ``[1, D]``
+        (pooled) float32 mean and a ``[D, D]`` precision, ``D = 3 k^2``, on the image's patch grid."""
+        keys = {"threshold", "mean", "precision", "grid", "mode", "config"}
+        if set(state) != keys:
+            raise ValueError(f"state entries {sorted(state)}, expected {sorted(keys)}")
+        if not isinstance(state["config"], dict):
+            raise ValueError("state entry config must be an object")
+        config = PatchStatsConfig(**state["config"])
+        check_threshold(state["threshold"])
+        if state["threshold"] is None:
+            raise ValueError("state entry threshold is missing: the masker was not fitted")
+        if state["mode"] not in ("position", "pooled"):
+            raise ValueError(f"state entry mode must be 'position' or 'pooled', got {state['mode']!r}")
+        if config.patch_size % config.pooled_size:
+            raise ValueError(f"config: patch_size {config.patch_size} is not divisible by pooled_size {config.pooled_size}")
+        side = image_size // config.patch_size
+        if image_size % config.patch_size or state["grid"] != [side, side]:
+            raise ValueError(f"state entry grid {state['grid']!r} is not the {side} x {side} patch grid of "
+                             f"{image_size} px images with patch_size {config.patch_size}")
+        dim = 3 * config.pooled_size ** 2
+        check_tensor(state["mean"], "mean", (side * side if state["mode"] == "position" else 1, dim))
+        check_tensor(state["precision"], "precision", (dim, dim))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = PatchStatsConfig(**state["config"])

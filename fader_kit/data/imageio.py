@@ -19,6 +19,10 @@ from PIL import Image
 from .split import DataError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+#: The most pixels (width x height, read from the header before decoding) an image may have: 40 megapixels,
+#: above any industrial camera frame this library is used with, and under half of PIL's own limits, which
+#: stays as it is for other code in the process (decoding runs on up to 8 threads: 8 x 40 MP x 3 bytes ~ 1 GB).
+MAX_PIXELS = 40_000_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,13 +41,20 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def _open(path: Path, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``path`` opened (its header read, no pixel decoded); an image of more than ``max_pixels``
+    is refused here, before its pixels could fill the memory (PIL's global limit is left alone)."""
     try:
         img = Image.open(path)
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist") from None
     except Exception as exc:  # PIL raises several types for undecodable files
         raise DataError(f"{what} {path} cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise DataError(f"{what} {path} is {width}x{height} = {width * height} pixels, more than the {max_pixels} "
+                        "this library decodes (a decompression bomb, or a frame to crop or shrink first)")
     return img
 
 
@@ -54,40 +65,62 @@ def _decode(img: Image.Image, path: Path, what: str) -> None:
         raise DataError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
 
 
-def _to_rgb_or_l(img: Image.Image) -> Image.Image:
+def _to_rgb_or_l(img: Image.Image, source: object = "image") -> Image.Image:
     """Reduce any PIL mode to 8-bit ``RGB`` or ``L`` (grayscale is expanded to RGB after resizing).
 
-    16-bit grayscale is scaled by 1/257 (PIL's own conversion would clip it); alpha is dropped
-    (the stored colour is kept), palettes are expanded.
+    Wide grayscale is scaled by its type's range, never clipped (PIL's own conversion would clip):
+    16-bit (``I;16*``) and 32-bit integer (``I``, as 16-bit PNGs open in some PIL versions) by
+    255/65535; float (``F``) by 255 when every value lies in [0, 1], as is when in [0, 255].  Values
+    outside those ranges have no agreed meaning and are refused with a DataError naming ``source``.
+    Alpha is dropped (the stored colour is kept), palettes are expanded.
     """
     mode = img.mode
     if mode in ("RGB", "L"):
         return img
-    if mode.startswith("I;16"):
-        arr = np.asarray(img, dtype=np.float32) / 257.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-    if mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if mode == "F" and 0.0 <= low and high <= 1.0:
+            scale = 255.0
+        elif mode == "F" and 0.0 <= low and high <= 255.0:
+            scale = 1.0
+        elif mode != "F" and 0.0 <= low and high <= 65535.0:
+            scale = 255.0 / 65535.0
+        else:
+            expected = "[0, 1] or [0, 255]" if mode == "F" else "0..65535"
+            raise DataError(f"image {source}: mode {mode} values range from {low:g} to {high:g}, outside the range "
+                            f"{expected} this library can scale to 8 bits; convert it to 8 or 16 bits first")
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
     if mode in ("1", "LA", "La"):
         return img.convert("L")
     return img.convert("RGB")  # RGBA, P, PA, CMYK, YCbCr, LAB, HSV, ...
 
 
-def read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode ``path`` to a ``[size, size, 3]`` uint8 RGB array; also return the original (w, h).
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as it is meant to be shown: its EXIF orientation applied (a camera held on its side
+    stores the pixels sideways), so training and prediction see a part the same way up."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
+def read_image(path: Path, size: int, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` to a ``[size, size, 3]`` uint8 RGB array; also return the original (w, h),
+    as shown (after its EXIF orientation).
 
     Resizing is bilinear with PIL's antialiasing (its filter support widens when shrinking), the
     same for every image so that train and test see identical preprocessing.  JPEGs are decoded at
     a reduced DCT scale when that is still at least ``size`` (``Image.draft``): several times
-    faster on VisA's large photos, with no visible difference after the final resize.
+    faster on VisA's large photos, with no visible difference after the final resize.  An image of
+    more than ``max_pixels`` is refused from its header, before decoding (:data:`MAX_PIXELS`).
     """
-    img = _open(path, "image")
-    original = img.size
+    img = _open(path, "image", max_pixels)
     if img.format == "JPEG":
         img.draft("RGB", (size, size))
     _decode(img, path, "image")
-    img = _to_rgb_or_l(img)
+    img = upright(img)
+    original = img.size
+    img = _to_rgb_or_l(img, path)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
@@ -130,12 +163,13 @@ def read_mask(
     happens before the nearest-neighbour resize so that no interpolated grey value is thresholded.
     """
     img = _open(path, "mask")
+    _decode(img, path, "mask")
+    img = upright(img)  # as its image: both as shown
     if img.size != image_size:
         raise DataError(
             f"mask {path} is {img.size[0]}x{img.size[1]} px but its image {image_path} is "
             f"{image_size[0]}x{image_size[1]} px"
         )
-    _decode(img, path, "mask")
     binary = mask_values(img) > threshold
     if binary.shape != (size, size):
         small = Image.fromarray(binary.astype(np.uint8) * 255).resize(
