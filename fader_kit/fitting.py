@@ -104,7 +104,7 @@ def fit_detector(
     log: Log = print,
 ) -> Detector:
     """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given."""
-    from .pipeline import anomaly_maps, compute_masks, environment, masker_score_maps, train_ear, train_fader_on
+    from .pipeline import anomaly_maps, compute_masks, environment, fit_masker, masker_score_maps, train_sequence
     from .registry import default_registry
     from .util.timing import Stopwatch
 
@@ -130,20 +130,20 @@ def fit_detector(
     with watch("masker"):
         m = registry.create(masker, **{**options, "device": str(device)})
         m.to(device)
-        m.fit(train.to(device) if train.shape[0] <= 4096 else train, seed=seed, progress=progress)
+        fit_masker(m, train, seed=seed, device=device, progress=progress)
         train_masks = compute_masks(m, train, batch_size=bs, device=device, progress=progress)
-    log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
-    with watch("ear"):
-        unet, _ = train_ear(train, train_masks if ear_masks == "masker" else None, profile, seed=seed, device=device,
-                            progress=progress)
-    log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
-    with watch("fader"):
-        exp = head.experiment  # a head that reads the masker's score map gets it, as evaluate gives it
-        scores = (masker_score_maps(m, train, batch_size=bs, device=device)
+        # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
+        # on what evaluate trains it on; only a head that reads them needs them
+        exp = head.experiment
+        scores = (masker_score_maps(m, train, batch_size=bs, device=device).half()
                   if exp.score_input or exp.gates == "score" else None)
-        model, _ = train_fader_on(unet, train, train_masks, head, profile.fader, seed=seed, device=device,
-                                  progress=progress, scores=scores)
-        model.masker = m  # from here on the model computes the masker's scores itself where its head reads them
+    log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
+    model, info = train_sequence(train, train_masks, head, profile, masker=m, masker_name=masker, ear_masks=ear_masks,
+                                 seed=seed, device=device, scores=scores, progress=progress)
+    model.masker = m  # from here on the model computes the masker's scores itself where its head reads them
+    watch.seconds["ear"] = float(info["ear"]["seconds"])
+    watch.seconds["fader"] = float(info["fader"]["seconds"])
+    log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
     log(f"FADeR head ({head_variant}) trained in {watch.seconds['fader']:.1f}s")
     with watch("calibrate"):
         held_masks = compute_masks(m, held, batch_size=bs, device=device)
