@@ -27,9 +27,12 @@ def add_deploy_commands(sub: Any) -> None:
     add_model_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
     p.add_argument("--holdout", type=float, default=0.15,
-                   help="share of the normal images held out to calibrate (default: 0.15, at least 5 images)")
+                   help="normal images held out to calibrate: a share (default: 0.15, grown to what "
+                        "--false-alarm-rate needs where at least half the images stay to train on) or a count "
+                        "such as 40; at least 5 images")
     p.add_argument("--false-alarm-rate", type=float, default=0.01,
-                   help="share of normal images the image threshold may flag (default: 0.01)")
+                   help="expected share of new normal images the image threshold flags (default: 0.01; it needs "
+                        "at least 1/rate - 1 held-out images)")
     p.add_argument("--validation", metavar="DIR", default=None,
                    help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
                         "validation AUROC and the F1-optimal threshold")
@@ -50,8 +53,8 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--onnx", metavar="MODEL.onnx", default=None,
                    help="run this exported detector graph with onnxruntime instead of a detector folder")
     p.add_argument("--threshold", default=None, metavar="T",
-                   help="flag images whose normalised score is above T (0..1; the calibrated threshold is 0.5), or "
-                        "'f1' for the validation's F1-optimal threshold")
+                   help="flag images whose raw score is above T (the calibrated image threshold is printed by fit "
+                        "and stored in calibration.json), or 'f1' for the validation's F1-optimal threshold")
     p.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
                    help="re-derive the thresholds at this false-alarm rate from the held-out normal scores")
     p.add_argument("--maps", choices=("flagged", "all", "none"), default="flagged",

@@ -9,6 +9,7 @@ an error naming the file, never silently dropped.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,17 +32,49 @@ MIN_HOLDOUT = 5
 Log = Callable[[str], None]
 
 
-def holdout_split(n: int, share: float, seed: int, folder: str = "") -> tuple[list[int], list[int]]:
-    """``(train, held_out)`` indices: a seeded ``share`` of ``n`` images (at least 5) held out."""
-    if not 0 < share < 1:
-        raise ConfigError(f"argument --holdout {share!r}: expected a share between 0 and 1, e.g. 0.15")
+def holdout_plan(n: int, holdout: float, rate: float | None = None, folder: str = "") -> tuple[int, list[str]]:
+    """How many of ``n`` normal images to hold out, and what the user should hear about it before
+    training.  ``holdout`` is a share (0 < h < 1) or a count (a whole number >= 1).  A share is grown to
+    the fewest images that resolve the false-alarm ``rate`` (:func:`~fader_kit.calibration.min_holdout`)
+    where that leaves at least half of the images to train on; a count is taken as given.  When the
+    hold-out cannot resolve the rate, the notes say so (the rate's threshold would be the highest
+    held-out score, with a higher expected false-alarm rate than asked)."""
+    from .calibration import conformal_rank, expected_false_alarm_rate, min_holdout
+
+    if not isinstance(holdout, (int, float)) or math.isnan(holdout) or holdout <= 0 or (
+            holdout >= 1 and holdout != int(holdout)):
+        raise ConfigError(f"argument --holdout {holdout!r}: expected a share between 0 and 1 (e.g. 0.15) or a whole "
+                          "number of images (e.g. 40)")
     if n < MIN_NORMAL_IMAGES:
         raise ConfigError(f"argument --normal {folder}: {n} normal image(s) found; fit needs at least "
                           f"{MIN_NORMAL_IMAGES} ({MIN_HOLDOUT} or more are held out to set the thresholds)")
-    k = max(MIN_HOLDOUT, int(round(share * n)))
+    notes: list[str] = []
+    if holdout >= 1:
+        k = int(holdout)
+        if k < MIN_HOLDOUT:
+            raise ConfigError(f"argument --holdout {holdout:g}: hold out at least {MIN_HOLDOUT} images")
+    else:
+        k = max(MIN_HOLDOUT, int(round(holdout * n)))
+        need = min_holdout(rate) if rate is not None else 0
+        if k < need <= n // 2:
+            notes.append(f"holding out {need} images instead of {k} (share {holdout:g}): the false-alarm rate {rate:g} "
+                         f"needs at least {need} held-out normal images to be resolved")
+            k = need
     if n - k < MIN_HOLDOUT:
-        raise ConfigError(f"argument --holdout {share}: holding out {k} of {n} images leaves fewer than "
+        raise ConfigError(f"argument --holdout {holdout:g}: holding out {k} of {n} images leaves fewer than "
                           f"{MIN_HOLDOUT} to train on")
+    if rate is not None and conformal_rank(k, rate) > k:
+        notes.append(f"warning: the false-alarm rate {rate:g} cannot be resolved with {k} held-out images (it needs "
+                     f"{min_holdout(rate)}; this folder has {n}): the image threshold will be the highest held-out "
+                     f"score, expected to flag {expected_false_alarm_rate(k, k):.4f} of new normal images; ask for a "
+                     f"rate of at least {1 / (k + 1):.4f}, or give more normal images")
+    return k, notes
+
+
+def holdout_split(n: int, holdout: float, seed: int, folder: str = "", rate: float | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """``(train, held_out)`` indices: a seeded hold-out of :func:`holdout_plan`'s size (at least 5)."""
+    k, _ = holdout_plan(n, holdout, rate, folder)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[k:]), sorted(order[:k])
 
@@ -113,7 +146,9 @@ def fit_detector(
     device = torch.device(device)
     folder = Path(normal)
     paths = normal_images(folder)
-    train_idx, hold_idx = holdout_split(len(paths), holdout, seed, str(folder))
+    for note in holdout_plan(len(paths), holdout, false_alarm_rate, str(folder))[1]:
+        log(note)  # before any training: the user can stop and give more images
+    train_idx, hold_idx = holdout_split(len(paths), holdout, seed, str(folder), false_alarm_rate)
     registry = default_registry()
     registry.get(masker)  # an unknown name fails now, before any work
     options = {k: v for k, v in (masker_options or {}).items() if k != "device"}
