@@ -98,13 +98,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .detector import Detector, make_decision, sha256_of
+    from .detector import FILES, Detector, make_decision, sha256_of
     from .devices import resolve_device
     from .imagefiles import expand_inputs
-    from .predicting import predict_files, timing_report
+    from .predicting import check_out_folder, detector_identity, predict_files, run_identity, timing_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_out_folder(args.out)  # before loading anything
     items = list(args.items)
     if args.onnx is not None:
         from .deploy_export import OnnxScorer
@@ -114,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"with --onnx the graph is the model: drop the detector folder {items[0]} from the inputs")
         scorer: Any = OnnxScorer(args.onnx, threads=args.threads)
-        calibration, model_id = scorer.calibration, sha256_of(Path(args.onnx))
+        calibration, model_id = scorer.calibration, {Path(args.onnx).name: sha256_of(Path(args.onnx))}
         batch_size = args.batch_size or 16
     else:
         if len(items) < 2:
@@ -123,14 +124,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError("predict needs a detector folder and at least one input: fader-kit predict MODEL_DIR "
                               "INPUT... --out DIR")
         overrides = {"weights": args.weights} if args.weights else None
-        scorer = Detector.load(items.pop(0), device=resolve_device(args.device), masker_options=overrides)
-        calibration, model_id = scorer.calibration, scorer.manifest.sha256.get("model.safetensors", "")
+        folder = Path(items.pop(0))
+        scorer = Detector.load(folder, device=resolve_device(args.device), masker_options=overrides)
+        calibration, model_id = scorer.calibration, detector_identity(folder, FILES)
         batch_size = args.batch_size or scorer.settings.batch_size
     decision = make_decision(calibration, args.threshold, args.false_alarm_rate)
     out_dir = Path(args.out).resolve()
     # the output folder may sit inside an input folder: its overlays are results, not inputs
     paths = [p for p in expand_inputs(items) if out_dir not in p.resolve().parents]
-    identity = {"model": model_id, "threshold": decision.label}
+    identity = run_identity(model_id, decision, args.maps)
     summary = predict_files(scorer, decision, paths, args.out, identity=identity, maps=args.maps,
                             batch_size=batch_size, workers=args.workers, progress=not args.quiet,
                             overwrite=args.overwrite)

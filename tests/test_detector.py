@@ -178,14 +178,15 @@ def test_cli_predict_corrupt_gray_rgba_and_resume(model_dir: Path, data: Path, t
     assert {(r["width"], r["height"]) for r in good} == {("48", "40")}
     assert all((out / r["overlay"]).is_file() for r in good)  # --maps all
     # rerun: nothing predicted twice; the failed file is retried (and fails again)
-    rc = main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet"])
+    rc = main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet", "--maps", "all"])
     assert rc == 3
     rows2 = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted(r["path"] for r in rows2) == sorted(r["path"] for r in rows)
     assert "skipped 4 already" in capsys.readouterr().out
     # a rerun with another threshold is refused instead of mixing rows
-    assert main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet", "--threshold", "0.9"]) == 2
-    assert "another threshold" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet", "--threshold", "0.9",
+                 "--maps", "all"]) == 2
+    assert "another image_threshold and threshold" in capsys.readouterr().err
 
 
 def test_output_folder_inside_the_input_folder_is_not_read_back(model_dir: Path, data: Path, tmp_path: Path) -> None:
