@@ -37,6 +37,8 @@ def add_deploy_commands(sub: Any) -> None:
                    help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
                         "validation AUROC and the F1-optimal threshold")
     p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the detector folder already at --out (only once the new one is complete)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
@@ -88,7 +90,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.normal, masker=args.masker, profile=get_profile(args.profile), out=args.out,
         masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
         holdout=args.holdout, false_alarm_rate=args.false_alarm_rate, validation=args.validation,
-        ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet,
+        ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
     )
     print(detector.calibration.summary())
     print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
@@ -101,11 +103,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .detector import FILES, Detector, make_decision, sha256_of
     from .devices import resolve_device
     from .imagefiles import expand_inputs
-    from .predicting import check_out_folder, detector_identity, predict_files, run_identity, timing_report
+    from .predicting import detector_identity, predict_files, run_identity, timing_report
+    from .util.files import writable_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    check_out_folder(args.out)  # before loading anything
+    writable_folder(args.out)  # before loading anything
     items = list(args.items)
     if args.onnx is not None:
         from .deploy_export import OnnxScorer

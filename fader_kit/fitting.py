@@ -118,6 +118,23 @@ def read_validation(folder: Path, size: int, progress: bool = False) -> tuple[Te
     return images, torch.tensor(labels), masks
 
 
+def check_fit_out(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as the detector folder to write, checked before any training: a file there is refused, a
+    detector folder there is replaced only with ``overwrite``, and any other non-empty folder never
+    (fit replaces the whole folder, so it must not be one holding something else)."""
+    from .util.files import writable_folder
+
+    out = writable_folder(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "detector.json").is_file():
+            raise ConfigError(f"argument --out {out}: the folder exists, is not empty and is not a detector folder; "
+                              "name a new folder (fit writes the whole folder)")
+        if not overwrite:
+            raise ConfigError(f"argument --out {out}: a detector folder is already there; pass --overwrite to replace "
+                              "it (it is replaced only once the new detector is complete)")
+    return out
+
+
 def fit_detector(
     normal: str | Path,
     *,
@@ -135,13 +152,18 @@ def fit_detector(
     batch_size: int = 16,
     progress: bool = False,
     log: Log = print,
+    overwrite: bool = False,
 ) -> Detector:
-    """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given."""
+    """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given (checked
+    before any training; written beside it and renamed into place at the end, so a failed fit never
+    leaves half a detector; an existing detector folder is replaced only with ``overwrite``)."""
     from .pipeline import anomaly_maps, compute_masks, environment, fit_masker, masker_score_maps, train_sequence
     from .registry import default_registry
     from .util.timing import Stopwatch
 
     check_rate(false_alarm_rate)
+    if out is not None:
+        out = check_fit_out(out, overwrite)
     watch = Stopwatch()
     device = torch.device(device)
     folder = Path(normal)
@@ -208,5 +230,9 @@ def fit_detector(
                         settings=settings, training=summary, environment=environment())
     detector = Detector(model, m, calibration, manifest, device)
     if out is not None:
-        detector.save(out)
+        from .util.files import atomic_folder
+
+        check_fit_out(out, overwrite)  # again: something may have appeared there during the training
+        with atomic_folder(out) as partial:
+            detector.save(partial)
     return detector

@@ -86,15 +86,6 @@ def unescape_cell(text: str) -> str:
 
 
 # -- the output folder ------------------------------------------------------------------------------
-def check_out_folder(out: str | Path, argument: str = "--out") -> Path:
-    """``out`` as a folder to write into: an existing file (or a path through one) is a UserError."""
-    out = Path(out)
-    for p in (out, *out.parents):
-        if p.exists() and not p.is_dir():
-            raise ConfigError(f"argument {argument} {out}: {p} is a file, not a folder; name a folder to write into")
-    return out
-
-
 class RunLock:
     """An exclusive OS lock on ``folder/predict.lock`` for the lifetime of a run (released by the OS
     when the process ends, however it ends, so a killed run never leaves the folder locked)."""
@@ -299,11 +290,11 @@ def predict_files(
     """Predict ``paths`` into ``out`` (see the module notes); ``decision`` is a
     :class:`fader_kit.detector.Decision`, ``identity`` what ties the CSV to this model and decision
     (:func:`run_identity`)."""
-    from .util.files import remove_stale_temps
+    from .util.files import remove_stale_temps, writable_folder
 
     if batch_size < 1:
         raise ConfigError(f"argument --batch-size {batch_size}: expected at least 1")
-    out = check_out_folder(out)
+    out = writable_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         remove_stale_temps(out)

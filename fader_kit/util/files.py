@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()  # read once, at import: os.umask can only be read by setting it
+FOLDER_MODE = FILE_MODE | ((FILE_MODE & 0o444) >> 2)  # the search bit wherever reading is allowed
 
 
 def fsync_folder(folder: str | Path) -> None:
@@ -113,3 +116,48 @@ def remove_stale_temps(folder: str | Path) -> int:
             os.unlink(entry.path)
             removed += 1
     return removed
+
+
+def writable_folder(out: str | Path, argument: str = "--out") -> Path:
+    """``out`` as a folder to write into: an existing file there (or on the way there) is a UserError
+    naming the argument, raised before any work."""
+    from ..errors import ConfigError
+
+    out = Path(out)
+    for p in (out, *out.parents):
+        if (p.exists() or p.is_symlink()) and not p.is_dir():
+            raise ConfigError(f"argument {argument} {out}: {p} is a file, not a folder; name a folder to write into")
+    return out
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside ``path`` to fill; on success it takes ``path``'s place (an
+    existing folder there is moved aside and then deleted), on error it is deleted and ``path`` is left
+    as it was.  A process killed mid-way leaves ``path`` untouched and a hidden ``.NAME.*.partial``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    os.chmod(tmp, FOLDER_MODE)
+    try:
+        yield tmp
+        fsync_folder(tmp)
+        old = None
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.{secrets.token_hex(8)}.old")
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+            raise
+        fsync_folder(path.parent)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
