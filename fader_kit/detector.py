@@ -141,7 +141,7 @@ def make_decision(calibration: Calibration, threshold: float | str | None = None
     if false_alarm_rate is not None:
         cal = calibration.with_rate(false_alarm_rate)
         return Decision(cal, None, f"false-alarm rate {cal.false_alarm_rate:g} (image threshold "
-                                   f"{cal.image_threshold:.6g}, {cal.n_images} held-out normal images)")
+                                   f"{cal.image_threshold:.6g}, {cal.n_images} held-out normal images{_expected(cal)})")
     if threshold == "f1":
         if calibration.validation is None:
             raise ConfigError("--threshold f1 needs a detector fitted with --validation")
@@ -158,7 +158,14 @@ def make_decision(calibration: Calibration, threshold: float | str | None = None
         above = sum(s > t for s in calibration.normal_scores)
         return Decision(calibration, t, f"raw score above {t:.6g} ({above} of {calibration.n_images} held-out normal "
                                         "images above it)")
-    return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted)")
+    return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted"
+                                       f"{_expected(calibration)})")
+
+
+def _expected(calibration: Calibration) -> str:
+    """``"; expected ... on new normal images"`` where the calibration states it (folders fitted since it does)."""
+    e = calibration.expected_false_alarm_rate
+    return "" if e is None else f"; expected {e:.4f} on new normal images"
 
 
 def sha256_of(path: Path) -> str:

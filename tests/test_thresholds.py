@@ -36,6 +36,8 @@ def test_calibration_reports_rank_expected_rate_interval_and_unresolved_rates() 
     assert cal.rank == 39 and cal.expected_false_alarm_rate == pytest.approx(2 / 41)
     assert cal.false_alarm_interval == pytest.approx(false_alarm_interval(40, 39))
     assert "expected false-alarm rate on new normal images 0.0488" in cal.summary() and not cal.warnings
+    assert make_decision(cal).label == "false-alarm rate 0.05 (as fitted; expected 0.0488 on new normal images)"
+    assert "expected 0.0976 on new normal images" in make_decision(cal, false_alarm_rate=0.1).label  # k = 37: 4/41
     tight = cal.with_rate(0.01)  # needs 99 held-out images
     assert tight.image_threshold == pytest.approx(1.0) and tight.expected_false_alarm_rate == pytest.approx(1 / 41)
     assert "cannot be resolved with 40 held-out normal images (it needs at least 99)" in tight.warnings[0]
