@@ -25,7 +25,7 @@ from fader_kit.engine.sources import mask_source
 from fader_kit.engine.workbench import CategoryWorkbench, WorkbenchSettings
 from fader_kit.fader import FaderModel
 from fader_kit.fusion import fit_fusion, fuse_maps
-from fader_kit.pipeline import anomaly_maps, pseudo_anomaly_maps, train_fader_on
+from fader_kit.pipeline import anomaly_maps, fader_stage, pseudo_anomaly_maps
 from fader_kit.stats import ScoreDetail, paired_bootstrap
 from fader_kit.variants import resolve
 
@@ -43,8 +43,9 @@ def seed_details(args: argparse.Namespace, seed: int, variant: str) -> dict[str,
     if variant == "ear":
         model = FaderModel(unet, None, profile.fader_head, head=None)
     else:
-        model, _ = train_fader_on(unet, split.train, masks.train, resolve(profile.fader_head, variant), profile.fader,
-                                  seed=seed, device=bench.device, scores=masks.train_scores)
+        model, _ = fader_stage(unet, split.train, masks.train, resolve(profile.fader_head, variant), profile.fader,
+                               seed=seed, device=bench.device, scores=masks.train_scores,
+                               masker=lambda: bench.fitted_masker(source), masker_name=source.name)
     bs = profile.eval_batch_size
     test = anomaly_maps(model, split.test, masks.test, batch_size=bs, device=bench.device, scores=masks.test_scores)
     normal = anomaly_maps(model, split.train, masks.train, batch_size=bs, device=bench.device,

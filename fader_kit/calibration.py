@@ -3,16 +3,20 @@
 A deployer rarely has labelled defects, so :func:`calibrate` works from the scores of normal
 images held out of training (scores of training images are biased low: the model has seen them):
 
-* **image threshold at a false-alarm rate** ``r``: with the N held-out scores sorted ascending
-  ``s_1 <= ... <= s_N``, the threshold is ``s_k`` with ``k = ceil((1 - r) N)`` and an image is
-  flagged when its score is *above* it.  That is the lowest threshold whose false-alarm rate on
-  the held-out images is at most ``r`` (an order statistic, not an interpolated quantile, so the
-  promise "at most r of these normal images are flagged" holds exactly).  When ``r < 1/N`` the
-  threshold is simply the highest held-out score: the data cannot resolve smaller rates, and a
-  warning says so.
+* **image threshold at a false-alarm rate** ``r`` (split conformal): with the N held-out scores
+  sorted ascending ``s_1 <= ... <= s_N``, the threshold is ``s_k`` with ``k = ceil((1 - r)(N + 1))``
+  and an image is flagged when its score is *above* it.  A new normal image is exchangeable with
+  the held-out ones, so its score exceeds ``s_k`` with probability exactly ``(N + 1 - k) / (N + 1)``
+  (no ties), which is at most ``r``: that is the *expected* false-alarm rate on new normal images,
+  reported as such.  The rate of one fitted detector varies with the draw of its N held-out images:
+  it follows ``Beta(N + 1 - k, k)``, whose central 95 % interval is reported with it.  When
+  ``k > N`` (``r < 1 / (N + 1)``) the rate cannot be resolved: the threshold is the highest held-out
+  score, its expected rate ``1 / (N + 1)`` exceeds ``r``, and a warning says how many held-out images
+  the rate needs (:func:`min_holdout`; ``fit`` sizes its hold-out from it before training).
 * **pixel threshold** at the same rate over every pixel of the held-out anomaly maps (millions of
   values, so the interpolated quantile is used); a summary of those quantiles is stored so the
-  rate can be changed later without the maps.
+  rate can be changed later without the maps.  It only outlines *where* in a flagged image the
+  map is high: the mask of an image that is not flagged is empty (``Detector.judge``).
 * **normalised score**: ``0.5 + 0.5 (s - t) / (t - low)`` clipped to [0, 1], with ``t`` the
   threshold and ``low`` the lowest held-out normal score.  This is anomalib's convention (the
   threshold sits at 0.5, normal images fall in [0, 0.5]); the span below the threshold is used
@@ -47,13 +51,47 @@ def check_rate(rate: float, argument: str = "--false-alarm-rate") -> float:
     return float(rate)
 
 
+#: the central probability of the reported false-alarm interval
+INTERVAL_LEVEL = 0.95
+
+
+def conformal_rank(n: int, rate: float) -> int:
+    """``k = ceil((1 - rate)(n + 1))``: the rank (1-based, ascending) of the held-out score that keeps
+    the expected false-alarm rate on new images at or below ``rate``; ``k > n`` means unresolvable."""
+    return max(1, math.ceil((1.0 - rate) * (n + 1) - 1e-9))  # the tolerance keeps 0.9 * 20 at 18, not 19
+
+
+def min_holdout(rate: float) -> int:
+    """The fewest held-out normal images that resolve ``rate`` (``conformal_rank(n, rate) <= n``)."""
+    n = max(1, math.floor(1.0 / rate) - 1)
+    while conformal_rank(n, rate) > n:
+        n += 1
+    return n
+
+
+def expected_false_alarm_rate(n: int, rank: int) -> float:
+    """``(n + 1 - k) / (n + 1)``: the probability that a new normal score exceeds the k-th smallest of
+    ``n`` exchangeable held-out ones (``k`` clipped to ``n``)."""
+    return (n + 1 - min(rank, n)) / (n + 1)
+
+
+def false_alarm_interval(n: int, rank: int, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """The central ``level`` interval of the false-alarm rate of one calibration: ``Beta(n + 1 - k, k)``
+    (the share of new normal scores above the k-th smallest of ``n`` held-out ones)."""
+    from scipy.stats import beta
+
+    k = min(rank, n)
+    tail = (1.0 - level) / 2.0
+    dist = beta(n + 1 - k, k)
+    return float(dist.ppf(tail)), float(dist.ppf(1.0 - tail))
+
+
 def order_threshold(scores: Sequence[float] | np.ndarray, rate: float) -> float:
-    """The lowest held-out score ``t`` with ``mean(scores > t) <= rate`` (see the module notes)."""
+    """The held-out score of rank :func:`conformal_rank` (the highest when that rank exceeds N)."""
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if s.size == 0:
         raise ValueError("a threshold needs at least one normal score")
-    k = math.ceil((1.0 - rate) * s.size - 1e-9)  # the tolerance keeps 0.9 * 20 at 18, not 19
-    return float(s[min(max(k, 1), s.size) - 1])
+    return float(s[min(conformal_rank(s.size, rate), s.size) - 1])
 
 
 def false_alarm_rate(scores: Sequence[float] | np.ndarray, threshold: float) -> float:
@@ -195,6 +233,11 @@ class Calibration(BaseModel):
     pixel_quantiles: PixelQuantiles
     validation: Validation | None = None
     warnings: list[str] = Field(default_factory=list)
+    rank: int | None = Field(None, description="k: the image threshold is the k-th smallest held-out score")
+    expected_false_alarm_rate: float | None = Field(
+        None, description="(N + 1 - k) / (N + 1): the expected share of new normal images flagged")
+    false_alarm_interval: tuple[float, float] | None = Field(
+        None, description="central 95 % interval of one calibration's false-alarm rate: Beta(N + 1 - k, k)")
 
     def with_rate(self, rate: float) -> "Calibration":
         """The same calibration re-derived at another false-alarm rate (from the stored scores)."""
@@ -212,38 +255,48 @@ class Calibration(BaseModel):
     def summary(self) -> str:
         n = self.n_images
         lines = [f"image threshold {self.image_threshold:.6g} at false-alarm rate {self.false_alarm_rate:g} "
-                 f"(rests on {n} held-out normal images; {self.normal_false_alarm_rate:.3f} of them flagged)",
-                 f"pixel threshold {self.pixel_threshold:.6g} (rests on {self.n_pixels} pixels of the same images)",
-                 f"normalised score: {self.low:.6g} -> 0, {self.image_threshold:.6g} -> 0.5"]
+                 f"(rests on {n} held-out normal images; {self.normal_false_alarm_rate:.3f} of them flagged)"]
+        if self.rank is not None and self.expected_false_alarm_rate is not None and self.false_alarm_interval:
+            lo, hi = self.false_alarm_interval
+            lines.append(f"expected false-alarm rate on new normal images {self.expected_false_alarm_rate:.4f} "
+                         f"(threshold = held-out score {min(self.rank, n)} of {n}; this calibration's rate lies in "
+                         f"[{lo:.4f}, {hi:.4f}] with probability {INTERVAL_LEVEL:g})")
+        lines += [f"pixel threshold {self.pixel_threshold:.6g} (rests on {self.n_pixels} pixels of the same images; "
+                  "masks are drawn in flagged images only)",
+                  f"normalised score: {self.low:.6g} -> 0, {self.image_threshold:.6g} -> 0.5"]
         if self.validation is not None:
             v = self.validation
             lines.append(f"validation ({v.n_normal} normal, {v.n_defective} defective): image AUROC "
                          f"{v.image_auroc:.3f}" + (f", pixel AUROC {v.pixel_auroc:.3f}" if v.pixel_auroc is not None
                                                     else "")
-                         + f"; F1-optimal threshold {v.f1_threshold:.6g} (normalised "
-                         f"{float(self.normalise(v.f1_threshold)):.3f}, F1 {v.f1:.3f}, false-alarm rate "
-                         f"{v.false_alarm_rate_at_f1:.3f})")
+                         + f"; F1-optimal threshold {v.f1_threshold:.6g} (raw score; F1 {v.f1:.3f}, false-alarm "
+                         f"rate on its normal images {v.false_alarm_rate_at_f1:.3f})")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
 def rate_warnings(n: int, rate: float) -> list[str]:
-    if rate < 1.0 / n:
-        return [f"the asked false-alarm rate {rate:g} is below 1/{n} (one of the {n} held-out normal images): the "
-                f"image threshold is the highest held-out score, and its real false-alarm rate can only be told to be "
-                f"about 1/{n + 1}; hold out more normal images (--holdout, or more images) for a finer estimate"]
+    """The warning when ``n`` held-out images cannot resolve ``rate`` (see the module notes)."""
+    if conformal_rank(n, rate) > n:
+        return [f"the asked false-alarm rate {rate:g} cannot be resolved with {n} held-out normal images (it needs "
+                f"at least {min_holdout(rate)}): the image threshold is the highest held-out score and its expected "
+                f"false-alarm rate on new normal images is 1/{n + 1} = {1 / (n + 1):.4f}; hold out more normal images "
+                f"(--holdout, or more images)"]
     return []
 
 
 def calibration_from(normal_scores: Sequence[float], pixels: PixelQuantiles, n_pixels: int, rate: float,
                      validation: Validation | None = None) -> Calibration:
     scores = [float(s) for s in normal_scores]
+    n = len(scores)
     t = order_threshold(scores, rate)
+    k = conformal_rank(n, rate)
     return Calibration(
         false_alarm_rate=rate, image_threshold=t, low=float(min(scores)), pixel_threshold=pixels.at(rate),
         pixel_low=pixels.at(0.5), normal_scores=scores, normal_false_alarm_rate=false_alarm_rate(scores, t),
-        n_images=len(scores), n_pixels=n_pixels, pixel_quantiles=pixels, validation=validation,
-        warnings=rate_warnings(len(scores), rate),
+        n_images=n, n_pixels=n_pixels, pixel_quantiles=pixels, validation=validation,
+        warnings=rate_warnings(n, rate), rank=min(k, n), expected_false_alarm_rate=expected_false_alarm_rate(n, k),
+        false_alarm_interval=false_alarm_interval(n, k),
     )
 
 

@@ -27,13 +27,18 @@ def add_deploy_commands(sub: Any) -> None:
     add_model_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
     p.add_argument("--holdout", type=float, default=0.15,
-                   help="share of the normal images held out to calibrate (default: 0.15, at least 5 images)")
+                   help="normal images held out to calibrate: a share (default: 0.15, grown to what "
+                        "--false-alarm-rate needs where at least half the images stay to train on) or a count "
+                        "such as 40; at least 5 images")
     p.add_argument("--false-alarm-rate", type=float, default=0.01,
-                   help="share of normal images the image threshold may flag (default: 0.01)")
+                   help="expected share of new normal images the image threshold flags (default: 0.01; it needs "
+                        "at least 1/rate - 1 held-out images)")
     p.add_argument("--validation", metavar="DIR", default=None,
                    help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
                         "validation AUROC and the F1-optimal threshold")
     p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the detector folder already at --out (only once the new one is complete)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
@@ -50,8 +55,8 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--onnx", metavar="MODEL.onnx", default=None,
                    help="run this exported detector graph with onnxruntime instead of a detector folder")
     p.add_argument("--threshold", default=None, metavar="T",
-                   help="flag images whose normalised score is above T (0..1; the calibrated threshold is 0.5), or "
-                        "'f1' for the validation's F1-optimal threshold")
+                   help="flag images whose raw score is above T (the calibrated image threshold is printed by fit "
+                        "and stored in calibration.json), or 'f1' for the validation's F1-optimal threshold")
     p.add_argument("--false-alarm-rate", type=float, default=None, metavar="R",
                    help="re-derive the thresholds at this false-alarm rate from the held-out normal scores")
     p.add_argument("--maps", choices=("flagged", "all", "none"), default="flagged",
@@ -85,7 +90,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.normal, masker=args.masker, profile=get_profile(args.profile), out=args.out,
         masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
         holdout=args.holdout, false_alarm_rate=args.false_alarm_rate, validation=args.validation,
-        ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet,
+        ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
     )
     print(detector.calibration.summary())
     print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
@@ -95,13 +100,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .detector import Detector, make_decision, sha256_of
+    from .detector import FILES, Detector, make_decision, sha256_of
     from .devices import resolve_device
     from .imagefiles import expand_inputs
-    from .predicting import predict_files, timing_report
+    from .predicting import detector_identity, predict_files, run_identity, timing_report
+    from .util.files import writable_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    writable_folder(args.out)  # before loading anything
     items = list(args.items)
     if args.onnx is not None:
         from .deploy_export import OnnxScorer
@@ -111,7 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"with --onnx the graph is the model: drop the detector folder {items[0]} from the inputs")
         scorer: Any = OnnxScorer(args.onnx, threads=args.threads)
-        calibration, model_id = scorer.calibration, sha256_of(Path(args.onnx))
+        calibration, model_id = scorer.calibration, {Path(args.onnx).name: sha256_of(Path(args.onnx))}
         batch_size = args.batch_size or 16
     else:
         if len(items) < 2:
@@ -120,14 +127,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError("predict needs a detector folder and at least one input: fader-kit predict MODEL_DIR "
                               "INPUT... --out DIR")
         overrides = {"weights": args.weights} if args.weights else None
-        scorer = Detector.load(items.pop(0), device=resolve_device(args.device), masker_options=overrides)
-        calibration, model_id = scorer.calibration, scorer.manifest.sha256.get("model.safetensors", "")
+        folder = Path(items.pop(0))
+        scorer = Detector.load(folder, device=resolve_device(args.device), masker_options=overrides)
+        calibration, model_id = scorer.calibration, detector_identity(folder, FILES)
         batch_size = args.batch_size or scorer.settings.batch_size
     decision = make_decision(calibration, args.threshold, args.false_alarm_rate)
     out_dir = Path(args.out).resolve()
     # the output folder may sit inside an input folder: its overlays are results, not inputs
     paths = [p for p in expand_inputs(items) if out_dir not in p.resolve().parents]
-    identity = {"model": model_id, "threshold": decision.label}
+    identity = run_identity(model_id, decision, args.maps)
     summary = predict_files(scorer, decision, paths, args.out, identity=identity, maps=args.maps,
                             batch_size=batch_size, workers=args.workers, progress=not args.quiet,
                             overwrite=args.overwrite)

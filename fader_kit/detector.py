@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import Tensor
 
 from . import __version__
-from .calibration import Calibration, denormalise
+from .calibration import Calibration
 from .errors import ConfigError, ModelDirError, UserError
 from .fader import FaderModel
 from .interfaces import Masker, MaskerInfo
@@ -200,61 +200,65 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Decision:
-    """The threshold predictions are judged against: the calibrated one (score above the image
-    threshold, normalised above 0.5) or a user's on the normalised scale (``--threshold``)."""
+    """The threshold predictions are judged against, on the *raw* score scale: the calibrated one,
+    one re-derived at another false-alarm rate, the validation's F1-optimal one, or a user's number
+    (``threshold``).  The normalised score stays on the calibrated scale (a display, never the rule);
+    the pixel threshold is the calibrated one, and only flagged images get a mask."""
 
     calibration: Calibration
-    normalised_threshold: float | None = None  # None: the calibrated threshold (0.5)
+    threshold: float | None = None  # raw image score; None: the calibration's image threshold
     label: str = ""
 
     @property
     def pixel_threshold(self) -> float:
-        c = self.calibration
-        if self.normalised_threshold is None:
-            return c.pixel_threshold
-        return denormalise(self.normalised_threshold, c.pixel_threshold, c.pixel_low)
+        return self.calibration.pixel_threshold
 
     @property
     def image_threshold(self) -> float:
-        c = self.calibration
-        if self.normalised_threshold is None:
-            return c.image_threshold
-        return denormalise(self.normalised_threshold, c.image_threshold, c.low)
+        return self.calibration.image_threshold if self.threshold is None else self.threshold
 
     def decide(self, scores: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(normalised scores, decisions)`` as float64 / bool arrays."""
+        """``(normalised scores, decisions)`` as float64 / bool arrays: flagged when the raw score is
+        above the image threshold."""
         raw = scores.detach().double().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores, np.float64)
-        norm = self.calibration.normalise(raw)
-        if self.normalised_threshold is None:
-            return norm, raw > self.calibration.image_threshold
-        return norm, norm > self.normalised_threshold
+        return self.calibration.normalise(raw), raw > self.image_threshold
 
 
 def make_decision(calibration: Calibration, threshold: float | str | None = None,
                   false_alarm_rate: float | None = None) -> Decision:
-    """The :class:`Decision` for the predict-time options: ``threshold`` on the normalised scale
-    (``"f1"``: the validation's F1-optimal one), or ``false_alarm_rate`` re-derived from the
-    held-out normal scores; neither: the calibration as fitted."""
+    """The :class:`Decision` for the predict-time options: ``threshold`` a raw image score (flag above
+    it; ``"f1"``: the validation's F1-optimal one), or ``false_alarm_rate`` re-derived from the held-out
+    normal scores; neither: the calibration as fitted."""
     if threshold is not None and false_alarm_rate is not None:
         raise ConfigError("give --threshold or --false-alarm-rate, not both")
     if false_alarm_rate is not None:
         cal = calibration.with_rate(false_alarm_rate)
         return Decision(cal, None, f"false-alarm rate {cal.false_alarm_rate:g} (image threshold "
-                                   f"{cal.image_threshold:.6g}, {cal.n_images} held-out normal images)")
+                                   f"{cal.image_threshold:.6g}, {cal.n_images} held-out normal images{_expected(cal)})")
     if threshold == "f1":
         if calibration.validation is None:
             raise ConfigError("--threshold f1 needs a detector fitted with --validation")
-        t = float(calibration.normalise(calibration.validation.f1_threshold))
-        return Decision(calibration, t, f"F1-optimal on the validation set (normalised {t:.4f})")
+        t = calibration.validation.f1_threshold
+        return Decision(calibration, t, f"F1-optimal on the validation set (raw score above {t:.6g})")
     if threshold is not None:
         try:
             t = float(threshold)
-        except ValueError:
-            raise ConfigError(f"argument --threshold {threshold!r}: expected a number in [0, 1] or 'f1'") from None
-        if not 0.0 <= t <= 1.0:
-            raise ConfigError(f"argument --threshold {threshold!r}: the normalised scale runs from 0 to 1")
-        return Decision(calibration, t, f"normalised score above {t:g}")
-    return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted)")
+        except (TypeError, ValueError):
+            raise ConfigError(f"argument --threshold {threshold!r}: expected a raw image score (a number, e.g. "
+                              f"{calibration.image_threshold:.6g}, the calibrated one) or 'f1'") from None
+        if not math.isfinite(t):
+            raise ConfigError(f"argument --threshold {threshold!r}: expected a finite raw image score")
+        above = sum(s > t for s in calibration.normal_scores)
+        return Decision(calibration, t, f"raw score above {t:.6g} ({above} of {calibration.n_images} held-out normal "
+                                        "images above it)")
+    return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted"
+                                       f"{_expected(calibration)})")
+
+
+def _expected(calibration: Calibration) -> str:
+    """``"; expected ... on new normal images"`` where the calibration states it (folders fitted since it does)."""
+    e = calibration.expected_false_alarm_rate
+    return "" if e is None else f"; expected {e:.4f} on new normal images"
 
 
 def check_image_tensor(images: Tensor, argument: str = "images") -> Tensor:
@@ -445,7 +449,7 @@ class Detector:
 
     def predict(self, images: Sequence[Any] | Tensor, *, threshold: float | str | None = None,
                 false_alarm_rate: float | None = None, batch_size: int | None = None) -> list[Prediction]:
-        """One :class:`Prediction` per image.  ``threshold`` (normalised scale, or ``"f1"``) or
+        """One :class:`Prediction` per image.  ``threshold`` (a raw image score, or ``"f1"``) or
         ``false_alarm_rate`` change the decision without refitting (see :func:`make_decision`).
         For many files use ``fader-kit predict`` (or :func:`fader_kit.predicting.predict_files`),
         which streams them in constant memory."""
@@ -465,7 +469,8 @@ class Detector:
     @staticmethod
     def judge(maps: Tensor, scores: Tensor, decision: Decision, sources: Sequence[str | None]) -> list[Prediction]:
         norm, flagged = decision.decide(scores)
-        masks = maps[:, 0] > decision.pixel_threshold
+        # the pixel threshold says where in a flagged image the map is high; an image judged normal has no mask
+        masks = (maps[:, 0] > decision.pixel_threshold) & torch.from_numpy(flagged)[:, None, None]
         width = maps.shape[-1]
         where = maps.flatten(1).argmax(dim=1).tolist()
         return [Prediction(float(scores[i]), float(norm[i]), bool(flagged[i]), maps[i, 0], masks[i],

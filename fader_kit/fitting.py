@@ -9,6 +9,7 @@ an error naming the file, never silently dropped.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,17 +32,49 @@ MIN_HOLDOUT = 5
 Log = Callable[[str], None]
 
 
-def holdout_split(n: int, share: float, seed: int, folder: str = "") -> tuple[list[int], list[int]]:
-    """``(train, held_out)`` indices: a seeded ``share`` of ``n`` images (at least 5) held out."""
-    if not 0 < share < 1:
-        raise ConfigError(f"argument --holdout {share!r}: expected a share between 0 and 1, e.g. 0.15")
+def holdout_plan(n: int, holdout: float, rate: float | None = None, folder: str = "") -> tuple[int, list[str]]:
+    """How many of ``n`` normal images to hold out, and what the user should hear about it before
+    training.  ``holdout`` is a share (0 < h < 1) or a count (a whole number >= 1).  A share is grown to
+    the fewest images that resolve the false-alarm ``rate`` (:func:`~fader_kit.calibration.min_holdout`)
+    where that leaves at least half of the images to train on; a count is taken as given.  When the
+    hold-out cannot resolve the rate, the notes say so (the rate's threshold would be the highest
+    held-out score, with a higher expected false-alarm rate than asked)."""
+    from .calibration import conformal_rank, expected_false_alarm_rate, min_holdout
+
+    if not isinstance(holdout, (int, float)) or math.isnan(holdout) or holdout <= 0 or (
+            holdout >= 1 and holdout != int(holdout)):
+        raise ConfigError(f"argument --holdout {holdout!r}: expected a share between 0 and 1 (e.g. 0.15) or a whole "
+                          "number of images (e.g. 40)")
     if n < MIN_NORMAL_IMAGES:
         raise ConfigError(f"argument --normal {folder}: {n} normal image(s) found; fit needs at least "
                           f"{MIN_NORMAL_IMAGES} ({MIN_HOLDOUT} or more are held out to set the thresholds)")
-    k = max(MIN_HOLDOUT, int(round(share * n)))
+    notes: list[str] = []
+    if holdout >= 1:
+        k = int(holdout)
+        if k < MIN_HOLDOUT:
+            raise ConfigError(f"argument --holdout {holdout:g}: hold out at least {MIN_HOLDOUT} images")
+    else:
+        k = max(MIN_HOLDOUT, int(round(holdout * n)))
+        need = min_holdout(rate) if rate is not None else 0
+        if k < need <= n // 2:
+            notes.append(f"holding out {need} images instead of {k} (share {holdout:g}): the false-alarm rate {rate:g} "
+                         f"needs at least {need} held-out normal images to be resolved")
+            k = need
     if n - k < MIN_HOLDOUT:
-        raise ConfigError(f"argument --holdout {share}: holding out {k} of {n} images leaves fewer than "
+        raise ConfigError(f"argument --holdout {holdout:g}: holding out {k} of {n} images leaves fewer than "
                           f"{MIN_HOLDOUT} to train on")
+    if rate is not None and conformal_rank(k, rate) > k:
+        notes.append(f"warning: the false-alarm rate {rate:g} cannot be resolved with {k} held-out images (it needs "
+                     f"{min_holdout(rate)}; this folder has {n}): the image threshold will be the highest held-out "
+                     f"score, expected to flag {expected_false_alarm_rate(k, k):.4f} of new normal images; ask for a "
+                     f"rate of at least {1 / (k + 1):.4f}, or give more normal images")
+    return k, notes
+
+
+def holdout_split(n: int, holdout: float, seed: int, folder: str = "", rate: float | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """``(train, held_out)`` indices: a seeded hold-out of :func:`holdout_plan`'s size (at least 5)."""
+    k, _ = holdout_plan(n, holdout, rate, folder)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[k:]), sorted(order[:k])
 
@@ -85,6 +118,23 @@ def read_validation(folder: Path, size: int, progress: bool = False) -> tuple[Te
     return images, torch.tensor(labels), masks
 
 
+def check_fit_out(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as the detector folder to write, checked before any training: a file there is refused, a
+    detector folder there is replaced only with ``overwrite``, and any other non-empty folder never
+    (fit replaces the whole folder, so it must not be one holding something else)."""
+    from .util.files import writable_folder
+
+    out = writable_folder(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "detector.json").is_file():
+            raise ConfigError(f"argument --out {out}: the folder exists, is not empty and is not a detector folder; "
+                              "name a new folder (fit writes the whole folder)")
+        if not overwrite:
+            raise ConfigError(f"argument --out {out}: a detector folder is already there; pass --overwrite to replace "
+                              "it (it is replaced only once the new detector is complete)")
+    return out
+
+
 def fit_detector(
     normal: str | Path,
     *,
@@ -102,18 +152,25 @@ def fit_detector(
     batch_size: int = 16,
     progress: bool = False,
     log: Log = print,
+    overwrite: bool = False,
 ) -> Detector:
-    """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given."""
-    from .pipeline import anomaly_maps, compute_masks, environment, masker_score_maps, train_ear, train_fader_on
+    """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given (checked
+    before any training; written beside it and renamed into place at the end, so a failed fit never
+    leaves half a detector; an existing detector folder is replaced only with ``overwrite``)."""
+    from .pipeline import anomaly_maps, compute_masks, environment, fit_masker, masker_score_maps, train_sequence
     from .registry import default_registry
     from .util.timing import Stopwatch
 
     check_rate(false_alarm_rate)
+    if out is not None:
+        out = check_fit_out(out, overwrite)
     watch = Stopwatch()
     device = torch.device(device)
     folder = Path(normal)
     paths = normal_images(folder)
-    train_idx, hold_idx = holdout_split(len(paths), holdout, seed, str(folder))
+    for note in holdout_plan(len(paths), holdout, false_alarm_rate, str(folder))[1]:
+        log(note)  # before any training: the user can stop and give more images
+    train_idx, hold_idx = holdout_split(len(paths), holdout, seed, str(folder), false_alarm_rate)
     registry = default_registry()
     registry.get(masker)  # an unknown name fails now, before any work
     options = {k: v for k, v in (masker_options or {}).items() if k != "device"}
@@ -130,20 +187,20 @@ def fit_detector(
     with watch("masker"):
         m = registry.create(masker, **{**options, "device": str(device)})
         m.to(device)
-        m.fit(train.to(device) if train.shape[0] <= 4096 else train, seed=seed, progress=progress)
+        fit_masker(m, train, seed=seed, device=device, progress=progress)
         train_masks = compute_masks(m, train, batch_size=bs, device=device, progress=progress)
-    log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
-    with watch("ear"):
-        unet, _ = train_ear(train, train_masks if ear_masks == "masker" else None, profile, seed=seed, device=device,
-                            progress=progress)
-    log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
-    with watch("fader"):
-        exp = head.experiment  # a head that reads the masker's score map gets it, as evaluate gives it
-        scores = (masker_score_maps(m, train, batch_size=bs, device=device)
+        # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
+        # on what evaluate trains it on; only a head that reads them needs them
+        exp = head.experiment
+        scores = (masker_score_maps(m, train, batch_size=bs, device=device).half()
                   if exp.score_input or exp.gates == "score" else None)
-        model, _ = train_fader_on(unet, train, train_masks, head, profile.fader, seed=seed, device=device,
-                                  progress=progress, scores=scores)
-        model.masker = m  # from here on the model computes the masker's scores itself where its head reads them
+    log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
+    model, info = train_sequence(train, train_masks, head, profile, masker=m, masker_name=masker, ear_masks=ear_masks,
+                                 seed=seed, device=device, scores=scores, progress=progress)
+    model.masker = m  # from here on the model computes the masker's scores itself where its head reads them
+    watch.seconds["ear"] = float(info["ear"]["seconds"])
+    watch.seconds["fader"] = float(info["fader"]["seconds"])
+    log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
     log(f"FADeR head ({head_variant}) trained in {watch.seconds['fader']:.1f}s")
     with watch("calibrate"):
         held_masks = compute_masks(m, held, batch_size=bs, device=device)
@@ -173,5 +230,9 @@ def fit_detector(
                         settings=settings, training=summary, environment=environment())
     detector = Detector(model, m, calibration, manifest, device)
     if out is not None:
-        detector.save(out)
+        from .util.files import atomic_folder
+
+        check_fit_out(out, overwrite)  # again: something may have appeared there during the training
+        with atomic_folder(out) as partial:
+            detector.save(partial)
     return detector

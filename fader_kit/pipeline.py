@@ -3,6 +3,12 @@
 Each function takes tensors and settings and returns tensors or models; none caches or logs.
 :class:`fader_kit.engine.workbench.CategoryWorkbench` composes them (with caching) for every
 command, and :class:`fader_kit.detector.Detector` for deployment.
+
+The training sequence -- fit the masker, then the EAR U-Net (:func:`ear_stage`), then the FADeR
+head (:func:`fader_stage`), both together :func:`train_sequence` -- is written here once: the
+benchmark's workbench calls the two stages (it keeps one U-Net for every head of a category) and
+``fader-kit fit`` calls :func:`train_sequence`, so every head variant that ``evaluate`` trains,
+``fit`` trains the same way (the same masks, score maps and masker threshold reach the head).
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import copy
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel
@@ -19,6 +25,7 @@ from torch import Tensor
 from .config import FaderConfig, Profile, TrainConfig
 from .diagnostics import Diagnostics, head_diagnostics, mask_diagnostics
 from .fader import FaderModel, wrap_with_fader
+from .errors import ConfigError
 from .interfaces import Masker, MaskerContractError
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
 from .training import paste_pseudo_anomalies, seeded_init, train_fader, train_reconstructor
@@ -98,6 +105,66 @@ def train_fader_on(
     history = train_fader(model, train_images, masks, train_config, seed=seed, device=device, progress=progress,
                           scores=scores, score_threshold=score_threshold)
     return model, {"seconds": time.perf_counter() - t0, "final_ranking_loss": history[-1]["ranking_loss"]}
+
+
+def fit_masker(masker: Masker, images: Tensor, *, seed: int, device: torch.device | str,
+               progress: bool = False) -> None:
+    """Fit ``masker`` on the normal training images (moved to ``device`` when there are at most 4096)."""
+    masker.fit(images.to(device) if images.shape[0] <= 4096 else images, seed=seed, progress=progress)
+
+
+def ear_stage(
+    images: Tensor, masks: Callable[[], Tensor], profile: Profile, *, ear_masks: str, seed: int,
+    device: torch.device | str, progress: bool = False, cache: Path | None = None,
+) -> tuple[EARUNet, dict[str, Any]]:
+    """The EAR U-Net of the sequence: trained on random blobs alone (``ear_masks="blobs"``: one U-Net
+    serves every masker) or on the masker's masks of ``images`` united with blobs (``"masker"``).
+    ``masks`` is called only in the second case, so a U-Net trained on blobs never waits for a masker."""
+    if ear_masks not in ("blobs", "masker"):
+        raise ConfigError(f"argument --ear-masks {ear_masks!r}: expected 'blobs' or 'masker'")
+    return train_ear(images, masks() if ear_masks == "masker" else None, profile, seed=seed, device=device,
+                     progress=progress, cache=cache)
+
+
+def gate_threshold(head: FaderConfig, masker: Callable[[], Masker] | None, name: str) -> float | None:
+    """The fitted masker's threshold, for gates that reach 0 there (``gate_end="threshold"``); else None.
+    ``masker`` gives the fitted masker (called only for such gates; None: the masks come from no masker)."""
+    if head.experiment.gate_end != "threshold":
+        return None
+    if masker is None:
+        raise ConfigError(f"mask source {name} is not a masker: gate_end='threshold' needs a masker's threshold")
+    threshold = masker().threshold
+    if threshold is None:
+        raise ConfigError(f"masker {name} sets no threshold (it masks by its own rule): gate_end='threshold' "
+                          "cannot be used with it")
+    return float(threshold)
+
+
+def fader_stage(
+    unet: EARUNet, images: Tensor, masks: Tensor | None, head: FaderConfig, train: TrainConfig, *, seed: int,
+    device: torch.device | str, progress: bool = False, scores: Tensor | None = None,
+    masker: Callable[[], Masker] | None = None, masker_name: str = "",
+) -> tuple[FaderModel, dict[str, Any]]:
+    """The FADeR head of the sequence on a copy of ``unet``: ``scores`` (the masker's score maps of
+    ``images``) reach a head that reads them, and the fitted masker's threshold (from ``masker``) a
+    head whose gates end there."""
+    return train_fader_on(unet, images, masks, head, train, seed=seed, device=device, progress=progress,
+                          scores=scores, score_threshold=gate_threshold(head, masker, masker_name))
+
+
+def train_sequence(
+    images: Tensor, masks: Tensor, head: FaderConfig, profile: Profile, *, masker: Masker, masker_name: str,
+    ear_masks: str, seed: int, device: torch.device | str, scores: Tensor | None = None, progress: bool = False,
+    train: TrainConfig | None = None,
+) -> tuple[FaderModel, dict[str, dict[str, Any]]]:
+    """EAR U-Net then FADeR head on normal ``images`` with the fitted ``masker``'s ``masks`` (and
+    ``scores``, its score maps, for a head that reads them): :func:`ear_stage` then :func:`fader_stage`,
+    as the benchmark trains them.  Returns the model and ``{"ear": ..., "fader": ...}`` (seconds, losses)."""
+    unet, ear = ear_stage(images, lambda: masks, profile, ear_masks=ear_masks, seed=seed, device=device,
+                          progress=progress)
+    model, fader = fader_stage(unet, images, masks, head, train or profile.fader, seed=seed, device=device,
+                               progress=progress, scores=scores, masker=lambda: masker, masker_name=masker_name)
+    return model, {"ear": ear, "fader": fader}
 
 
 @torch.no_grad()

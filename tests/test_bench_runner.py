@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import fader_kit.engine.workbench as runner_mod
+import fader_kit.pipeline as stages_mod  # the training stages the workbench runs (train_ear, train_fader_on)
 from fader_kit.engine import keys
 from fader_kit.engine.store import ResultStore
 from fader_kit_bench.runner import BenchConfig, masker_options_for, run_table, table_runner
@@ -87,7 +87,7 @@ def config(out: Path, **kw) -> BenchConfig:
 def counting(monkeypatch):
     """Count the expensive stages the runner calls (through the workbench)."""
     counts = {"train_ear": 0, "train_fader_on": 0}
-    real_ear, real_fader = runner_mod.train_ear, runner_mod.train_fader_on
+    real_ear, real_fader = stages_mod.train_ear, stages_mod.train_fader_on
 
     def train_ear(*a, **k):
         counts["train_ear"] += 1
@@ -97,8 +97,8 @@ def counting(monkeypatch):
         counts["train_fader_on"] += 1
         return real_fader(*a, **k)
 
-    monkeypatch.setattr(runner_mod, "train_ear", train_ear)
-    monkeypatch.setattr(runner_mod, "train_fader_on", train_fader_on)
+    monkeypatch.setattr(stages_mod, "train_ear", train_ear)
+    monkeypatch.setattr(stages_mod, "train_fader_on", train_fader_on)
     return counts
 
 
@@ -108,7 +108,7 @@ def _quiet(_msg: str) -> None:
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
     cfg = config(tmp_path, variants=("ear", "ours", "hard", "bilinear"))
-    real = runner_mod.train_fader_on
+    real = stages_mod.train_fader_on
     calls = {"n": 0}
 
     def interrupt_second(*a, **k):  # the user presses Ctrl-C during the second FADeR training
@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner_mod, "train_fader_on", interrupt_second)
+    monkeypatch.setattr(stages_mod, "train_fader_on", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         run_table(cfg, registry=registry(), log=_quiet)
     rows = {r.unit.variant: r for r in ResultStore(tmp_path).rows()}
@@ -135,14 +135,14 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
 
 
 def test_an_exception_in_one_unit_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
-    real = runner_mod.train_fader_on
+    real = stages_mod.train_fader_on
 
     def fail_vit(unet, images, masks, fader_config, *a, **k):
         if fader_config.head == "vit":
             raise RuntimeError("simulated out of memory")
         return real(unet, images, masks, fader_config, *a, **k)
 
-    monkeypatch.setattr(runner_mod, "train_fader_on", fail_vit)
+    monkeypatch.setattr(stages_mod, "train_fader_on", fail_vit)
     cfg = config(tmp_path, variants=("ear", "vit", "ours"))
     s = run_table(cfg, registry=registry(), log=_quiet)
     rows = {r.unit.variant: r for r in ResultStore(tmp_path).rows()}
@@ -151,7 +151,7 @@ def test_an_exception_in_one_unit_is_recorded_and_the_rest_runs(tmp_path, monkey
     assert "Traceback" in rows["vit"].config["traceback"] and "fail_vit" in rows["vit"].config["traceback"]
     assert rows["ear"].status == rows["ours"].status == "ok"
 
-    monkeypatch.setattr(runner_mod, "train_fader_on", real)  # fixed: a rerun retries only the failure
+    monkeypatch.setattr(stages_mod, "train_fader_on", real)  # fixed: a rerun retries only the failure
     s = run_table(cfg, registry=registry(), log=_quiet)
     assert (s.skipped, s.computed, s.failed) == (2, 1, 0)
     assert ResultStore(tmp_path).get(rows["vit"].unit).status == "ok"
@@ -187,13 +187,13 @@ def test_one_ear_unet_serves_every_masker(tmp_path, counting):
 
 def test_ear_on_masker_masks_trains_one_unet_per_masker(tmp_path, monkeypatch):
     seen = []
-    real = runner_mod.train_ear
+    real = stages_mod.train_ear
 
     def train_ear(images, masks, *a, **k):
         seen.append(masks)
         return real(images, masks, *a, **k)
 
-    monkeypatch.setattr(runner_mod, "train_ear", train_ear)
+    monkeypatch.setattr(stages_mod, "train_ear", train_ear)
     cfg = config(tmp_path, table="table2", maskers=("diff_a", "diff_b"), variants=("ear",), ear_masks="masker")
     s = run_table(cfg, registry=registry(), log=_quiet)
     assert s.ear_trained == 2 and len(seen) == 2 and all(m is not None and m.dtype == torch.bool for m in seen)

@@ -74,27 +74,27 @@ def model_dir(fitted: tuple[Path, Detector]) -> Path:
 # -- calibration maths -----------------------------------------------------------------------------
 def test_order_threshold_and_rate_by_hand() -> None:
     scores = np.arange(1.0, 21.0)  # 1..20
-    assert order_threshold(scores, 0.1) == 18.0  # k = ceil(0.9 * 20) = 18: two of twenty above
-    assert false_alarm_rate(scores, 18.0) == pytest.approx(0.1)
-    assert order_threshold(scores, 0.01) == 20.0  # below 1/N: the maximum
-    assert order_threshold(scores, 0.5) == 10.0
+    assert order_threshold(scores, 0.1) == 19.0  # k = ceil(0.9 * 21) = 19: one of twenty above
+    assert false_alarm_rate(scores, 19.0) == pytest.approx(0.05)
+    assert order_threshold(scores, 0.01) == 20.0  # below 1/(N + 1): the maximum
+    assert order_threshold(scores, 0.5) == 11.0
 
 
 def test_calibration_normalises_threshold_to_half_and_rederives() -> None:
     pixels = PixelQuantiles(rates=[0.5, 0.1, 0.01, 0.0], values=[1.0, 2.0, 3.0, 4.0])
     cal = calibration_from([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], pixels, 100, 0.2)
-    assert cal.image_threshold == pytest.approx(0.8)
-    assert cal.normal_false_alarm_rate == pytest.approx(0.2)
+    assert cal.image_threshold == pytest.approx(0.9)  # k = ceil(0.8 * 11) = 9: the ninth score
+    assert cal.normal_false_alarm_rate == pytest.approx(0.1)
     assert cal.normalise(cal.image_threshold) == pytest.approx(0.5)
     assert cal.normalise(cal.low) == pytest.approx(0.0)
-    assert cal.normalise(0.45) == pytest.approx(0.5 + 0.5 * (0.45 - 0.8) / 0.7)
+    assert cal.normalise(0.45) == pytest.approx(0.5 + 0.5 * (0.45 - 0.9) / 0.8)
     w = (np.log(0.5) - np.log(0.2)) / (np.log(0.5) - np.log(0.1))  # 0.2 lies between the stored 0.5 and 0.1
     assert cal.pixel_threshold == pytest.approx(1.0 + w * (2.0 - 1.0))
     assert cal.pixel_low == 1.0
     assert pixels.at(0.1) == 2.0 and pixels.at(0.01) == 3.0 and pixels.at(0.001) == 4.0
     assert pixels.at(np.sqrt(0.1 * 0.01)) == pytest.approx(2.5)  # log-interpolated half way
     lower = cal.with_rate(0.05)
-    assert lower.image_threshold == 1.0 and lower.warnings  # 0.05 < 1/10: the max, with a warning
+    assert lower.image_threshold == 1.0 and lower.warnings  # 0.05 < 1/11: the max, with a warning
     assert not cal.warnings
 
 
@@ -104,7 +104,7 @@ def test_calibrate_from_maps_counts_images_and_pixels() -> None:
         maps[i, 0, 1, 2] = i + 1.0
     cal = calibrate(maps, 0.2)
     assert cal.n_images == 6 and cal.n_pixels == 96
-    assert cal.normal_scores == [1, 2, 3, 4, 5, 6] and cal.image_threshold == 5.0  # ceil(0.8 * 6) = 5
+    assert cal.normal_scores == [1, 2, 3, 4, 5, 6] and cal.image_threshold == 6.0  # ceil(0.8 * 7) = 6
 
 
 def test_f1_threshold_separates_by_hand() -> None:
@@ -151,12 +151,12 @@ def test_round_trip_scores_equal_after_load(fitted: tuple[Path, Detector], data:
 def test_threshold_override_changes_decisions(model_dir: Path, data: Path) -> None:
     det = Detector.load(model_dir)
     files = sorted(str(p) for p in (data / "new").glob("[abcd]_*.png"))
-    norm = [p.normalised_score for p in det.predict(files)]
-    assert [p.anomalous for p in det.predict(files, threshold=0.0)] == [n > 0 for n in norm]
-    assert not any(p.anomalous for p in det.predict(files, threshold=1.0))
-    mid = sorted(norm)[1]
+    raw = [p.score for p in det.predict(files)]  # --threshold is a raw image score
+    assert all(p.anomalous for p in det.predict(files, threshold=min(raw) - 1e-6))
+    assert not any(p.anomalous for p in det.predict(files, threshold=max(raw)))
+    mid = sorted(raw)[1]
     got = [p.anomalous for p in det.predict(files, threshold=mid)]
-    assert got == [n > mid for n in norm] and any(got) and not all(got)
+    assert got == [r > mid for r in raw] and any(got) and not all(got)
     with pytest.raises(ConfigError, match="f1"):
         make_decision(det.calibration, "f1")
 
@@ -178,14 +178,15 @@ def test_cli_predict_corrupt_gray_rgba_and_resume(model_dir: Path, data: Path, t
     assert {(r["width"], r["height"]) for r in good} == {("48", "40")}
     assert all((out / r["overlay"]).is_file() for r in good)  # --maps all
     # rerun: nothing predicted twice; the failed file is retried (and fails again)
-    rc = main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet"])
+    rc = main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet", "--maps", "all"])
     assert rc == 3
     rows2 = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted(r["path"] for r in rows2) == sorted(r["path"] for r in rows)
     assert "skipped 4 already" in capsys.readouterr().out
     # a rerun with another threshold is refused instead of mixing rows
-    assert main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet", "--threshold", "0.9"]) == 2
-    assert "another threshold" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(data / "new"), "--out", str(out), "--quiet", "--threshold", "0.9",
+                 "--maps", "all"]) == 2
+    assert "another image_threshold and threshold" in capsys.readouterr().err
 
 
 def test_output_folder_inside_the_input_folder_is_not_read_back(model_dir: Path, data: Path, tmp_path: Path) -> None:

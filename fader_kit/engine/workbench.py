@@ -25,8 +25,8 @@ from ..fusion import FusionScales, fit_fusion, fuse_maps
 from ..fusion_rules import Fused, fusion_rule
 from ..interfaces import Masker, MaskerInfo
 from ..pipeline import (
-    Metrics, anomaly_maps, compute_masks, diagnose, masker_score_maps, metrics_from_maps, pseudo_anomaly_maps, train_ear,
-    train_fader_on,
+    Metrics, anomaly_maps, compute_masks, diagnose, ear_stage, fader_stage, fit_masker, masker_score_maps,
+    metrics_from_maps, pseudo_anomaly_maps,
 )
 from ..registry import MaskerRegistry
 from ..stats import ScoreDetail
@@ -183,8 +183,7 @@ class CategoryWorkbench:
             masker.load(state)
             return masker, {}
         t, c = time.perf_counter(), time.process_time()
-        masker.fit(split.train.to(self.device) if split.train.shape[0] <= 4096 else split.train,
-                   seed=s.seed, progress=s.progress)
+        fit_masker(masker, split.train, seed=s.seed, device=self.device, progress=s.progress)
         fit = {"fit_s": time.perf_counter() - t, "fit_cpu_s": time.process_time() - c}
         masker.save(state)
         self._trained["maskers_fitted"] += 1
@@ -225,13 +224,12 @@ class CategoryWorkbench:
         if self._unet is not None and self._unet[0] == ek:
             return self._unet[1], {"reused": True, "path": str(path)}
         s, split = self.settings, self.split()
-        train_masks = self.masks(source)[0].train if s.ear_masks == "masker" else None
-        unet, info = train_ear(split.train, train_masks, s.profile, seed=s.seed, device=self.device,
-                               progress=s.progress, cache=path)
+        unet, info = ear_stage(split.train, lambda: self.masks(source)[0].train, s.profile, ear_masks=s.ear_masks,
+                               seed=s.seed, device=self.device, progress=s.progress, cache=path)
         if not info["reused"]:
             self._trained["ear_trained"] += 1
             self._pending["ear_train"] = self._pending.get("ear_train", 0.0) + float(info["seconds"])
-            how = "blobs only; shared by every masker" if train_masks is None else "masker's masks + blobs"
+            how = "blobs only; shared by every masker" if s.ear_masks == "blobs" else "masker's masks + blobs"
             self.log(f"    EAR U-Net ({s.category}, seed {s.seed}): trained in {info['seconds']:.1f}s ({how})")
         self._unet = (ek, unet)
         return unet, info
@@ -257,9 +255,10 @@ class CategoryWorkbench:
             model = FaderModel(unet, None, s.profile.fader_head, head=None)
             timings["fader_train"] = 0.0
         else:
-            model, info = train_fader_on(unet, split.train, masks.train, head, train or s.profile.fader,
-                                         seed=s.seed, device=self.device, progress=s.progress,
-                                         scores=masks.train_scores, score_threshold=self._threshold(source, head))
+            fitted = None if isinstance(source, OracleSource) else (lambda: self.fitted_masker(source))
+            model, info = fader_stage(unet, split.train, masks.train, head, train or s.profile.fader, seed=s.seed,
+                                      device=self.device, progress=s.progress, scores=masks.train_scores,
+                                      masker=fitted, masker_name=source.name)
             timings["fader_train"] = info["seconds"]
         t = time.perf_counter()
         bs = s.profile.eval_batch_size
@@ -285,16 +284,6 @@ class CategoryWorkbench:
         stages = {"load_data": 0.0, "masker": 0.0, "ear_train": 0.0, **shared, **timings}
         return Evaluation(metrics=metrics, details=details, timings=stages, trained=trained,
                           model=model, masks=masks, diagnostics=diag, fused=fused_metrics, fusion=scales)
-
-    def _threshold(self, source: MaskSource, head: FaderConfig) -> float | None:
-        """The fitted masker's threshold, for gates that close there (``gate_end="threshold"``); else None."""
-        if head.experiment.gate_end != "threshold":
-            return None
-        threshold = self.fitted_masker(source).threshold  # an oracle mask source is refused there
-        if threshold is None:
-            raise ConfigError(f"masker {source.name} sets no threshold (it masks by its own rule): gate_end='threshold' "
-                              "cannot be used with it")
-        return float(threshold)
 
     def masker_alone(self, source: MaskSource) -> tuple[Metrics, ScoreDetail] | None:
         """The masker's own score map as the detector (image score = max): the baseline that tells
