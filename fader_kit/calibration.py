@@ -236,8 +236,21 @@ class Calibration(BaseModel):
     rank: int | None = Field(None, description="k: the image threshold is the k-th smallest held-out score")
     expected_false_alarm_rate: float | None = Field(
         None, description="(N + 1 - k) / (N + 1): the expected share of new normal images flagged")
-    false_alarm_interval: tuple[float, float] | None = Field(
-        None, description="central 95 % interval of one calibration's false-alarm rate: Beta(N + 1 - k, k)")
+    false_alarm_interval: list[float] | None = Field(
+        None, description="central 95 % interval of one calibration's false-alarm rate: Beta(N + 1 - k, k), "
+        "[low, high]")
+
+    @model_validator(mode="after")
+    def _promise(self) -> "Calibration":
+        """The conformal fields, when present, agree with the scores they were derived from."""
+        if self.rank is not None and not 1 <= self.rank <= self.n_images:
+            raise ValueError(f"rank {self.rank} is not between 1 and n_images {self.n_images}")
+        if self.expected_false_alarm_rate is not None and not 0 <= self.expected_false_alarm_rate <= 1:
+            raise ValueError(f"expected_false_alarm_rate {self.expected_false_alarm_rate} is not in [0, 1]")
+        interval = self.false_alarm_interval
+        if interval is not None and (len(interval) != 2 or not 0 <= interval[0] <= interval[1] <= 1):
+            raise ValueError(f"false_alarm_interval {interval} is not an ordered [low, high] within [0, 1]")
+        return self
 
     def with_rate(self, rate: float) -> "Calibration":
         """The same calibration re-derived at another false-alarm rate (from the stored scores)."""
@@ -296,7 +309,7 @@ def calibration_from(normal_scores: Sequence[float], pixels: PixelQuantiles, n_p
         pixel_low=pixels.at(0.5), normal_scores=scores, normal_false_alarm_rate=false_alarm_rate(scores, t),
         n_images=n, n_pixels=n_pixels, pixel_quantiles=pixels, validation=validation,
         warnings=rate_warnings(n, rate), rank=min(k, n), expected_false_alarm_rate=expected_false_alarm_rate(n, k),
-        false_alarm_interval=false_alarm_interval(n, k),
+        false_alarm_interval=list(false_alarm_interval(n, k)),
     )
 
 
