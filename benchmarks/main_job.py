@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from fader_kit.util.threads import apply_torch_threads, prepare_environment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,8 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fresh-data", action="store_true", help="generate the synthetic category anew (a fresh clone)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: a new temporary folder)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare_environment()  # as the command line does, before torch is imported
+    import torch
+
+    apply_torch_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fader-main-job-") as tmp:
         if args.fresh_data:
             os.environ["FADER_KIT_CACHE"] = str(Path(tmp) / "data-cache")

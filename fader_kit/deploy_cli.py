@@ -71,15 +71,11 @@ def add_deploy_commands(sub: Any) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import torch
-
     from .masker_args import masker_options
     from .config import get_profile
     from .devices import resolve_device
     from .fitting import fit_detector
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     detector = fit_detector(
         args.normal, masker=args.masker, profile=get_profile(args.profile), out=args.out,
