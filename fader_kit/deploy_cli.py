@@ -77,8 +77,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .fitting import fit_detector
 
     device = resolve_device(args.device)
+    profile = get_profile(args.profile)
+    announce_fit_pace(args, profile, str(device))
     detector = fit_detector(
-        args.normal, masker=args.masker, profile=get_profile(args.profile), out=args.out,
+        args.normal, masker=args.masker, profile=profile, out=args.out,
         masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
         holdout=args.holdout, false_alarm_rate=args.false_alarm_rate, validation=args.validation,
         ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet,
@@ -86,6 +88,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(detector.calibration.summary())
     print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
     return 0
+
+
+def announce_fit_pace(args: argparse.Namespace, profile: Any, device: str) -> None:
+    """Before a long fit: the expected duration, and a line when this machine is far slower than the
+    reference (:mod:`fader_kit.pace`).  A problem with the inputs is left for the fit to report."""
+    from .fitting import holdout_split
+    from .imagefiles import normal_images
+    from .pace import JobWork, announce
+
+    try:
+        train, held = holdout_split(len(normal_images(args.normal)), args.holdout, args.seed)
+    except Exception:  # the fit names the problem
+        return
+    announce(JobWork(ear_trainings=1, fader_trainings=1, scored_models=1, n_train=len(train), n_test=len(held)),
+             profile, device)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
