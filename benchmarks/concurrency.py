@@ -71,22 +71,25 @@ def run_jobs(n: int, command: list[str], out: Path, env: dict[str, str]) -> Meas
     out.mkdir(parents=True, exist_ok=True)
     procs, started = [], {}
     for k in range(n):
-        p = subprocess.Popen([*command, "--out", str(out / f"job{k}")], env=env, cwd=out, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+        with open(out / f"job{k}.stderr", "wb") as err:  # a file, not a pipe: a chatty job cannot block on it
+            p = subprocess.Popen([*command, "--out", str(out / f"job{k}")], env=env, cwd=out,
+                                 stdout=subprocess.DEVNULL, stderr=err)
         procs.append(p)
         started[p.pid] = time.perf_counter()
-    results = []
-    for p in procs:
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - started[p.pid]
+    by_pid = {p.pid: p for p in procs}
+    done: dict[int, Job] = {}
+    while len(done) < n:  # whichever ends first: each job's own wall time
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in by_pid:
+            continue
+        wall = time.perf_counter() - started[pid]
+        p = by_pid[pid]
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode != 0:
-            err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+            err = (out / f"job{procs.index(p)}.stderr").read_text(errors="replace")
             raise SystemExit(f"a job failed with status {p.returncode}:\n{err[-2000:]}")
-        if p.stderr:
-            p.stderr.close()
-        results.append(Job(wall, usage.ru_utime + usage.ru_stime, p.returncode))
-    return Measurement(n, load, tuple(results))
+        done[pid] = Job(wall, usage.ru_utime + usage.ru_stime, p.returncode)
+    return Measurement(n, load, tuple(done[p.pid] for p in procs))
 
 
 def summarise(measurements: list[Measurement]) -> list[str]:

@@ -47,7 +47,7 @@ class Reference(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    cpu: str = Field(description="the CPU it was measured on (lscpu's model name and what it is)")
+    cpu: str = Field(description="the CPU it was measured on, as cpu_model() names it")
     threads: int
     profile: str = Field(description="the profile whose U-Net, image size and batch size were timed")
     step_seconds: float
@@ -56,8 +56,8 @@ class Reference(BaseModel):
 
 #: Measured with ``python -m fader_kit_bench.pace`` (the best of several runs) on the machine the
 #: README's times come from; see docs/results/concurrency.md.
-REFERENCE = Reference(cpu="AMD EPYC (Zen 5, AVX-512, 2 vCPUs under KVM)", threads=2, profile="cpu",
-                      step_seconds=0.105, job="the README's main job: about 2 1/2 minutes")
+REFERENCE = Reference(cpu="AMD EPYC, AVX-512", threads=2, profile="cpu",
+                      step_seconds=0.118, job="the README's main job: about 2 1/2 minutes")
 
 
 class JobWork(BaseModel):
@@ -111,7 +111,7 @@ def time_ear_steps(profile: Profile, device: str | torch.device = "cpu", *, budg
                    clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per EAR training step of ``profile`` (its U-Net, image size, batch size, loss and
     optimiser: :func:`~fader_kit.training.train_reconstructor` itself) on ``device`` with torch's
-    current thread count.  One warm-up step (memory, kernel selection) is not counted; then one
+    current thread count.  Two warm-up steps (memory, kernel selection) are not counted; then one
     step, and where it is short, as many as fit in ``budget`` seconds (up to ``max_steps``).  The
     images are random and torch's global random state is left as it was, so the job trains exactly
     as without this."""
@@ -132,7 +132,7 @@ def time_ear_steps(profile: Profile, device: str | torch.device = "cpu", *, budg
                 torch.cuda.synchronize(device)
             return clock() - t
 
-    steps(1)  # warm-up: the first step builds kernels (and the first optimiser in a process imports more)
+    steps(2)  # warm-up: the first steps build kernels (and the first optimiser in a process imports more)
     one = steps(1)
     n = min(max_steps, int(budget / max(one, 1e-6)))
     return steps(n) / n if n > 1 else one
@@ -150,15 +150,24 @@ class MachineState:
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and widest vector unit ("AMD EPYC, AVX-512"): a virtual machine often
+    shows only the family's name, and the vector width decides the convolutions' speed."""
+    name, flags = "", set()
     try:
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
-    import platform
+    if not name:
+        import platform
 
-    return platform.processor() or "unknown CPU"
+        name = platform.processor() or "unknown CPU"
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else ""
+    return f"{name}, {vector}" if vector else name
 
 
 def busy_seconds(stat: Path = Path("/proc/stat")) -> float | None:
@@ -184,7 +193,7 @@ def slow_reasons(state: MachineState, reference: Reference = REFERENCE) -> list[
     if state.threads < reference.threads:
         reasons.append(f"{state.threads} torch thread{'s' if state.threads != 1 else ''} (the reference: "
                        f"{reference.threads}; see --threads)")
-    if state.cpu.split("(")[0].strip() not in reference.cpu:
+    if state.cpu != reference.cpu:
         reasons.append(f"another CPU ({state.cpu}; the reference: {reference.cpu})")
     return reasons
 

@@ -13,13 +13,13 @@ from fader_kit.config import get_profile
 from fader_kit.engine.runner import Grid, GridRunner, Head
 from fader_kit.engine.sources import MaskerSource
 from fader_kit.pace import (
-    REFERENCE, JobWork, MachineState, PaceReport, Reference, announce, busy_seconds, estimate_seconds, is_long,
+    REFERENCE, JobWork, MachineState, PaceReport, Reference, announce, busy_seconds, cpu_model, estimate_seconds, is_long,
     measure, others_cpus, reference_step, slow_reasons, time_ear_steps,
 )
 
 CPU = get_profile("cpu")
 MAIN_JOB = JobWork(ear_trainings=1, fader_trainings=5, scored_models=6, n_train=60, n_test=200)
-REF = Reference(cpu="AMD EPYC (the reference)", threads=2, profile="cpu", step_seconds=0.1, job="the main job")
+REF = Reference(cpu="AMD EPYC, AVX-512", threads=2, profile="cpu", step_seconds=0.1, job="the main job")
 
 
 def test_estimate_counts_each_kind_of_work() -> None:
@@ -54,7 +54,7 @@ def test_only_long_jobs_are_measured() -> None:
 
 
 def state(**kw) -> MachineState:
-    base = dict(cpu="AMD EPYC (the reference)", threads=2, usable_cpus=2, load=0.3, others_cpus=0.0)
+    base = dict(cpu="AMD EPYC, AVX-512", threads=2, usable_cpus=2, load=0.3, others_cpus=0.0)
     return MachineState(**{**base, **kw})
 
 
@@ -71,14 +71,14 @@ def test_the_estimate_line_and_no_warning_near_the_reference() -> None:
 
 
 def test_a_machine_twice_as_slow_is_told_why() -> None:
-    lines = report(0.25, others_cpus=1.4, threads=1, cpu="Intel Xeon E5-2680").lines(CPU, "cpu", REF)
+    lines = report(0.25, others_cpus=1.4, threads=1, cpu="AMD EPYC, AVX2").lines(CPU, "cpu", REF)
     assert len(lines) == 2
     warning = lines[1]
     assert warning.startswith("warning: this machine trains 2.5x slower than the reference (0.100 s per step of the "
-                              "cpu profile on AMD EPYC (the reference), 2 threads; the main job)")
+                              "cpu profile on AMD EPYC, AVX-512, 2 threads; the main job)")
     assert "other processes kept 1.4 of 2 CPUs busy" in warning
     assert "1 torch thread (the reference: 2" in warning
-    assert "another CPU (Intel Xeon E5-2680" in warning
+    assert "another CPU (AMD EPYC, AVX2; the reference: AMD EPYC, AVX-512)" in warning  # same name, narrower vectors
 
 
 def test_slow_with_no_visible_cause_says_so() -> None:
@@ -102,6 +102,15 @@ def test_others_cpus_is_the_machine_busy_time_less_this_process() -> None:
     assert others_cpus((100.0, 104.0), (10.0, 11.5), 2.0) == pytest.approx(1.25)
     assert others_cpus((100.0, 101.0), (10.0, 11.5), 2.0) == 0.0  # rounding of the counters: never negative
     assert others_cpus((None, 104.0), (10.0, 11.5), 2.0) is None
+
+
+def test_cpu_model_names_the_vector_unit(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n")
+    assert cpu_model(info) == "AMD EPYC, AVX2"
+    info.write_text("model name\t: Intel(R) Xeon(R) Gold 6338\nflags\t\t: avx avx2 avx512f\n")
+    assert cpu_model(info) == "Intel(R) Xeon(R) Gold 6338, AVX-512"
 
 
 def test_busy_seconds_from_proc_stat(tmp_path: Path) -> None:
