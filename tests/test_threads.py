@@ -87,12 +87,15 @@ def test_usable_cpus(affinity: set[int] | int, limit: float | None, expected: in
 
 
 def test_wait_policy_is_set_only_where_the_user_has_not_set_it() -> None:
+    ours = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
     env: dict[str, str] = {}
-    assert prepare_environment(env) == {"OMP_WAIT_POLICY": "PASSIVE"} and env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert prepare_environment(env) == ours and env == ours
+    mine = {"OMP_WAIT_POLICY": "ACTIVE"}  # a chosen policy gets no spin count of ours either
     assert prepare_environment(mine) == {} and mine == {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert worker_environment({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert worker_environment(mine) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    spin = {"GOMP_SPINCOUNT": "0"}
+    assert prepare_environment(spin) == {"OMP_WAIT_POLICY": "PASSIVE"} and spin["GOMP_SPINCOUNT"] == "0"
+    assert worker_environment({}) == ours
+    assert worker_environment({"OMP_WAIT_POLICY": "ACTIVE", "PATH": "/bin"}) == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
 @pytest.mark.parametrize(("requested", "current", "env", "cpus", "expected"), [
@@ -132,6 +135,7 @@ def test_a_command_sets_the_wait_policy_and_its_threads(monkeypatch: pytest.Monk
     import torch
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     before = torch.get_num_threads()
     try:
         cli.main(["predict", str(tmp_path / "no-model"), "--out", str(tmp_path / "out"), "--threads", "2"])

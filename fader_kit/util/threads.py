@@ -1,24 +1,28 @@
 """How many CPU threads a fader-kit process uses, and how its OpenMP threads wait.
 
 Why this exists: torch's CPU kernels run on OpenMP threads that, by default, *spin* for a while
-after each parallel region instead of sleeping.  Alone on a machine that saves a few
-microseconds per region; with two or three jobs on two cores (an inspection PC running other
-software, a user starting two commands) the spinning threads burn the time the other jobs'
-threads need, and three jobs took more than five times as long as one instead of three.
-``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep.  OpenMP reads it once, when the library
-is loaded, so it must be in the environment *before* torch is imported: the command line sets it
-first thing (:func:`prepare_environment`), and child processes (Ray workers) inherit it.  The GNU
-OpenMP that torch's pip wheels ship honours it; so do LLVM's and Intel's, where PASSIVE also makes
-the block time 0 unless ``KMP_BLOCKTIME`` is set.
+(GNU OpenMP: 300,000 rounds, a few milliseconds) after each parallel region instead of sleeping.
+Alone on a machine that saves the wake-up; with two or three jobs on two cores (an inspection PC
+running other software, a user starting two commands) the spinning threads burn the time the
+other jobs' threads need: three jobs took five to six times as long as one instead of three.
+Sleeping at once (``OMP_WAIT_POLICY=PASSIVE`` alone) fixes that but makes a job alone about 1.5x
+slower per training step: the threads then sleep in every short gap between two regions.  A
+short spin (``GOMP_SPINCOUNT=3000``, tens of microseconds) bridges those gaps and still leaves the
+CPU to others soon: measured, one job as fast as before, three at once about 3x
+(docs/results/concurrency.md).  OpenMP reads these once, when the library is loaded, so they
+must be in the environment *before* torch is imported: the command line sets them first thing
+(:func:`prepare_environment`), and child processes (Ray workers) inherit them.  The GNU OpenMP
+that torch's pip wheels ship honours both; LLVM's and Intel's read ``OMP_WAIT_POLICY`` (PASSIVE
+there also makes the block time 0 unless ``KMP_BLOCKTIME`` is set) and ignore the spin count.
 
 The thread count: torch starts as many threads as the CPUs in the process's affinity mask, but
 not fewer when a container's CPU quota (cgroup ``cpu.max`` / ``cpu.cfs_quota_us``) allows less;
 then its threads are throttled in turn.  :func:`usable_cpus` takes the smaller of the two.
 
-A value the user set always wins: an ``OMP_WAIT_POLICY`` or ``OMP_NUM_THREADS`` already in the
-environment is left alone, and ``--threads N`` overrides everything.  This module imports no
-torch (the command line calls it before anything else); :func:`apply_torch_threads` imports torch
-when it is called.
+A value the user set always wins: an ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``OMP_NUM_THREADS``
+already in the environment is left alone (and a user's wait policy gets no spin count of ours),
+and ``--threads N`` overrides the count.  This module imports no torch (the command line calls
+it before anything else); :func:`apply_torch_threads` imports torch when it is called.
 """
 from __future__ import annotations
 
@@ -30,16 +34,25 @@ from typing import Iterable, Mapping, MutableMapping
 from ..errors import ConfigError
 
 #: What the environment gets when the user has not set it (see the module's docstring).
-QUIET_OPENMP: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+QUIET_OPENMP: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 
 
+def openmp_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings of :data:`QUIET_OPENMP` that ``environ`` lacks.  ``GOMP_SPINCOUNT`` only where
+    the user chose no wait policy either: who sets ``OMP_WAIT_POLICY`` gets exactly that policy."""
+    added = {k: v for k, v in QUIET_OPENMP.items() if k not in environ}
+    if "OMP_WAIT_POLICY" in environ:
+        added.pop("GOMP_SPINCOUNT", None)
+    return added
+
+
 def prepare_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Put :data:`QUIET_OPENMP` into ``environ`` (default: ``os.environ``) where the user has not set
-    it; return what was set.  Call before torch is imported: OpenMP reads it once, at load."""
+    """Put :func:`openmp_defaults` into ``environ`` (default: ``os.environ``); return what was set.
+    Call before torch is imported: OpenMP reads it once, when it is loaded."""
     env = os.environ if environ is None else environ
-    added = {k: v for k, v in QUIET_OPENMP.items() if k not in env}
+    added = openmp_defaults(env)
     env.update(added)
     return added
 
@@ -48,7 +61,7 @@ def worker_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
     """The OpenMP settings a worker process should start with: the user's where set, else ours
     (for executors that start processes in an environment of their own, such as Ray's)."""
     env = os.environ if environ is None else environ
-    return {k: env.get(k, v) for k, v in QUIET_OPENMP.items()}
+    return {**{k: env[k] for k in QUIET_OPENMP if k in env}, **openmp_defaults(env)}
 
 
 def _read(path: Path) -> str | None:
@@ -168,4 +181,4 @@ def apply_torch_threads(requested: int | None = None, environ: Mapping[str, str]
 
 
 __all__ = ["QUIET_OPENMP", "affinity_cpus", "apply_torch_threads", "cgroup_cpu_limit", "choose_threads",
-           "prepare_environment", "usable_cpus", "worker_environment"]
+           "openmp_defaults", "prepare_environment", "usable_cpus", "worker_environment"]
