@@ -54,10 +54,11 @@ class Reference(BaseModel):
     job: str = Field("", description="the job whose time the README gives, for the message")
 
 
-#: Measured with ``python -m fader_kit_bench.pace`` (the best of several runs) on the machine the
-#: README's times come from; see docs/results/concurrency.md.
+#: Measured with ``python -m fader_kit_bench.pace`` (and by the main job at its start) on the machine
+#: the README's times come from, with the OpenMP settings of fader_kit.util.threads; see
+#: docs/results/concurrency.md.
 REFERENCE = Reference(cpu="AMD EPYC, AVX-512", threads=2, profile="cpu",
-                      step_seconds=0.118, job="the README's main job: about 2 1/2 minutes")
+                      step_seconds=0.083, job="the main job took 87 s there")
 
 
 class JobWork(BaseModel):
