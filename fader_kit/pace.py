@@ -153,7 +153,7 @@ class MachineState:
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name and widest vector unit ("AMD EPYC, AVX-512"): a virtual machine often
     shows only the family's name, and the vector width decides the convolutions' speed."""
-    name, flags = "", set()
+    name, flags = "", set[str]()
     try:
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
