@@ -24,12 +24,8 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
     from fader_kit.cli import masker_options, parse_seeds
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.table == "speed":
         return _speed(args)
     from .runner import BenchConfig, run_table

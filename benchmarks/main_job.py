@@ -3,9 +3,11 @@
 
     python -m fader_kit_bench.main_job [--threads N] [--fresh-data] [--out DIR]
 
-Prints the wall time, the CPU time of the process (all its threads), the thread count, the load
-average before and after (a busy machine makes the wall time say little), and the rows, so that a
-change that should not move the numbers can be diffed digit for digit against an earlier run.
+Prints the expected duration before the work starts (and a line when this machine is far slower
+than the reference: :mod:`fader_kit.pace`), then the wall time, the CPU time of the process (all
+its threads), the thread count, the load average before and after (a busy machine makes the wall
+time say little), and the rows, so that a change that should not move the numbers can be diffed
+digit for digit against an earlier run.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from fader_kit.util.threads import apply_torch_threads, prepare_environment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,8 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fresh-data", action="store_true", help="generate the synthetic category anew (a fresh clone)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: a new temporary folder)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare_environment()  # as the command line does, before torch is imported
+    import torch
+
+    apply_torch_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fader-main-job-") as tmp:
         if args.fresh_data:
             os.environ["FADER_KIT_CACHE"] = str(Path(tmp) / "data-cache")
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = os.getloadavg()[0]
         t, c = time.perf_counter(), time.process_time()
         run_table(BenchConfig(table="table3", out=out, data="synthetic", categories=("washer",), profile="cpu"),
-                  log=lambda _: None)
+                  log=lambda line: print(line) if line.startswith(("pace:", "warning:")) else None)
         build_report(out)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         print(f"main job: {wall:.1f} s wall, {cpu:.1f} s CPU, {torch.get_num_threads()} threads, "

@@ -76,16 +76,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     from .config import get_profile
     from .variants import resolve
     from .devices import resolve_device
     from .engine.evaluate import evaluate_category
     from .registry import default_registry
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
     options = masker_options(args)  # the category is not an option: it is in every key already
@@ -264,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in == ["--version"]:  # answered before any plugin (or torch) is imported
         print(f"fader-kit {__version__}")
         return 0
+    from .util.threads import prepare_environment
+
+    prepare_environment()  # OpenMP threads that sleep instead of spin: before anything imports torch
     with warnings.catch_warnings():
         # plugin problems are printed once each, below or by maskers / plugins, not as warnings too
         warnings.filterwarnings("ignore", message="fader-kit plugin", category=RuntimeWarning)
@@ -278,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for err in default_registry().errors():
             print(f"warning: {err}", file=sys.stderr)
     try:
+        if "threads" in vars(args):  # every command that trains or predicts: --threads, else the usable CPUs
+            from .util.threads import apply_torch_threads
+
+            apply_torch_threads(args.threads)
         return int(args.func(args) or 0)
     except UserError as exc:
         if os.environ.get("FADER_KIT_DEBUG"):

@@ -76,18 +76,16 @@ def add_deploy_commands(sub: Any) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import torch
-
     from .masker_args import masker_options
     from .config import get_profile
     from .devices import resolve_device
     from .fitting import fit_detector
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    profile = get_profile(args.profile)
+    announce_fit_pace(args, profile, str(device))
     detector = fit_detector(
-        args.normal, masker=args.masker, profile=get_profile(args.profile), out=args.out,
+        args.normal, masker=args.masker, profile=profile, out=args.out,
         masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
         holdout=args.holdout, false_alarm_rate=args.false_alarm_rate, validation=args.validation,
         ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
@@ -95,6 +93,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(detector.calibration.summary())
     print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
     return 0
+
+
+def announce_fit_pace(args: argparse.Namespace, profile: Any, device: str) -> None:
+    """Before a long fit: the expected duration, and a line when this machine is far slower than the
+    reference (:mod:`fader_kit.pace`).  A problem with the inputs is left for the fit to report."""
+    from .fitting import holdout_split
+    from .imagefiles import normal_images
+    from .pace import JobWork, announce
+
+    try:
+        train, held = holdout_split(len(normal_images(args.normal)), args.holdout, args.seed)
+    except Exception:  # the fit names the problem
+        return
+    announce(JobWork(ear_trainings=1, fader_trainings=1, scored_models=1, n_train=len(train), n_test=len(held)),
+             profile, device)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -46,13 +46,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, UserError
 from ..registry import MaskerRegistry
+from ..util.threads import worker_environment
 from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, RunSummary, failure_reason, minutes
 from .store import ResultRow
 
 Log = Callable[[str], None]
 INSTALL_HINT = "pip install 'fader-kit[ray]'"
 # Environment variables forwarded to the tasks when this executor starts or joins Ray itself
-# (a cluster's workers do not inherit the driver's shell): weights folder, data cache, switches.
+# (a cluster's workers do not inherit the driver's shell): weights folder, data cache, switches;
+# and the OpenMP wait policy of fader_kit.util.threads (the user's, or PASSIVE).
 FORWARDED_ENV_PREFIX = "FADER_KIT_"
 
 
@@ -227,6 +229,7 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+        env.update(worker_environment())  # workers' OpenMP threads sleep when idle, as the driver's
         t0 = time.perf_counter()
         ray.init(address=self.options.address, runtime_env={"env_vars": env} if env else None,
                  logging_level=logging.WARNING)

@@ -33,6 +33,7 @@ from ..data import SyntheticConfig
 from ..fader import FaderModel
 from ..fusion_rules import Fused
 from ..interfaces import Masker
+from ..pace import JobWork
 from ..pipeline import compute_masks, environment, masker_score_maps, metrics_from_maps
 from ..stats import ScoreDetail
 from ..registry import MaskerRegistry
@@ -239,6 +240,8 @@ class GridRunner:
         n = torch.get_num_threads()
         todo, recorder = self.start(f"{n} thread{'s' if n != 1 else ''}")
         benches: dict[tuple[str, int], CategoryWorkbench] = {}
+        if todo:
+            self.announce_pace(todo, benches)
         for i, pu in enumerate(todo, 1):
             wkey = (pu.unit.category, pu.unit.seed)
             bench = benches.get(wkey)
@@ -255,6 +258,33 @@ class GridRunner:
         self.log(f"{g.table}: {s.computed} computed, {s.copied} copied, {s.skipped} skipped, {s.failed} failed "
                  f"in {minutes(s.seconds)} (EAR U-Nets trained: {s.ear_trained}, maskers fitted: {s.maskers_fitted})")
         return s
+
+    # -- before the long work ----------------------------------------------------------------
+    def pace_work(self, todo: list[PlannedUnit], n_train: int, n_test: int) -> JobWork:
+        """What ``todo`` still computes, as :mod:`fader_kit.pace` counts it: the EAR U-Nets not in the
+        cache, the FADeR heads and the models to score (rows copied from another table cost nothing)."""
+        units = [pu for pu in todo if pu.head.kind == "model" and self.store.find_ok(pu.work_key) is None]
+        ears = {pu.keys.ear for pu in units if not self.cache.ear_path(pu.keys.ear).is_file()}
+        return JobWork(ear_trainings=len(ears), fader_trainings=sum(pu.head.config is not None for pu in units),
+                       scored_models=len(units), n_train=n_train, n_test=n_test)
+
+    def announce_pace(self, todo: list[PlannedUnit], benches: dict[tuple[str, int], CategoryWorkbench]) -> None:
+        """Before a long job: time a few EAR training steps, log the expected duration, and a line
+        when this machine is far slower than the reference (:mod:`fader_kit.pace`).  Every category
+        is taken to be the size of the first, whose images are loaded now (the run needs them next).
+        The estimate never stops a job: a failure here (bad data, say) is the first unit's to report."""
+        from .. import pace
+
+        g = self.grid
+        try:
+            first = (todo[0].unit.category, todo[0].unit.seed)
+            split = benches.setdefault(first, self.workbench(*first)).split()
+            pace.announce(self.pace_work(todo, int(split.train.shape[0]), int(split.test.shape[0])), g.profile,
+                          g.device, self.log)
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # the unit that needs the same thing reports it
+            return
 
     # -- rows --------------------------------------------------------------------------------
     def copied_row(self, pu: PlannedUnit) -> ResultRow | None:
