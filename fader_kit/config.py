@@ -262,7 +262,7 @@ class ExperimentalFaderConfig(FaderConfig):
         return self
 
     @property
-    def experiment(self) -> HeadExperiment:  # type: ignore[override]
+    def experiment(self) -> HeadExperiment:
         return HeadExperiment(**{k: getattr(self, k) for k in HeadExperiment.model_fields})
 
 

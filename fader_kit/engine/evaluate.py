@@ -134,7 +134,7 @@ def evaluate_category(
                                ("ear_fused", "after", comps.get(f"{EAR}+masker")),
                                ("fader_fused", "after", comps.get(f"{fader_variant}+masker"))):
         if comp is not None and comp.get(f"{prefix}_image_auroc") is not None:
-            spread[name] = {k: comp[f"{prefix}_{k}"] for k in ("image_auroc", "pixel_auroc")}  # type: ignore[misc]
+            spread[name] = {k: comp[f"{prefix}_{k}"] for k in ("image_auroc", "pixel_auroc")}
     fused_comparison = {name: comps[label]["comparison"] for name, label in
                         (("ear_fused", f"{EAR}+masker"), ("fader_fused", f"{fader_variant}+masker"))
                         if label in comps and "comparison" in comps[label]}
