@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
     threads = apply_torch_threads(args.threads)
     from fader_kit.config import get_profile
-    from fader_kit.engine.runner import minutes
+    from fader_kit.util.timing import minutes
     from fader_kit.pace import JobWork, busy_seconds, cpu_model, estimate_seconds, others_cpus, time_ear_steps
 
     profile = get_profile(args.profile)

@@ -39,7 +39,6 @@ from .interfaces import Masker, MaskerInfo
 from .modeldir import FILES as MODEL_DIR_FILES
 from .modeldir import canonical_json
 
-FORMAT = "fader-kit/detector"
 #: 2: every file digested, detector.json included; 1 (still read): the two tensor files only.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -44,6 +44,8 @@ MASKER_JSON = "masker.json"
 MASKER_TENSORS = "masker.safetensors"
 CARD = "README.md"
 #: Every file of a detector folder, in the order they are checked.
+#: The ``format`` field of ``detector.json``: what marks a folder as a detector folder.
+FORMAT = "fader-kit/detector"
 FILES: tuple[str, ...] = (MANIFEST, CALIBRATION, MODEL, MASKER_JSON, MASKER_TENSORS, CARD)
 #: The files digested by format version 1 (folders written before every file was).
 LEGACY_DIGESTS: tuple[str, ...] = (MODEL, MASKER_TENSORS)
@@ -182,8 +184,6 @@ def digests_for(files: dict[str, bytes]) -> dict[str, str]:
 
 def read_manifest_file(folder: Path) -> dict[str, Any]:
     """``detector.json`` of ``folder`` parsed, its format checked (not yet its version or fields)."""
-    from .detector import FORMAT
-
     if not folder.is_dir():
         raise ModelDirError(f"model folder {folder} does not exist" if not folder.exists()
                             else f"model folder {folder} is not a folder")

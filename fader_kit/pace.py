@@ -211,7 +211,7 @@ class PaceReport:
         return self.step_seconds / self.reference_step
 
     def lines(self, profile: Profile, device: str, reference: Reference = REFERENCE) -> list[str]:
-        from .engine.runner import minutes
+        from .util.timing import minutes
 
         out = [f"pace: one EAR training step takes {self.step_seconds:.3f} s here ({profile.name} profile, "
                f"{profile.image_size}px, batch {profile.ear.batch_size}, {device}, {self.state.threads} thread"

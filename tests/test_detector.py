@@ -20,25 +20,12 @@ from PIL import Image
 from fader_kit.calibration import (PixelQuantiles, calibrate, calibration_from, f1_threshold, false_alarm_rate,
                                    order_threshold)
 from fader_kit.cli import main
-from fader_kit.config import FaderConfig, Profile, TrainConfig, UNetConfig
 from fader_kit.detector import Detector, make_decision
 from fader_kit.errors import ConfigError, ModelDirError
 from fader_kit.fitting import fit_detector, holdout_split
 from fader_kit.variants import DEFAULT_HEAD_VARIANT
 
-TINY = Profile(
-    name="tiny", image_size=32, unet=UNetConfig(widths=(4, 8, 8, 8, 8)),
-    ear=TrainConfig(epochs=1, batch_size=8, lr=2e-3), fader=TrainConfig(epochs=1, batch_size=8, lr=1e-3, ranking_pairs=64),
-    fader_head=FaderConfig(patch_size=8, hidden=8), eval_batch_size=8,
-)
-
-
-def part(rng: np.random.Generator, size: tuple[int, int] = (40, 48), defect: bool = False) -> np.ndarray:
-    """A grey 'part' with mild noise; a defect is a dark square."""
-    img = np.full((*size, 3), 140, dtype=np.int64) + rng.integers(-8, 8, (*size, 3))
-    if defect:
-        img[8:24, 10:26] = 20
-    return img.clip(0, 255).astype(np.uint8)
+from deploy_cases import TINY, part
 
 
 @pytest.fixture(scope="module")

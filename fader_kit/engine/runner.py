@@ -34,6 +34,7 @@ from ..fader import FaderModel
 from ..fusion_rules import Fused
 from ..interfaces import Masker
 from ..pace import JobWork
+from ..util.timing import minutes
 from ..pipeline import compute_masks, environment, masker_score_maps, metrics_from_maps
 from ..stats import ScoreDetail
 from ..registry import MaskerRegistry
@@ -119,10 +120,6 @@ class MeasureHook(Protocol):
 
     def __call__(self, runner: "GridRunner", pu: PlannedUnit, bench: CategoryWorkbench, masker: Masker
                  ) -> dict[str, Any]: ...
-
-
-def minutes(seconds: float) -> str:
-    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def failure_reason(exc: BaseException) -> str:

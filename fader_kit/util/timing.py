@@ -36,3 +36,8 @@ class Stopwatch:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def minutes(seconds: float) -> str:
+    """A duration as people read it: seconds under a minute and a half, else minutes."""
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min"
