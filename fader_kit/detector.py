@@ -37,6 +37,7 @@ from .errors import ConfigError, ModelDirError, UserError
 from .fader import FaderModel
 from .interfaces import Masker, MaskerInfo
 from .modeldir import FILES as MODEL_DIR_FILES
+from .modeldir import FORMAT as FORMAT  # the name callers import from here
 from .modeldir import canonical_json
 
 #: 2: every file digested, detector.json included; 1 (still read): the two tensor files only.
