@@ -11,20 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fader_kit.detector import Detector
 from fader_kit.fitting import fit_detector
-from test_detector import TINY, part
+from deploy_cases import TINY, write_parts
 
 
 @pytest.fixture(scope="module")
 def normal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
-    rng = np.random.default_rng(2)
-    (root / "normal").mkdir()
-    for i in range(10):
-        Image.fromarray(part(rng)).save(root / "normal" / f"good{i:02d}.png")
+    write_parts(root / "normal", 10, seed=2)
     return root / "normal"
 
 

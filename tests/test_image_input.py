@@ -17,16 +17,13 @@ from fader_kit.errors import ConfigError
 from fader_kit.fitting import fit_detector
 from fader_kit.imagefiles import pil_array
 from fader_kit.variants import DEFAULT_HEAD_VARIANT
-from test_detector import TINY, part
+from deploy_cases import TINY, write_parts
 
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
     root = tmp_path_factory.mktemp("inputs")
-    rng = np.random.default_rng(3)
-    (root / "normal").mkdir()
-    for i in range(10):
-        Image.fromarray(part(rng)).save(root / "normal" / f"good{i:02d}.png")
+    write_parts(root / "normal", 10, seed=3)
     return fit_detector(root / "normal", masker="patch_stats", profile=TINY, head_variant=DEFAULT_HEAD_VARIANT,
                         seed=0, false_alarm_rate=0.2, log=lambda _: None)
 

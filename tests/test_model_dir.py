@@ -30,7 +30,7 @@ from fader_kit.errors import ModelDirError, UserError
 from fader_kit.fitting import fit_detector
 from fader_kit.modeldir import FILES, manifest_digest
 from fader_kit.variants import DEFAULT_HEAD_VARIANT
-from test_detector import TINY, part
+from deploy_cases import TINY, part, write_parts
 
 JSON_FILES = ("detector.json", "calibration.json", "masker.json")
 
@@ -39,9 +39,7 @@ JSON_FILES = ("detector.json", "calibration.json", "masker.json")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("model_dir")
     rng = np.random.default_rng(1)
-    (root / "normal").mkdir()
-    for i in range(10):
-        Image.fromarray(part(rng)).save(root / "normal" / f"good{i:02d}.png")
+    write_parts(root / "normal", 10, seed=1)
     Image.fromarray(part(rng, defect=True)).save(root / "defect.png")
     fit_detector(root / "normal", masker="patch_stats", profile=TINY, out=root / "model", seed=0,
                  head_variant=DEFAULT_HEAD_VARIANT,
@@ -153,11 +151,8 @@ def test_a_missing_digest_entry_is_refused(model_dir: Path, tmp_path: Path) -> N
     assert "calibration.json" in load_error(folder)
 
 
-@pytest.mark.parametrize("how", ["dev_zero", "fifo", "folder", "huge"])
-def test_a_file_that_is_not_a_plain_bounded_file_is_refused_at_once(model_dir: Path, tmp_path: Path,
-                                                                     how: str) -> None:
-    folder = copy(model_dir, tmp_path / "m")
-    target = folder / "model.safetensors"
+def make_unreadable(target: Path, how: str) -> None:
+    """Replace the file ``target`` by something a loader must refuse without reading it through."""
     target.unlink()
     if how == "dev_zero":
         target.symlink_to("/dev/zero")
@@ -165,9 +160,17 @@ def test_a_file_that_is_not_a_plain_bounded_file_is_refused_at_once(model_dir: P
         os.mkfifo(target)
     elif how == "folder":
         target.mkdir()
-    else:  # sparse: 8 GiB on paper, no disk used
+    else:  # sparse: 8 GiB or more on paper, no disk used
         with open(target, "wb") as fh:
             fh.truncate(8 << 30)
+
+
+@pytest.mark.parametrize("how", ["dev_zero", "fifo", "folder", "huge"])
+def test_a_file_that_is_not_a_plain_bounded_file_is_refused_at_once(model_dir: Path, tmp_path: Path,
+                                                                     how: str) -> None:
+    folder = copy(model_dir, tmp_path / "m")
+    target = folder / "model.safetensors"
+    make_unreadable(target, how)
     t0 = time.perf_counter()
     message = load_error(folder)
     assert "model.safetensors" in message and time.perf_counter() - t0 < 1.0
@@ -369,17 +372,7 @@ def apply(folder: Path, kind: str, what: Any) -> None:
         (folder / what).mkdir() if what == "sub" else (folder / what).write_bytes(b"x")
     else:
         name, how = what
-        target = folder / name
-        target.unlink()
-        if how == "dev_zero":
-            target.symlink_to("/dev/zero")
-        elif how == "fifo":
-            os.mkfifo(target)
-        elif how == "folder":
-            target.mkdir()
-        else:
-            with open(target, "wb") as fh:
-                fh.truncate(16 << 30)
+        make_unreadable(folder / name, how)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -47,7 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError, UserError
 from ..registry import MaskerRegistry
 from ..util.threads import worker_environment
-from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, RunSummary, failure_reason, minutes
+from ..util.timing import minutes
+from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, RunSummary, failure_reason
 from .store import ResultRow
 
 Log = Callable[[str], None]
