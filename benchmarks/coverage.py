@@ -22,8 +22,10 @@ import numpy as np
 from scipy import ndimage
 from torch import Tensor
 
+from fader_kit.engine.aggregate import mean_over_seeds
 from fader_kit.engine.sources import GT_PREFIX, degrade_masks, gt_masker_name, parse_gt_masker
 from fader_kit.engine.store import ResultRow
+from fader_kit.engine.unit_kinds import ModelFacts
 
 COVERAGES: tuple[int, ...] = (0, 25, 50, 75, 100)
 
@@ -41,10 +43,6 @@ def defect_coverage(masks: Tensor, gt_masks: Tensor) -> list[float]:
 
 
 # -- report -----------------------------------------------------------------------------------------
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
 def coverage_points(rows: list[ResultRow]) -> dict[str, dict[str, Any]]:
     """masker -> {coverage (measured mean over seeds and categories), per variant image/pixel AUROC means}."""
     out: dict[str, dict[str, Any]] = {}
@@ -52,15 +50,15 @@ def coverage_points(rows: list[ResultRow]) -> dict[str, dict[str, Any]]:
         if r.unit.table != "coverage" or r.status != "ok":
             continue
         d = out.setdefault(r.unit.masker, {"coverage": [], "image": {}, "pixel": {}})
-        diag = (r.config or {}).get("diagnostics") or {}
-        cov = (diag.get("mask") or {}).get("defect_pixels_masked")
+        diag = ModelFacts.of(r).diagnostics
+        cov = diag.mask.defect_pixels_masked if diag is not None else None
         if cov is not None:
             d["coverage"].append(cov)
         d["image"].setdefault(r.unit.variant, []).append(r.image_auroc)
         d["pixel"].setdefault(r.unit.variant, []).append(r.pixel_auroc)
-    return {m: {"coverage": _mean(d["coverage"]),
-                "image": {v: _mean(x) for v, x in d["image"].items()},
-                "pixel": {v: _mean(x) for v, x in d["pixel"].items()}} for m, d in out.items()}
+    return {m: {"coverage": mean_over_seeds(d["coverage"]),
+                "image": {v: mean_over_seeds(x) for v, x in d["image"].items()},
+                "pixel": {v: mean_over_seeds(x) for v, x in d["pixel"].items()}} for m, d in out.items()}
 
 
 def coverage_section(rows: list[ResultRow], folder: Path, *, figure: bool = True) -> tuple[list[str], list[Path]]:

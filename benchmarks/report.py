@@ -11,266 +11,25 @@ from __future__ import annotations
 
 import csv
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from fader_kit.diagnostics import Diagnostics
-from fader_kit.engine.aggregate import comparisons
+from fader_kit.engine.aggregate import mean_over_seeds
 from fader_kit.engine.keys import safe_name
 from fader_kit.engine.store import DetailStore, ResultRow, ResultStore
+from fader_kit.engine.unit_kinds import ModelFacts
 
-from . import paper_numbers as paper
-from .tables import CONTROL, EAR, TABLES, TableSpec
-
-DASH = "--"
-DAGGER = "†"
-
-
-@dataclass
-class Cell:
-    """Our aggregated numbers for one (masker, variant, category): mean over finished seeds."""
-
-    image: float | None = None
-    pixel: float | None = None
-    seeds: int = 0
-    failed: list[str] = field(default_factory=list)
-    weights: set[str] = field(default_factory=set)
-
-
-def _fmt(v: float | None) -> str:
-    return DASH if v is None else f"{v:.3f}"
-
-
-def _fmt_delta(v: float | None) -> str:
-    return DASH if v is None else f"{v:+.3f}"
-
-
-def _pair(image: float | None, pixel: float | None) -> str:
-    return f"{_fmt(image)} / {_fmt(pixel)}"
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.fmean(vals) if vals else None
-
-
-def data_kind(data: str) -> str:
-    return data.split(":", 1)[0]
-
-
-def category_label(data: str, category: str) -> str:
-    return paper.category_title(category) if data_kind(data) in ("mvtec", "visa") else category
-
-
-# -- the paper's numbers ---------------------------------------------------------------------------
-def paper_cell(table: str, masker: str, variant: str, category: str) -> tuple[float | None, float | None]:
-    """The paper's (image, pixel) AUROC for one cell; ``category='average'`` for the stated average.
-    ``(None, None)`` where the paper has no such number."""
-    if table in ("table2", "table4"):
-        col = (paper.TABLE2 if table == "table2" else paper.TABLE4).get(masker)
-        if col is None or category not in col:
-            return None, None
-        c = col[category]
-        return (c.ear_image, c.ear_pixel) if variant == EAR else (c.fader_image, c.fader_pixel)
-    if table == "table3":
-        col = paper.TABLE3.get("ours" if variant == "fader" else variant)
-        return (col.get(category), None) if col else (None, None)
-    if table == "table5":
-        return (paper.TABLE5["fader"].get(category), None) if variant != EAR else (None, None)
-    return None, None
-
-
-def paper_average(spec: TableSpec, data: str, masker: str, variant: str, categories: list[str]) -> tuple[tuple[float | None, float | None], bool]:
-    """The paper's average beside ours, and whether it is the paper's *whole-table* average
-    standing in for data the paper did not measure (marked with a dagger).
-
-    On the paper's own data: its printed average when we ran every category, else the mean of
-    its values over the same categories (so the two averages cover the same ground)."""
-    paper_cats = paper.MVTEC_ORDER if spec.paper_data == "mvtec" else paper.VISA_ORDER
-    if data_kind(data) == spec.paper_data and categories and all(c in paper_cats for c in categories):
-        if set(categories) == set(paper_cats):
-            return paper_cell(spec.name, masker, variant, "average"), False
-        vals = [paper_cell(spec.name, masker, variant, c) for c in categories]
-        return (_mean(v[0] for v in vals), _mean(v[1] for v in vals)), False
-    return paper_cell(spec.name, masker, variant, "average"), True
-
-
-# -- aggregation ------------------------------------------------------------------------------------
-GroupKey = tuple[str, str, str]  # (table, data, profile)
-
-
-def group_rows(rows: Iterable[ResultRow]) -> dict[GroupKey, list[ResultRow]]:
-    groups: dict[GroupKey, list[ResultRow]] = {}
-    for r in rows:
-        groups.setdefault((r.unit.table, r.unit.data, r.unit.profile), []).append(r)
-    return dict(sorted(groups.items(), key=lambda kv: (list(TABLES).index(kv[0][0]) if kv[0][0] in TABLES else 99, kv[0])))
-
-
-def cells(rows: list[ResultRow]) -> dict[tuple[str, str, str], Cell]:
-    """(masker, variant, category) -> mean over seeds of the finished rows (failures listed)."""
-    acc: dict[tuple[str, str, str], list[ResultRow]] = {}
-    for r in rows:
-        acc.setdefault((r.unit.masker, r.unit.variant, r.unit.category), []).append(r)
-    out = {}
-    for key, rs in acc.items():
-        ok = [r for r in rs if r.status == "ok"]
-        out[key] = Cell(
-            image=_mean(r.image_auroc for r in ok), pixel=_mean(r.pixel_auroc for r in ok), seeds=len(ok),
-            failed=[f"seed {r.unit.seed}: {r.reason}" for r in rs if r.status != "ok"],
-            weights={r.weights for r in rs if r.weights},
-        )
-    return out
-
-
-def _ordered(values: Iterable[str], preferred: Iterable[str]) -> list[str]:
-    values = list(dict.fromkeys(values))
-    pref = [p for p in preferred if p in values]
-    return pref + sorted(v for v in values if v not in pref)
-
-
-# -- Markdown -----------------------------------------------------------------------------------------
-@dataclass
-class GroupReport:
-    key: GroupKey
-    markdown: list[str]
-    csv_rows: list[dict[str, object]]
-    bars: dict[str, dict[str, tuple[float | None, float | None]]]
-    categories: list[str]
-    figures: list[str]
-    comparisons: list[dict[str, object]] = field(default_factory=list)
-
-
-def _masker_header(masker: str, cell_weights: set[str]) -> str:
-    flag = " [random-init]" if "random-init" in cell_weights else ""
-    return f"{masker}{flag}"
+from .report_cells import DASH, GroupKey, GroupReport, category_label, group_rows
+from .report_group import group_table
+from .tables import CONTROL, EAR, TABLES
 
 
 def render_group(key: GroupKey, rows: list[ResultRow], details: DetailStore | None = None) -> GroupReport:
-    table, data, profile = key
-    spec = TABLES[table]
-    cs = cells(rows)
-    cat_pref = paper.MVTEC_ORDER + paper.VISA_ORDER
-    categories = _ordered((r.unit.category for r in rows), cat_pref)
-    maskers = _ordered((r.unit.masker for r in rows), spec.maskers)
-    variants = _ordered((r.unit.variant for r in rows), [v.name for v in spec.variants])
-    seeds = sorted({r.unit.seed for r in rows})
-    weights_of = {m: set().union(*(c.weights for (mm, _, _), c in cs.items() if mm == m)) for m in maskers}
-    title = f"### {spec.title} -- {data}, {profile} profile, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-    md = [title, ""]
-    csv_rows: list[dict[str, object]] = []
-    bars: dict[str, dict[str, tuple[float | None, float | None]]] = {}
-    daggers = False
-
-    def get(m: str, v: str, c: str) -> Cell:
-        return cs.get((m, v, c), Cell())
-
-    for m in maskers:
-        for v in variants:
-            for c in categories:
-                cell = get(m, v, c)
-                p = paper_cell(table, m, v, c) if data_kind(data) == spec.paper_data else (None, None)
-                csv_rows.append({
-                    "table": table, "data": data, "profile": profile, "masker": m, "variant": v, "category": c,
-                    "seeds": cell.seeds, "status": "ok" if cell.seeds else ("failed" if cell.failed else "missing"),
-                    "image_auroc": cell.image, "pixel_auroc": cell.pixel, "weights": ";".join(sorted(cell.weights)),
-                    "paper_image_auroc": p[0], "paper_pixel_auroc": p[1],
-                })
-
-    if spec.layout == "pairs":
-        after = [v for v in variants if v != EAR]
-        header = ["Category"]
-        for m in maskers:
-            for v in after:
-                name = _masker_header(m, weights_of[m]) + ("" if v == "fader" else f" ({v})")
-                header += [f"{name}: ours", "paper"]
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for c in categories:
-            line = [category_label(data, c)]
-            for m in maskers:
-                for v in after:
-                    e, f = get(m, EAR, c), get(m, v, c)
-                    line.append(_before_after(e, f))
-                    p_e = paper_cell(table, m, EAR, c) if data_kind(data) == spec.paper_data else (None, None)
-                    p_f = paper_cell(table, m, v, c) if data_kind(data) == spec.paper_data else (None, None)
-                    line.append(_paper_before_after(table, p_e, p_f))
-            md.append("| " + " | ".join(line) + " |")
-        avg, delta = ["Average"], ["Change"]
-        for m in maskers:
-            for v in after:
-                e_i = _mean(get(m, EAR, c).image for c in categories)
-                e_p = _mean(get(m, EAR, c).pixel for c in categories)
-                f_i = _mean(get(m, v, c).image for c in categories)
-                f_p = _mean(get(m, v, c).pixel for c in categories)
-                n_ok = sum(1 for c in categories if get(m, v, c).seeds and get(m, EAR, c).seeds)
-                note = "" if n_ok == len(categories) else f" ({n_ok}/{len(categories)} categories)"
-                avg.append(f"{_pair(e_i, e_p)} -> {_pair(f_i, f_p)}{note}")
-                delta.append(f"{_fmt_delta(_sub(f_i, e_i))} / {_fmt_delta(_sub(f_p, e_p))}")
-                (pe, dag) = paper_average(spec, data, m, EAR, categories)
-                (pf, _) = paper_average(spec, data, m, v, categories)
-                mark = f" {DAGGER}" if dag and (pe != (None, None) or pf != (None, None)) else ""
-                daggers |= bool(mark)
-                avg.append(_paper_before_after(table, pe, pf) + mark)
-                delta.append(DASH if pf[0] is None or pe[0] is None else
-                             f"{_fmt_delta(_sub(pf[0], pe[0]))} / {_fmt_delta(_sub(pf[1], pe[1]))}{mark}")
-                bars[f"{m} EAR"] = {c: (get(m, EAR, c).image, get(m, EAR, c).pixel) for c in categories}
-                bars[f"{m} {'FADeR' if v == 'fader' else v}"] = {c: (get(m, v, c).image, get(m, v, c).pixel) for c in categories}
-        md.append("| " + " | ".join(avg) + " |")
-        md.append("| " + " | ".join(delta) + " |")
-        md += ["", "Cells: image / pixel AUROC, EAR -> FADeR (before -> after), on the same EAR U-Net and the same binary masks."]
-        if table == "table5":
-            md.append("The paper reports FADeR's image AUROC only for VisA (its EAR and pixel numbers are not given).")
-    else:
-        header = ["Category"]
-        titles = {v.name: v.title for v in spec.variants}
-        multi = len(maskers) > 1
-        for m in maskers:
-            for v in variants:
-                name = titles.get(v, v) + (f" [{_masker_header(m, weights_of[m])}]" if multi else "")
-                header.append(name)
-                if paper_cell(table, m, v, "average") != (None, None):
-                    header.append("paper")
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for c in categories + ["average"]:
-            line = ["Average" if c == "average" else category_label(data, c)]
-            for m in maskers:
-                for v in variants:
-                    if c == "average":
-                        cell_txt = _pair(_mean(get(m, v, k).image for k in categories), _mean(get(m, v, k).pixel for k in categories))
-                        n_ok = sum(1 for k in categories if get(m, v, k).seeds)
-                        if n_ok != len(categories):
-                            cell_txt += f" ({n_ok}/{len(categories)} categories)"
-                        line.append(cell_txt)
-                    else:
-                        line.append(_single(get(m, v, c)))
-                    if paper_cell(table, m, v, "average") != (None, None):
-                        if c == "average":
-                            (pi, _), dag = paper_average(spec, data, m, v, categories)
-                            daggers |= dag
-                            line.append(_fmt(pi) + (f" {DAGGER}" if dag else ""))
-                        else:
-                            p = paper_cell(table, m, v, c) if data_kind(data) == spec.paper_data else (None, None)
-                            line.append(_fmt(p[0]))
-            md.append("| " + " | ".join(line) + " |")
-        for m in maskers:
-            for v in variants:
-                label = ("EAR" if v == EAR else v) + (f" {m}" if multi else "")
-                bars[label] = {c: (get(m, v, c).image, get(m, v, c).pixel) for c in categories}
-        md += ["", "Cells: image / pixel AUROC; every column uses the same EAR U-Net and the same binary masks. "
-               "The paper's Table 3 reports image AUROC only, measured with DINO-ViT masks and a ViT-B/16 head "
-               "(ours: the masker named below and a small ViT head)."]
-    if daggers:
-        src = "MVTec AD" if spec.paper_data == "mvtec" else "VisA"
-        md.append(f"{DAGGER} The paper's {src} average, shown for scale: the paper has no numbers for {data} categories.")
-    md.append("Maskers and weights: " + "; ".join(f"{m}: {', '.join(sorted(weights_of[m])) or 'unknown (no finished row)'}" for m in maskers))
-    failures = [f"- {m}/{v} on {c}: {msg}" for (m, v, c), cell in sorted(cs.items()) for msg in cell.failed]
-    if failures:
-        md += ["", f"Failed units ({len(failures)}):", *failures]
-    comps = comparisons(rows, details) if details is not None else []
-    md += comparison_lines(comps)
-    md += _timing_lines(rows)
-    figures = sorted({str(r.config.get("figure")) for r in rows if r.status == "ok" and r.config.get("figure")})
-    return GroupReport(key, md, csv_rows, bars, categories, figures, comps)
+    """One group's report (:func:`fader_kit_bench.report_group.group_table`) with its comparison
+    over seeds and its compute time."""
+    report = group_table(key, rows, details)
+    report.markdown += comparison_lines(report.comparisons) + _timing_lines(rows)
+    return report
 
 
 # -- seeds, intervals and the masker alone: fader_kit.engine.aggregate ------------------------------
@@ -346,30 +105,6 @@ def variant_summary_lines(comps: list[dict[str, object]]) -> list[str]:
     return md
 
 
-def _sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def _single(cell: Cell) -> str:
-    if cell.seeds:
-        return _pair(cell.image, cell.pixel)
-    return "failed" if cell.failed else DASH
-
-
-def _before_after(e: Cell, f: Cell) -> str:
-    if not e.seeds and not f.seeds:
-        return "failed" if (e.failed or f.failed) else DASH
-    return f"{_pair(e.image, e.pixel)} -> {_pair(f.image, f.pixel)}"
-
-
-def _paper_before_after(table: str, pe: tuple[float | None, float | None], pf: tuple[float | None, float | None]) -> str:
-    if pe == (None, None) and pf == (None, None):
-        return DASH
-    if table == "table5":  # the paper gives FADeR's image AUROC only
-        return f"-> {_fmt(pf[0])}"
-    return f"{_pair(*pe)} -> {_pair(*pf)}"
-
-
 def _timing_lines(rows: list[ResultRow]) -> list[str]:
     ok = [r for r in rows if r.status == "ok" and not r.reused_from]
     if not ok:
@@ -418,9 +153,9 @@ def diagnostics_lines(rows: list[ResultRow]) -> list[str]:
 
     acc: dict[tuple[str, str, str], list[Diagnostics]] = {}
     for r in rows:
-        d = (r.config or {}).get("diagnostics") if r.status == "ok" else None
-        if d:
-            acc.setdefault((r.unit.masker, r.unit.variant, r.unit.category), []).append(Diagnostics(**d))
+        d = ModelFacts.of(r).diagnostics if r.status == "ok" else None
+        if d is not None:
+            acc.setdefault((r.unit.masker, r.unit.variant, r.unit.category), []).append(d)
     if not acc:
         return []
     out = ["", "Head diagnostics (mean over seeds; gate 1 = skip open, 0 = closed; the head found the missed "
@@ -442,13 +177,10 @@ def _mean_diagnostics(ds: list["Diagnostics"]) -> "Diagnostics":
         keys = dicts[0].keys()
         out = {}
         for k in keys:
-            vals = [d[k] for d in dicts if d.get(k) is not None]
             if k == "found_missed_defects":
                 continue
-            if k == "unmasked_defect_patches":
-                out[k] = int(round(sum(vals) / len(vals))) if vals else 0
-            else:
-                out[k] = (sum(vals) / len(vals)) if vals else None
+            mean = mean_over_seeds(d.get(k) for d in dicts)
+            out[k] = (int(round(mean)) if mean is not None else 0) if k == "unmasked_defect_patches" else mean
         return out
 
     mask = avg([d.mask.model_dump() for d in ds])

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +55,17 @@ import torch
 from fader_kit.config import get_profile
 from fader_kit.data import list_categories
 from fader_kit.devices import resolve_device
+from fader_kit.engine.aggregate import over_seeds
 from fader_kit.engine.runner import Grid, GridRunner, Head, PlannedUnit, run_grid
 from fader_kit.engine.sources import parse_spec
-from fader_kit.engine.store import DB_NAME, ResultRow, ResultStore
+from fader_kit.engine.store import DB_NAME, ResultStore
 from fader_kit.engine.workbench import CategoryWorkbench
 from fader_kit.errors import ConfigError
 from fader_kit.metrics import image_auroc, pixel_auroc
 from fader_kit.stats import SeedSummary
 from fader_kit.util.batching import map_batches
+
+from .masker_rows import MaskerRow, MaskerSummary
 
 DEFAULT_MASKERS = ("patch_stats", "dsr", "msflow", "ami_net")
 DEFAULT_K_SIGMAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -148,67 +150,40 @@ def benchmark_grid(specs: Sequence[str], *, data: str, categories: Sequence[str]
                 progress=progress)
 
 
-def row_dict(row: ResultRow) -> dict[str, Any]:
-    """A stored row as this benchmark's tables read it."""
-    c = row.config
-    load = c.get("load") or [math.nan, math.nan]
-    return {
-        "data": row.unit.data, "category": row.unit.category, "masker": row.unit.masker, "seed": row.unit.seed,
-        "image_size": c.get("image_size"), "weights": row.weights, "variant": c.get("variant", ""),
-        "details": c.get("details", {}), "fit_s": c.get("fit_s", math.nan), "fit_cpu_s": c.get("fit_cpu_s", math.nan),
-        "mask_ms": c["mask_ms"], "pixel_auroc": row.pixel_auroc, "aupro": row.pixel_aupro,
-        "image_auroc": row.image_auroc, "masked": c["masked"], "tpr": c["tpr"], "fpr": c["fpr"],
-        "threads": int(row.environment.get("threads", 0)), "load_before": load[0], "load_after": load[1],
-        "n_train": c.get("n_train"), "n_test": c.get("n_test"), "device": row.device,
-        **{k: c[k] for k in ("diagnostics", "k_sweep", "k_sweep_score", "k_sweep_mad") if k in c},
-    }
-
-
-def read_rows(out: Path) -> list[dict[str, Any]]:
+def read_rows(out: Path) -> list[MaskerRow]:
     """The finished rows of this benchmark in ``out`` (none when there is no store yet)."""
     if not (out / DB_NAME).is_file():
         return []
-    return [row_dict(r) for r in ResultStore(out).rows() if r.unit.table == TABLE and r.status == "ok"]
+    return [MaskerRow.of(r) for r in ResultStore(out).rows() if r.unit.table == TABLE and r.status == "ok"]
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def write_csv(rows: Sequence[MaskerRow], path: Path) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(r.model_dump() for r in rows)
     return path
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, str, str, int, int]:
-    return (str(row["data"]), str(row["category"]), str(row["masker"]), int(row["seed"]), int(row["image_size"]))
-
-
 # -- the summary ------------------------------------------------------------------------------
-def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (data, category, masker, image size): mean and std of every metric over seeds."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+def summarise(rows: Sequence[MaskerRow]) -> list[MaskerSummary]:
+    """One entry per (data, category, masker, image size): every metric over the seeds."""
+    groups: dict[tuple[str, str, str, int | None], list[MaskerRow]] = {}
     for r in rows:
-        groups.setdefault(row_key(r)[:3] + (row_key(r)[4],), []).append(r)
-    out = []
-    for (data, category, masker, size), rs in groups.items():
-        entry: dict[str, Any] = {
-            "data": data, "category": category, "masker": masker, "image_size": size,
-            "seeds": sorted(int(r["seed"]) for r in rs), "weights": rs[0]["weights"], "variant": rs[0]["variant"],
-            "threads": sorted({r["threads"] for r in rs}),
-            "load": (min(min(r["load_before"], r["load_after"]) for r in rs),
-                     max(max(r["load_before"], r["load_after"]) for r in rs)),
-        }
-        for m in METRICS:
-            entry[m] = SeedSummary.of([float(r[m]) for r in rs])
-        out.append(entry)
-    return out
+        groups.setdefault((r.data, r.category, r.masker, r.image_size), []).append(r)
+    return [MaskerSummary(
+        data=data, category=category, masker=masker, image_size=size, seeds=sorted(r.seed for r in rs),
+        weights=rs[0].weights, variant=rs[0].variant, threads=sorted({r.threads for r in rs}),
+        load=(min(min(r.load_before, r.load_after) for r in rs), max(max(r.load_before, r.load_after) for r in rs)),
+        metrics={m: over_seeds(r.metric(m) for r in rs) for m in METRICS},
+    ) for (data, category, masker, size), rs in groups.items()]
 
 
 def _cell(s: SeedSummary, digits: int) -> str:
     return f"{s.mean:.{digits}f}" if s.n < 2 else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
 
 
-def table(summary: Sequence[dict[str, Any]]) -> str:
+def table(summary: Sequence[MaskerSummary]) -> str:
     """A Markdown table of :func:`summarise` entries (mean ± std over the listed seeds)."""
     head = (
         "| category | masker | variant | seeds | fit s (wall / CPU) | mask ms/img | pixel AUROC | AUPRO "
@@ -217,25 +192,26 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
     )
     lines = [head]
     for e in summary:
+        m = e.metrics
         lines.append(
-            f"| {e['category']} | `{e['masker']}` | {e['variant'] or e['weights']} | {','.join(map(str, e['seeds']))} "
-            f"| {_cell(e['fit_s'], 0)} / {e['fit_cpu_s'].mean:.0f} | {_cell(e['mask_ms'], 1)} "
-            f"| {_cell(e['pixel_auroc'], 3)} | {_cell(e['aupro'], 3)} | {_cell(e['image_auroc'], 3)} "
-            f"| {_cell(e['masked'], 3)} | {_cell(e['tpr'], 3)} | {_cell(e['fpr'], 3)} "
-            f"| {','.join(map(str, e['threads']))} | {e['load'][0]:.1f}-{e['load'][1]:.1f} |"
+            f"| {e.category} | `{e.masker}` | {e.variant or e.weights} | {','.join(map(str, e.seeds))} "
+            f"| {_cell(m['fit_s'], 0)} / {m['fit_cpu_s'].mean:.0f} | {_cell(m['mask_ms'], 1)} "
+            f"| {_cell(m['pixel_auroc'], 3)} | {_cell(m['aupro'], 3)} | {_cell(m['image_auroc'], 3)} "
+            f"| {_cell(m['masked'], 3)} | {_cell(m['tpr'], 3)} | {_cell(m['fpr'], 3)} "
+            f"| {','.join(map(str, e.threads))} | {e.load[0]:.1f}-{e.load[1]:.1f} |"
         )
     return "\n".join(lines)
 
 
-def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+def sweep_table(rows: Sequence[MaskerRow]) -> str:
     """AMI-Net's token-mask coverage per ``k_sigma`` (mean over seeds): TPR / FPR, for the rule by
     centre distance (``k_sweep``) and by inpainting score (``k_sweep_score``)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, list[float]]]] = {}
     for r in rows:
-        for field, rule in (("k_sweep", "distance, mean+k std"), ("k_sweep_score", "score, mean+k std"),
-                            ("k_sweep_mad", "score, median+k MAD")):
-            if field in r:
-                groups.setdefault((r["category"], r["masker"], rule), []).append(r[field])
+        for sweep, rule in ((r.k_sweep, "distance, mean+k std"), (r.k_sweep_score, "score, mean+k std"),
+                            (r.k_sweep_mad, "score, median+k MAD")):
+            if sweep is not None:
+                groups.setdefault((r.category, r.masker, rule), []).append(sweep)
     if not groups:
         return ""
     ks = sorted({k for sweeps in groups.values() for sw in sweeps for k in sw}, key=float)
@@ -250,28 +226,27 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
             if not vals:
                 cells.append("–")
                 continue
-            tpr, fpr = SeedSummary.of([v[0] for v in vals]).mean, SeedSummary.of([v[1] for v in vals]).mean
+            tpr, fpr = over_seeds(v[0] for v in vals).mean, over_seeds(v[1] for v in vals).mean
             cells.append(f"{tpr:.3f} / {fpr:.3f}")
         lines.append(f"| {category} | `{masker}` | {rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def diagnostics_table(rows: Sequence[dict[str, Any]]) -> str:
+def diagnostics_table(rows: Sequence[MaskerRow]) -> str:
     """Pixel and image AUROC of each masker's intermediate maps (``diagnostics`` of the rows), beside
     its score map's: mean ± std over seeds."""
-    groups: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[float | None, float | None]]] = {}
     for r in rows:
-        if not r.get("diagnostics"):
+        if not r.diagnostics:
             continue
-        groups.setdefault((r["category"], r["masker"], "score map (the output)"), []).append(
-            (r["pixel_auroc"], r["image_auroc"]))
-        for key, d in r["diagnostics"].items():
-            groups.setdefault((r["category"], r["masker"], key), []).append((d["pixel_auroc"], d["image_auroc"]))
+        groups.setdefault((r.category, r.masker, "score map (the output)"), []).append((r.pixel_auroc, r.image_auroc))
+        for key, d in r.diagnostics.items():
+            groups.setdefault((r.category, r.masker, key), []).append((d["pixel_auroc"], d["image_auroc"]))
     if not groups:
         return ""
     lines = ["| category | masker | map | seeds | pixel AUROC | image AUROC (max) |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for (category, masker, key), vals in groups.items():
-        px, im = SeedSummary.of([v[0] for v in vals]), SeedSummary.of([v[1] for v in vals])
+        px, im = over_seeds(v[0] for v in vals), over_seeds(v[1] for v in vals)
         lines.append(f"| {category} | `{masker}` | {key} | {len(vals)} | {_cell(px, 3)} | {_cell(im, 3)} |")
     return "\n".join(lines)
 
@@ -280,7 +255,7 @@ def run(
     specs: Sequence[str], *, data: str, categories: Sequence[str] | None, seeds: Sequence[int], out: Path,
     image_size: int | None = None, device: str = "cpu", k_sigmas: Sequence[float] = DEFAULT_K_SIGMAS,
     progress: bool = False, executor: str = "serial", ray_options: Any = None, registry: Any = None,
-) -> list[dict[str, Any]]:
+) -> list[MaskerRow]:
     """Measure every (category, masker, seed) not yet in ``out``; return all the benchmark's rows there."""
     grid = benchmark_grid(specs, data=data, categories=categories, seeds=seeds, out=out, image_size=image_size,
                           device=device, progress=progress)

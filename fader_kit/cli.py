@@ -80,6 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .variants import resolve
     from .devices import resolve_device
     from .engine.evaluate import evaluate_category
+    from .engine.jobs import Head
     from .registry import default_registry
 
     profile = get_profile(args.profile)
@@ -87,11 +88,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = masker_options(args)  # the category is not an option: it is in every key already
     registry = default_registry()
     registry.get(args.masker)  # an unknown name fails now, with the registered names, before any work
-    head = resolve(profile.fader_head, args.fader_variant)
+    head = Head(name=args.fader_variant, config=resolve(profile.fader_head, args.fader_variant))
     result = evaluate_category(
-        args.data, args.category, args.masker, profile, out=Path(args.out), device=device, seeds=parse_seeds(args.seeds),
-        masker_options=options, registry=registry, ear_masks=args.ear_masks, fader_config=head,
-        fader_variant=args.fader_variant, fused=args.fused, progress=not args.quiet,
+        args.data, args.category, args.masker, profile, out=Path(args.out), head=head, device=device,
+        seeds=parse_seeds(args.seeds), masker_options=options, registry=registry, ear_masks=args.ear_masks,
+        fused=args.fused, progress=not args.quiet,
     )
     print_evaluation(result)
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")

@@ -12,6 +12,7 @@ from fader_kit.engine.store import ResultStore
 from fader_kit.errors import ConfigError
 from fader_kit.stats import SeedSummary
 from fader_kit_bench import trained_maskers as bench
+from fader_kit_bench.masker_rows import MaskerRow
 
 
 def _split() -> CategorySplit:
@@ -52,8 +53,8 @@ def test_rows_go_to_the_store_and_a_rerun_resumes(tmp_path, monkeypatch):
     assert len(rows) == 2 and sum("done in" in line for line in lines) == 2
     row = rows[0]
     # the red square is an easy defect: patch_stats ranks it first, and masks more of it than of the rest
-    assert row["pixel_auroc"] > 0.9 and row["image_auroc"] > 0.9 and 0 < row["aupro"] <= 1
-    assert row["tpr"] > row["fpr"] and row["threads"] == torch.get_num_threads() and row["fit_cpu_s"] >= 0
+    assert row.pixel_auroc > 0.9 and row.image_auroc > 0.9 and 0 < row.aupro <= 1
+    assert row.tpr > row.fpr and row.threads == torch.get_num_threads() and row.fit_cpu_s >= 0
     assert len((tmp_path / "rows.csv").read_text().splitlines()) == 3  # header + 2 rows
     stored = ResultStore(tmp_path).rows()
     assert {r.unit.table for r in stored} == {"trained_maskers"}
@@ -63,19 +64,20 @@ def test_rows_go_to_the_store_and_a_rerun_resumes(tmp_path, monkeypatch):
                      image_size=32)
     assert sum("done in" in line for line in lines) == 1 and len(rows) == 3  # only seed 2 was measured
     summary = bench.summarise(rows)
-    assert len(summary) == 1 and summary[0]["seeds"] == [0, 1, 2]
-    values = [r["pixel_auroc"] for r in rows]
-    assert summary[0]["pixel_auroc"].mean == pytest.approx(sum(values) / 3) and summary[0]["pixel_auroc"].std >= 0
+    assert len(summary) == 1 and summary[0].seeds == [0, 1, 2]
+    values = [r.pixel_auroc for r in rows]
+    pixel = summary[0].metrics["pixel_auroc"]
+    assert pixel.mean == pytest.approx(sum(values) / 3) and pixel.std >= 0
     assert "| stripes | `patch_stats` |" in bench.table(summary)
 
 
 def test_diagnostics_table_sets_intermediate_maps_beside_the_output():
     rows = [
-        {"category": "c", "masker": "dsr", "pixel_auroc": 0.7, "image_auroc": 0.9,
-         "diagnostics": {"coarse": {"pixel_auroc": 0.8, "image_auroc": 1.0}}},
-        {"category": "c", "masker": "dsr", "pixel_auroc": 0.9, "image_auroc": 0.7,
-         "diagnostics": {"coarse": {"pixel_auroc": 0.6, "image_auroc": 0.8}}},
-        {"category": "c", "masker": "patch_stats", "pixel_auroc": 0.5, "image_auroc": 0.5},  # no diagnostics
+        MaskerRow(category="c", masker="dsr", pixel_auroc=0.7, image_auroc=0.9,
+                  diagnostics={"coarse": {"pixel_auroc": 0.8, "image_auroc": 1.0}}),
+        MaskerRow(category="c", masker="dsr", pixel_auroc=0.9, image_auroc=0.7,
+                  diagnostics={"coarse": {"pixel_auroc": 0.6, "image_auroc": 0.8}}),
+        MaskerRow(category="c", masker="patch_stats", pixel_auroc=0.5, image_auroc=0.5),  # no diagnostics
     ]
     lines = bench.diagnostics_table(rows).splitlines()
     assert len(lines) == 4 and "patch_stats" not in "\n".join(lines)

@@ -1,5 +1,6 @@
-"""One seed aggregation for every command: mean and spread over seeds, the paired bootstrap
-interval against EAR (and against the masker alone and the control), and its verdict.
+"""One seed aggregation for every command: mean and spread over seeds (:func:`over_seeds`, the
+one function every table, report and probe calls), the paired bootstrap interval against EAR
+(and against the masker alone and the control), and its verdict.
 
 Reads only a results folder: the rows and the per-image score details stored beside them
 (:class:`~fader_kit.engine.store.DetailStore`).  ``fader-kit evaluate`` and ``fader-kit report``
@@ -7,13 +8,34 @@ both call :func:`comparisons`.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+from ..pipeline import Metrics
 from ..stats import ScoreDetail, SeedSummary, paired_bootstrap
 from .keys import alone_key, fused_key
 from .store import DetailStore, ResultRow
+from .unit_kinds import ModelFacts
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 CONTROL = "open_gates"  # FADeR's training with every skip kept open: what the head adds is measured against it
 METRICS = ("image_auroc", "pixel_auroc")
+
+
+def over_seeds(values: Iterable[float | None]) -> SeedSummary:
+    """Mean and sample standard deviation of one quantity over seeds; values that are missing (None)
+    or not finite are left out (``n`` says how many counted)."""
+    return SeedSummary.of([v for v in values if v is not None])
+
+
+def mean_over_seeds(values: Iterable[float | None]) -> float | None:
+    """The mean of :func:`over_seeds`, None when no value counted."""
+    summary = over_seeds(values)
+    return summary.mean if summary.n else None
+
+
+def mean_metrics(rows: list[Metrics]) -> Metrics:
+    """Every metric's mean over seeds (None for a metric no seed measured)."""
+    return Metrics(**{k: mean_over_seeds(getattr(r, k) for r in rows) for k in Metrics.model_fields})
 
 
 def paired(details: DetailStore, before: list[str], after: list[str]) -> tuple[dict | None, str | None]:
@@ -50,7 +72,7 @@ def comparisons(rows: list[ResultRow], details: DetailStore) -> list[dict[str, o
                 if vs_control is not None:
                     row["vs_control"] = vs_control
             out.append(row)
-        fused: list[dict[str, float]] = [f.config["fused"] for _, f in pairs if f.config.get("fused")]
+        fused = [m.model_dump() for m in (ModelFacts.of(f).fused for _, f in pairs) if m is not None]
         if fused and len(fused) == len(pairs):
             out.append(comparison_row(m, f"{v}+masker", c, pairs, [(e.work_key, fused_key(f.work_key)) for e, f in pairs],
                                       fused, details))
@@ -67,17 +89,18 @@ def comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[R
     if len(threads) > 1:
         row["threads_mixed"] = sorted(threads)
     for metric in METRICS:
-        row[f"ear_{metric}"] = SeedSummary.of([getattr(e, metric) for e, _ in pairs])
-        row[f"after_{metric}"] = SeedSummary.of([a[metric] for a in after])
-    alone: list[dict[str, float]] = [e.config["masker_alone"] for e, _ in pairs if e.config.get("masker_alone")]
+        row[f"ear_{metric}"] = over_seeds(getattr(e, metric) for e, _ in pairs)
+        row[f"after_{metric}"] = over_seeds(a[metric] for a in after)
+    facts = [ModelFacts.of(e) for e, _ in pairs]
+    alone = [f.masker_alone for f in facts if f.masker_alone is not None]
     for metric in METRICS:
-        row[f"alone_{metric}"] = SeedSummary.of([a[metric] for a in alone]) if alone else None
+        row[f"alone_{metric}"] = over_seeds(getattr(a, metric) for a in alone) if alone else None
     comparison, error = paired(details, [b for b, _ in detail_keys], [a for _, a in detail_keys])
     if comparison is None:
         row["comparison_error"] = error
     else:
         row["comparison"] = comparison
-        vs_alone, _ = paired(details, [alone_key(str(e.config.get("masker_key"))) for e, _ in pairs],
+        vs_alone, _ = paired(details, [alone_key(f.masker_key) for f in facts],
                              [a for _, a in detail_keys])
         if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
             row["vs_best"] = {m: max(comparison[m], vs_alone[m], key=lambda c: c.before_mean) for m in METRICS}
@@ -86,4 +109,5 @@ def comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[R
     return row
 
 
-__all__ = ["CONTROL", "EAR", "METRICS", "comparison_row", "comparisons", "paired"]
+__all__ = ["CONTROL", "EAR", "METRICS", "comparison_row", "comparisons", "mean_metrics", "mean_over_seeds",
+           "over_seeds", "paired"]

@@ -17,18 +17,20 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, Field
 
-from ..config import FaderConfig, Profile
+from ..config import Profile
 from ..diagnostics import Diagnostics
+from ..errors import ConfigError
 from ..fusion_rules import Fused
 from ..interfaces import MaskerInfo
 from ..pipeline import Metrics, environment
 from ..registry import MaskerRegistry
 from ..stats import Comparison, SeedSummary
 from ..util.files import write_json_atomic
-from .aggregate import EAR, comparisons
+from .aggregate import EAR, comparisons, mean_metrics
 from .runner import Grid, GridRunner, Head
 from .sources import MaskerSource
 from .store import ResultRow, ResultStore
+from .unit_kinds import ModelFacts
 from .workbench import EarMasks
 
 Log = Callable[[str], None]
@@ -82,79 +84,89 @@ def _metrics(row: ResultRow) -> Metrics:
                    image_f1_max=row.image_f1_max)
 
 
-def _optional(payload: dict[str, Any] | None) -> Metrics | None:
-    return Metrics(**payload) if payload else None
-
-
-def mean_metrics(rows: list[Metrics]) -> Metrics:
-    """The mean over seeds of every metric (one :class:`SeedSummary` per metric)."""
-    means = {k: SeedSummary.of([getattr(r, k) for r in rows if getattr(r, k) is not None]).mean
-             for k in Metrics.model_fields}
-    return Metrics(**{k: (None if v != v else v) for k, v in means.items()})
+def evaluation_grid(data: str, category: str, source: MaskerSource, profile: Profile, head: Head, *, out: Path,
+                    device: str, seeds: tuple[int, ...], ear_masks: EarMasks, fused: Fused, progress: bool) -> Grid:
+    """The grid of ``fader-kit evaluate``: plain EAR and ``head`` over ``seeds``, models kept."""
+    title = head.title or f"FADeR ({head.name})"
+    return Grid(table=TABLE, out=out, data=str(data), categories=(category,), sources=(source,),
+                heads=(Head(name=EAR, title="EAR"), head.model_copy(update={"title": title})),
+                seeds=tuple(seeds), profile=profile, device=device, ear_masks=ear_masks, fused=fused,
+                save_models=True, progress=progress)
 
 
 def evaluate_category(
-    data: str, category: str, masker: str, profile: Profile, *, out: Path, masker_options: dict[str, Any] | None = None,
-    registry: MaskerRegistry | None = None, device: torch.device | str = "cpu", seeds: tuple[int, ...] = (0,),
-    ear_masks: EarMasks = "blobs", fader_config: FaderConfig | None = None, fader_variant: str = "paper",
+    data: str, category: str, masker: str, profile: Profile, *, out: Path, head: Head | None = None,
+    masker_options: dict[str, Any] | None = None, registry: MaskerRegistry | None = None,
+    device: torch.device | str = "cpu", seeds: tuple[int, ...] = (0,), ear_masks: EarMasks = "blobs",
     fused: Fused = False, progress: bool = True, log: Log = print,
 ) -> EvaluationResult:
-    """Per seed: fit the masker, train (or reuse) the EAR U-Net, train FADeR, measure both (and, with
-    ``fused``, each fused with the masker's score map); then the mean, spread and paired bootstrap
-    interval of FADeR - EAR over the seeds."""
+    """Per seed: fit the masker, train (or reuse) the EAR U-Net, train the FADeR ``head`` (a resolved
+    variant: its name and configuration; default the profile's head as ``paper``), measure both (and,
+    with ``fused``, each fused with the masker's score map); then the mean, spread and paired
+    bootstrap interval of FADeR - EAR over the seeds."""
     out = Path(out)
     t_all = time.perf_counter()
     store = ResultStore(out)  # a results folder that is a file fails here, before any work
     (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not pass for this run's
-    head = fader_config or profile.fader_head
-    source = MaskerSource(masker, dict(masker_options or {}))
-    grid = Grid(table=TABLE, out=out, data=str(data), categories=(category,), sources=(source,),
-                heads=(Head(name=EAR, title="EAR"), Head(name=fader_variant, title=f"FADeR ({fader_variant})",
-                                                        config=head)),
-                seeds=tuple(seeds), profile=profile, device=str(device), ear_masks=ear_masks, fused=fused,
-                save_models=True, progress=progress)
+    head = head if head is not None else Head(name="paper", config=profile.fader_head)
+    if head.config is None or head.kind != "model":
+        raise ConfigError(f"evaluate_category: head {head.name!r} must be a FADeR head (a model with a configuration)")
+    grid = evaluation_grid(data, category, MaskerSource(masker, dict(masker_options or {})), profile, head, out=out,
+                           device=str(device), seeds=tuple(seeds), ear_masks=ear_masks, fused=fused,
+                           progress=progress)
     runner = GridRunner(grid, registry=registry, log=log, fail_fast=True)  # one model: its error is the command's
     units = runner.plan()
     runner.run()
     rows = {(r.unit.variant, r.unit.seed): r for r in (store.get(u.unit) for u in units) if r is not None}
-    per_seed = []
-    for seed in seeds:
-        e, f = rows[(EAR, seed)], rows[(fader_variant, seed)]
-        model = out / str(f.config["model"])
-        shutil.copyfile(model, out / ("fader.pt" if seed == seeds[0] else f"fader-seed{seed}.pt"))
-        diag = f.config.get("diagnostics")
-        per_seed.append(SeedResult(
-            seed=seed, ear=_metrics(e), fader=_metrics(f), masker_alone=_optional(e.config.get("masker_alone")),
-            ear_fused=_optional(e.config.get("fused")), fader_fused=_optional(f.config.get("fused")),
-            diagnostics=Diagnostics(**diag) if diag else None,
-            timings={k: e.timings.get(k, 0.0) + f.timings.get(k, 0.0) for k in {*e.timings, *f.timings}}))
-    comps = {str(c["variant"]): c for c in comparisons(list(rows.values()), store.details)}
-    main, spread = comps[fader_variant], {}
-    for name, prefix, comp in (("ear", "ear", main), ("fader", "after", main), ("masker_alone", "alone", main),
-                               ("ear_fused", "after", comps.get(f"{EAR}+masker")),
-                               ("fader_fused", "after", comps.get(f"{fader_variant}+masker"))):
-        if comp is not None and comp.get(f"{prefix}_image_auroc") is not None:
-            spread[name] = {k: comp[f"{prefix}_{k}"] for k in ("image_auroc", "pixel_auroc")}
-    fused_comparison = {name: comps[label]["comparison"] for name, label in
-                        (("ear_fused", f"{EAR}+masker"), ("fader_fused", f"{fader_variant}+masker"))
-                        if label in comps and "comparison" in comps[label]}
-
-    def mean_of(name: str) -> Metrics | None:
-        got = [getattr(r, name) for r in per_seed if getattr(r, name) is not None]
-        return mean_metrics(got) if len(got) == len(per_seed) else None
-
-    info = MaskerInfo(**rows[(EAR, seeds[0])].config["masker_info"])
-    result = EvaluationResult(
-        data=str(data), category=category, masker=info, profile=profile.name, seeds=list(seeds), device=str(device),
-        threads=torch.get_num_threads(), ear_masks=ear_masks, fader_variant=fader_variant,
-        fader_config=head.model_dump(mode="json"), ear=mean_metrics([r.ear for r in per_seed]),
-        fader=mean_metrics([r.fader for r in per_seed]), masker_alone=mean_of("masker_alone"),
-        ear_fused=mean_of("ear_fused"), fader_fused=mean_of("fader_fused"), spread=spread,
-        comparison=main.get("comparison") or {}, fused_comparison=fused_comparison, per_seed=per_seed,
-        timings={"total": time.perf_counter() - t_all}, environment=environment(),
-    )
+    per_seed = [_seed_result(out, seed, rows[(EAR, seed)], rows[(head.name, seed)], first=seed == seeds[0])
+                for seed in seeds]
+    result = _summarise(rows, per_seed, store, head, data=str(data), category=category, profile=profile,
+                        device=str(device), ear_masks=ear_masks)
+    result.timings["total"] = time.perf_counter() - t_all
     write_json_atomic(out / "metrics.json", result.model_dump(mode="json"))
     return result
 
 
-__all__ = ["EvaluationResult", "SeedResult", "evaluate_category", "mean_metrics"]
+def _seed_result(out: Path, seed: int, ear: ResultRow, fader: ResultRow, *, first: bool) -> SeedResult:
+    """One seed's EAR and FADeR rows; the FADeR model is copied to ``fader.pt`` (``fader-seed<N>.pt``)."""
+    e, f = ModelFacts.of(ear), ModelFacts.of(fader)
+    shutil.copyfile(out / str(f.model), out / ("fader.pt" if first else f"fader-seed{seed}.pt"))
+    return SeedResult(
+        seed=seed, ear=_metrics(ear), fader=_metrics(fader), masker_alone=e.masker_alone, ear_fused=e.fused,
+        fader_fused=f.fused, diagnostics=f.diagnostics,
+        timings={k: ear.timings.get(k, 0.0) + fader.timings.get(k, 0.0) for k in {*ear.timings, *fader.timings}})
+
+
+def _summarise(rows: dict[tuple[str, int], ResultRow], per_seed: list[SeedResult], store: ResultStore, head: Head,
+               *, data: str, category: str, profile: Profile, device: str, ear_masks: EarMasks) -> EvaluationResult:
+    """The mean over seeds, the spread and the paired comparisons (the one seed aggregation)."""
+    name = head.name
+    comps = {str(c["variant"]): c for c in comparisons(list(rows.values()), store.details)}
+    main, spread = comps[name], {}
+    for key, prefix, comp in (("ear", "ear", main), ("fader", "after", main), ("masker_alone", "alone", main),
+                              ("ear_fused", "after", comps.get(f"{EAR}+masker")),
+                              ("fader_fused", "after", comps.get(f"{name}+masker"))):
+        if comp is not None and comp.get(f"{prefix}_image_auroc") is not None:
+            spread[key] = {k: comp[f"{prefix}_{k}"] for k in ("image_auroc", "pixel_auroc")}
+    fused_comparison = {key: comps[label]["comparison"] for key, label in
+                        (("ear_fused", f"{EAR}+masker"), ("fader_fused", f"{name}+masker"))
+                        if label in comps and "comparison" in comps[label]}
+
+    def mean_of(field: str) -> Metrics | None:
+        got = [getattr(r, field) for r in per_seed if getattr(r, field) is not None]
+        return mean_metrics(got) if len(got) == len(per_seed) else None
+
+    info = ModelFacts.of(rows[(EAR, per_seed[0].seed)]).masker_info
+    assert info is not None and head.config is not None  # a model row always names its masker
+    return EvaluationResult(
+        data=data, category=category, masker=info, profile=profile.name, seeds=[r.seed for r in per_seed],
+        device=device, threads=torch.get_num_threads(), ear_masks=ear_masks, fader_variant=name,
+        fader_config=head.config.model_dump(mode="json"), ear=mean_metrics([r.ear for r in per_seed]),
+        fader=mean_metrics([r.fader for r in per_seed]), masker_alone=mean_of("masker_alone"),
+        ear_fused=mean_of("ear_fused"), fader_fused=mean_of("fader_fused"), spread=spread,
+        comparison=main.get("comparison") or {}, fused_comparison=fused_comparison, per_seed=per_seed,
+        timings={}, environment=environment(),
+    )
+
+
+__all__ = ["EvaluationResult", "SeedResult", "evaluate_category", "evaluation_grid", "mean_metrics"]

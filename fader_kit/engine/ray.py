@@ -48,7 +48,8 @@ from ..errors import ConfigError, UserError
 from ..registry import MaskerRegistry
 from ..util.threads import worker_environment
 from ..util.timing import minutes
-from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, RunSummary, failure_reason
+from .jobs import JobKind
+from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, Recorder, RunSummary, failure_reason
 from .store import ResultRow
 
 Log = Callable[[str], None]
@@ -133,12 +134,13 @@ class TaskContext:
     threads: int
     figure: FigureHook | None = None
     measure: MeasureHook | None = None
+    kinds: dict[str, JobKind] = field(default_factory=dict)  # the grid's job kinds, resolved by the driver
 
     def runner(self, log: Log) -> GridRunner:
         torch.set_num_threads(self.threads)  # a reused worker may have run a task of another shape
         # a fresh unloaded copy per task: plugins load in this worker, never shared between tasks
         return GridRunner(self.grid, registry=portable_registry(self.registry), log=log, figure=self.figure,
-                          measure=self.measure)
+                          measure=self.measure, kinds=self.kinds or None)
 
 
 @dataclass
@@ -258,7 +260,6 @@ class RayExecutor:
         threads = o.task_threads()
         todo, recorder = p.start(f"{threads} thread{'s' if threads != 1 else ''} per unit",
                                  f" on {where}, {o.cpus_per_unit:g} CPU / {o.gpus_per_unit:g} GPU per unit")
-
         to_compute = []
         for pu in todo:  # same settings finished in another table: copied here, no task
             copied = p.copied_row(pu)
@@ -267,51 +268,9 @@ class RayExecutor:
             else:
                 recorder.record(pu, copied, {}, lines=[f"[{recorder.done + 1}/{len(todo)}] {pu.unit.masker}/"
                                                        f"{pu.unit.variant} on {pu.unit.category} (seed {pu.unit.seed})"])
-
-        ctx = ray.put(TaskContext(g, portable_registry(self.registry), threads, self.figure, self.measure))
-        opts = dict(num_cpus=o.cpus_per_unit, num_gpus=o.gpus_per_unit, max_retries=o.max_retries,
-                    retry_exceptions=False)
-        masks_remote = ray.remote(masks_task).options(**opts)
-        ear_remote = ray.remote(ear_task).options(**opts)
-        unit_remote = ray.remote(unit_task).options(**opts)
-        stages: dict[str, Any] = {}
-        pending: dict[Any, PlannedUnit] = {}
-        for pu in to_compute:
-            if pu.keys.masks not in stages:
-                stages[pu.keys.masks] = masks_remote.remote(ctx, pu)
-            masks_ref = stages[pu.keys.masks]
-            if pu.head.kind == "masker":  # the masker alone: no U-Net to wait for
-                pending[unit_remote.remote(ctx, pu, masks_ref, StageResult("ear_train", "", True))] = pu
-                continue
-            if pu.keys.ear not in stages:
-                stages[pu.keys.ear] = ear_remote.remote(ctx, pu, masks_ref if g.ear_masks == "masker" else None)
-            pending[unit_remote.remote(ctx, pu, masks_ref, stages[pu.keys.ear])] = pu
-
-        seen: set[str] = set()
+        stages, pending = self._submit(ray, to_compute, threads)
         try:
-            while pending:
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                pu = pending.pop(ref)
-                try:
-                    row, details, lines, used = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # retries spent (or a task the unit waited for died)
-                    row, details, lines, used = p.failed_row(pu, ray_failure_reason(exc)), {}, [], ()
-                    row = row.model_copy(update={"device": g.device})
-                trained = dict(row.config.get("trained") or {})
-                out = [f"[{recorder.done + 1}/{len(todo)}] {pu.unit.masker}/{pu.unit.variant} on "
-                       f"{pu.unit.category} (seed {pu.unit.seed}){recorder.eta()}"]
-                for stage in used:  # shared work: logged, counted and timed with the first row that used it
-                    if stage.key in seen:
-                        continue
-                    seen.add(stage.key)
-                    out += stage.log
-                    if stage.trained and row.status == "ok":
-                        name = "maskers_fitted" if stage.kind == "masker" else "ear_trained"
-                        trained[name] = trained.get(name, 0) + 1
-                        row.timings[stage.kind] = row.timings.get(stage.kind, 0.0) + stage.seconds
-                if row.status == "ok":
-                    row.config["trained"] = trained
-                recorder.record(pu, row, details, sum(row.timings.values()), lines=out + lines)
+            self._collect(ray, pending, recorder, len(todo))
         except KeyboardInterrupt:
             for r in [*pending, *stages.values()]:
                 try:
@@ -325,6 +284,59 @@ class RayExecutor:
                  f"in {minutes(s.seconds)} on Ray (EAR U-Nets trained: {s.ear_trained}, maskers fitted: "
                  f"{s.maskers_fitted})")
         return s
+
+    def _submit(self, ray: Any, to_compute: list[PlannedUnit], threads: int
+                ) -> tuple[dict[str, Any], dict[Any, PlannedUnit]]:
+        """The task graph: one masks task per masks key, one EAR task per EAR key (for the kinds that
+        need a U-Net), one unit task per unit; returns the stage refs and the pending unit refs."""
+        p, o, g = self.planner, self.options, self.task_grid
+        ctx = ray.put(TaskContext(g, portable_registry(self.registry), threads, self.figure, self.measure, p.kinds))
+        opts = dict(num_cpus=o.cpus_per_unit, num_gpus=o.gpus_per_unit, max_retries=o.max_retries,
+                    retry_exceptions=False)
+        masks_remote = ray.remote(masks_task).options(**opts)
+        ear_remote = ray.remote(ear_task).options(**opts)
+        unit_remote = ray.remote(unit_task).options(**opts)
+        stages: dict[str, Any] = {}
+        pending: dict[Any, PlannedUnit] = {}
+        for pu in to_compute:
+            if pu.keys.masks not in stages:
+                stages[pu.keys.masks] = masks_remote.remote(ctx, pu)
+            masks_ref = stages[pu.keys.masks]
+            if not p.kinds[pu.head.kind].needs_unet:  # the masker alone: no U-Net to wait for
+                pending[unit_remote.remote(ctx, pu, masks_ref, StageResult("ear_train", "", True))] = pu
+                continue
+            if pu.keys.ear not in stages:
+                stages[pu.keys.ear] = ear_remote.remote(ctx, pu, masks_ref if g.ear_masks == "masker" else None)
+            pending[unit_remote.remote(ctx, pu, masks_ref, stages[pu.keys.ear])] = pu
+        return stages, pending
+
+    def _collect(self, ray: Any, pending: dict[Any, PlannedUnit], recorder: Recorder, n_todo: int) -> None:
+        """Record each unit's row the moment its task finishes (``pending`` shrinks as they do)."""
+        p, g = self.planner, self.task_grid
+        seen: set[str] = set()
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            pu = pending.pop(ref)
+            try:
+                row, details, lines, used = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # retries spent (or a task the unit waited for died)
+                row, details, lines, used = p.failed_row(pu, ray_failure_reason(exc)), {}, [], ()
+                row = row.model_copy(update={"device": g.device})
+            trained = dict(row.config.get("trained") or {})
+            out = [f"[{recorder.done + 1}/{n_todo}] {pu.unit.masker}/{pu.unit.variant} on "
+                   f"{pu.unit.category} (seed {pu.unit.seed}){recorder.eta()}"]
+            for stage in used:  # shared work: logged, counted and timed with the first row that used it
+                if stage.key in seen:
+                    continue
+                seen.add(stage.key)
+                out += stage.log
+                if stage.trained and row.status == "ok":
+                    name = "maskers_fitted" if stage.kind == "masker" else "ear_trained"
+                    trained[name] = trained.get(name, 0) + 1
+                    row.timings[stage.kind] = row.timings.get(stage.kind, 0.0) + stage.seconds
+            if row.status == "ok":
+                row.config["trained"] = trained
+            recorder.record(pu, row, details, sum(row.timings.values()), lines=out + lines)
 
 
 def ray_failure_reason(exc: BaseException) -> str:

@@ -17,9 +17,7 @@ not recomputed.
 """
 from __future__ import annotations
 
-import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,36 +26,22 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import FaderConfig, Profile, TrainConfig
+from ..config import Profile
 from ..data import SyntheticConfig
 from ..fader import FaderModel
 from ..fusion_rules import Fused
 from ..interfaces import Masker
 from ..pace import JobWork
-from ..util.timing import minutes
-from ..pipeline import compute_masks, environment, masker_score_maps, metrics_from_maps
-from ..stats import ScoreDetail
+from ..pipeline import environment
 from ..registry import MaskerRegistry
-from . import keys
+from ..util.timing import minutes
+from . import unit_kinds  # noqa: F401  (registers the built-in job kinds)
 from .artifacts import WorkCache
-from .sources import MaskSource
+from .jobs import Head, JobKind, PlannedUnit, failed_facts, job_kind
 from .store import ResultRow, ResultStore, UnitId
-from .workbench import CategoryWorkbench, Evaluation, UnitKeys, WorkbenchSettings
+from .workbench import CategoryWorkbench, Evaluation, WorkbenchSettings
 
 Log = Callable[[str], None]
-
-
-class Head(BaseModel):
-    """One model of a grid: ``config=None`` is plain EAR; otherwise the FADeR head's configuration.
-    ``kind="masker"`` measures the masker alone (its score map and binary mask; no U-Net is trained)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    kind: Literal["model", "masker"] = "model"
-    title: str = ""
-    config: FaderConfig | None = None
-    train: TrainConfig | None = Field(None, description="FADeR training settings (None: the profile's)")
 
 
 class Grid(BaseModel):
@@ -83,18 +67,6 @@ class Grid(BaseModel):
         "fader_kit.fusion.fit_fusion (True = the default, fader_kit.fusion.DEFAULT_FUSION_RULE)")
     save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
     progress: bool = False
-
-
-@dataclass
-class PlannedUnit:
-    unit: UnitId
-    source: MaskSource
-    head: Head
-    keys: UnitKeys
-
-    @property
-    def work_key(self) -> str:
-        return self.keys.work
 
 
 @dataclass
@@ -158,25 +130,34 @@ class Recorder:
         s.maskers_fitted += int(trained.get("maskers_fitted", 0))
         if row.status == "ok" and row.reused_from:
             s.copied += 1
-            self.log(f"    copied from {row.reused_from} (same settings): image {row.image_auroc:.3f} / "
-                     f"pixel {row.pixel_auroc:.3f}")
+            self.log(f"    copied from {row.reused_from} (same settings): {_scores(row)}")
         elif row.status == "ok":
             s.computed += 1
             self.compute_seconds += seconds
-            self.log(f"    done in {seconds:.1f}s: image {row.image_auroc:.3f} / pixel {row.pixel_auroc:.3f}")
+            self.log(f"    done in {seconds:.1f}s: {_scores(row)}")
         else:
             s.failed += 1
             s.failures.append(f"{pu.unit.label()}: {row.reason}")
             self.log(f"    FAILED: {row.reason}")
 
 
+def _scores(row: ResultRow) -> str:
+    """``image 0.912 / pixel 0.874`` (a dash for a metric a job kind does not measure)."""
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    return f"image {f(row.image_auroc)} / pixel {f(row.pixel_auroc)}"
+
+
 class GridRunner:
     """Plans a grid and computes its rows; ``registry`` and ``log`` are injectable (tests, notebooks)."""
 
     def __init__(self, grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
-                 figure: FigureHook | None = None, measure: MeasureHook | None = None, fail_fast: bool = False
-                 ) -> None:
+                 figure: FigureHook | None = None, measure: MeasureHook | None = None, fail_fast: bool = False,
+                 kinds: dict[str, JobKind] | None = None) -> None:
         self.grid = grid
+        # resolved now: an unknown kind fails before any work, and a Ray task receives the objects
+        self.kinds = dict(kinds) if kinds is not None else {h.kind: job_kind(h.kind) for h in grid.heads}
         self.fail_fast = fail_fast  # raise a unit's exception instead of recording a failed row
         self.registry = registry
         self.log = log
@@ -211,10 +192,7 @@ class GridRunner:
                     for head in g.heads:
                         unit = UnitId(table=g.table, data=g.data, profile=g.profile.name, masker=source.row_name,
                                       variant=head.name, category=category, seed=seed)
-                        fused = g.fused if head.kind == "model" else False
-                        uk = bench.keys(source, head.config, train=head.train, fused=fused)
-                        if head.kind == "masker":  # no U-Net: the row is the masker's own
-                            uk = UnitKeys(uk.masks, "", keys.digest({"masker_alone": uk.masks}))
+                        uk = self.kinds[head.kind].keys(bench, source, head, self)
                         units.append(PlannedUnit(unit, source, head, uk))
         return units
 
@@ -260,7 +238,8 @@ class GridRunner:
     def pace_work(self, todo: list[PlannedUnit], n_train: int, n_test: int) -> JobWork:
         """What ``todo`` still computes, as :mod:`fader_kit.pace` counts it: the EAR U-Nets not in the
         cache, the FADeR heads and the models to score (rows copied from another table cost nothing)."""
-        units = [pu for pu in todo if pu.head.kind == "model" and self.store.find_ok(pu.work_key) is None]
+        units = [pu for pu in todo if self.kinds[pu.head.kind].scores_model(pu)
+                 and self.store.find_ok(pu.work_key) is None]
         ears = {pu.keys.ear for pu in units if not self.cache.ear_path(pu.keys.ear).is_file()}
         return JobWork(ear_trainings=len(ears), fader_trainings=sum(pu.head.config is not None for pu in units),
                        scored_models=len(units), n_train=n_train, n_test=n_test)
@@ -295,7 +274,7 @@ class GridRunner:
         """One unit's row and the score details to keep beside it, computed in this process.  Every
         executor goes through it, so they give the same rows."""
         try:
-            return self._compute(pu, bench)
+            return self.kinds[pu.head.kind].compute(self, pu, bench)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded, and the rest of the grid goes on
@@ -305,12 +284,9 @@ class GridRunner:
 
     def failed_row(self, pu: PlannedUnit, exc: BaseException | str) -> ResultRow:
         reason = exc if isinstance(exc, str) else failure_reason(exc)
-        config: dict[str, Any] = {"masker_key": pu.keys.masks, "ear_key": pu.keys.ear}
-        if isinstance(exc, BaseException):
-            config["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return ResultRow(**self._row_base(pu), status="failed", reason=reason, config=config)
+        return ResultRow(**self.row_base(pu), status="failed", reason=reason, config=failed_facts(pu, exc))
 
-    def _row_base(self, pu: PlannedUnit) -> dict[str, Any]:
+    def row_base(self, pu: PlannedUnit) -> dict[str, Any]:
         env = {**environment(), "threads": str(torch.get_num_threads())}
         return {"unit": pu.unit, "work_key": pu.work_key, "device": str(self.grid.device), "environment": env}
 
@@ -328,82 +304,10 @@ class GridRunner:
             self._failed_sources[mem_key] = exc
             raise
 
-    def _compute_masker(self, pu: PlannedUnit, bench: CategoryWorkbench) -> tuple[ResultRow, dict[str, Any]]:
-        """The masker alone: its score map as the detector (pixel / image AUROC, AUPRO), its binary mask's
-        coverage of defect and normal pixels, the fit's and the mask's cost; ``measure`` adds more."""
-        g, split = self.grid, bench.split()
-        load_before = _load()
-        masks, _ = bench.masks(pu.source)
-        masker = bench.fitted_masker(pu.source)
-        bs = g.profile.eval_batch_size
-        t = time.perf_counter()
-        binary = compute_masks(masker, split.test, batch_size=bs, device=bench.device)
-        mask_s = time.perf_counter() - t
-        maps = masker_score_maps(masker, split.test, batch_size=bs, device=bench.device)
-        metrics = metrics_from_maps(maps, split.labels, split.masks)
-        gt = split.masks.bool()
-        config: dict[str, Any] = {
-            "masker_options": dict(pu.source.options), "masker_info": masks.info.model_dump(mode="json"),
-            "masker_key": pu.keys.masks, "image_size": g.profile.image_size, **masks.timings,
-            "mask_ms": 1000 * mask_s / split.test.shape[0], "masked": float(binary.float().mean()),
-            "tpr": float(binary[gt].float().mean()), "fpr": float(binary[~gt].float().mean()),
-            "n_train": int(split.train.shape[0]), "n_test": int(split.test.shape[0]),
-        }
-        if self.measure is not None:
-            config.update(self.measure(self, pu, bench, masker))
-        config["load"] = [load_before, _load()]
-        shared, trained = bench.take_work_done()
-        config["trained"] = trained
-        details = {keys.alone_key(pu.keys.masks): ScoreDetail.from_maps(maps, split.labels, split.masks)}
-        row = ResultRow(**self._row_base(pu), status="ok", weights=masks.info.weights, timings=shared,
-                        config=config, **metrics.model_dump())
-        return row, details
-
-    def _compute(self, pu: PlannedUnit, bench: CategoryWorkbench) -> tuple[ResultRow, dict[str, Any]]:
-        g = self.grid
-        self.prepare_masks(pu, bench)
-        if pu.head.kind == "masker":
-            return self._compute_masker(pu, bench)
-        head = pu.head.config
-        ev = bench.evaluate(pu.source, head, train=pu.head.train, fused=g.fused)
-        details: dict[str, Any] = dict(ev.details)
-        alone = bench.masker_alone(pu.source)
-        if alone is not None:
-            details[keys.alone_key(pu.keys.masks)] = alone[1]
-        figure = self.figure(self, pu, bench, ev) if (self.figure is not None and head is not None
-                                                         and g.figures > 0) else None
-        model_path = None
-        if g.save_models and head is not None:
-            model_path = ev.model.save(self.out / "models" / f"{pu.work_key}.pt")
-        masks = ev.masks
-        config = {
-            "masker_options": dict(pu.source.options),
-            "masker_info": masks.info.model_dump(mode="json"), "masker_key": pu.keys.masks, "ear_key": pu.keys.ear,
-            "fader": head.model_dump(mode="json") if head is not None else None,
-            "fader_train": (pu.head.train or g.profile.fader).model_dump(mode="json") if head is not None else None,
-            "profile_digest": g.profile.digest(), "image_size": g.profile.image_size, "ear_masks": g.ear_masks,
-            "masked_fraction_test": float(masks.test.float().mean()),
-            "masker_alone": alone[0].model_dump(mode="json") if alone is not None else None,
-            "fused": ev.fused.model_dump(mode="json") if ev.fused is not None else None,
-            "fusion": ev.fusion.model_dump(mode="json") if ev.fusion is not None else None,
-            "diagnostics": ev.diagnostics.model_dump(mode="json") if ev.diagnostics is not None else None,
-            "figure": str(figure.relative_to(self.out)) if figure is not None else None,
-            "model": str(model_path.relative_to(self.out)) if model_path is not None else None,
-        }
-        config["trained"] = dict(ev.trained)
-        row = ResultRow(**self._row_base(pu), status="ok", weights=masks.info.weights, timings=dict(ev.timings),
-                        config=config, **ev.metrics.model_dump())
-        return row, details
-
     def ear_model(self, pu: PlannedUnit, bench: CategoryWorkbench) -> FaderModel:
         """Plain EAR on ``pu``'s U-Net (what a figure shows beside FADeR)."""
         unet, _ = bench.unet(pu.source)
         return FaderModel(unet, None, self.grid.profile.fader_head, head=None)
-
-
-def _load() -> float:
-    """The 1-minute load average (timings depend on what else runs), NaN where unknown."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def run_grid(grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = print,
@@ -412,5 +316,5 @@ def run_grid(grid: Grid, *, registry: MaskerRegistry | None = None, log: Log = p
     return GridRunner(grid, registry=registry, log=log, figure=figure, measure=measure).run()
 
 
-__all__ = ["Grid", "GridRunner", "Head", "PlannedUnit", "Recorder", "RunSummary", "failure_reason", "minutes",
+__all__ = ["Grid", "GridRunner", "Head", "JobKind", "PlannedUnit", "Recorder", "RunSummary", "failure_reason", "minutes",
            "run_grid"]
