@@ -177,6 +177,30 @@ def _add_placeholders(sub: argparse._SubParsersAction, declared: dict[str, impor
         sub.add_parser(name, help=f"from {dist}: fader-kit {name} --help", add_help=False)
 
 
+def add_export_command(sub: argparse._SubParsersAction) -> None:
+    """``fader-kit export``: a trained model as one ONNX graph."""
+    p = sub.add_parser(
+        "export", help="export a trained FADeR model (U-Net, head, gates, MSGMS map and score) as one ONNX graph",
+        description="Write RUN_DIR/fader.pt (or a FaderModel checkpoint) as an ONNX graph with inputs images "
+                    "[B,3,S,S] float in [0,1] and binary_mask [B,1,S,S] bool, and outputs anomaly_map [B,1,S,S] "
+                    "and score [B]. Needs the [export] extra (onnx, onnxruntime).",
+    )
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a fader-kit fit folder (MODEL_DIR: the graph then takes images only, masker inside, "
+                        "calibration in its metadata), a fader-kit evaluate --out folder (its fader.pt) or a FaderModel "
+                        "checkpoint file")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side the graph is built for (default: the run's profile image size)")
+    p.add_argument("--no-head", action="store_true", help="export plain EAR (the same U-Net without FADeR's gates)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check after export")
+    p.add_argument("--check-images", nargs="+", default=None, metavar="IMAGE",
+                   help="detector folder only: normal images (files or folders) the check compares onnxruntime with "
+                        "the torch detector on (default: the fit's held-out images, where they are on this machine)")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
     """The ``fader-kit`` parser.  ``plugin_commands``: True adds every command plugins add (the declared
     ones and those of the ``register_commands`` hook, which imports every plugin); a declared command's
@@ -205,26 +229,7 @@ def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the installed plugins: distribution, hooks, maskers and problems")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser(
-        "export", help="export a trained FADeR model (U-Net, head, gates, MSGMS map and score) as one ONNX graph",
-        description="Write RUN_DIR/fader.pt (or a FaderModel checkpoint) as an ONNX graph with inputs images "
-                    "[B,3,S,S] float in [0,1] and binary_mask [B,1,S,S] bool, and outputs anomaly_map [B,1,S,S] "
-                    "and score [B]. Needs the [export] extra (onnx, onnxruntime).",
-    )
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
-    p.add_argument("source", metavar="SOURCE",
-                   help="a fader-kit fit folder (MODEL_DIR: the graph then takes images only, masker inside, "
-                        "calibration in its metadata), a fader-kit evaluate --out folder (its fader.pt) or a FaderModel "
-                        "checkpoint file")
-    p.add_argument("--size", type=int, default=None,
-                   help="image side the graph is built for (default: the run's profile image size)")
-    p.add_argument("--no-head", action="store_true", help="export plain EAR (the same U-Net without FADeR's gates)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check after export")
-    p.add_argument("--check-images", nargs="+", default=None, metavar="IMAGE",
-                   help="detector folder only: normal images (files or folders) the check compares onnxruntime with "
-                        "the torch detector on (default: the fit's held-out images, where they are on this machine)")
-    p.set_defaults(func=cmd_export)
+    add_export_command(sub)
 
     from .deploy_cli import add_deploy_commands
 

@@ -12,35 +12,8 @@ from pathlib import Path
 from typing import Any
 
 
-def add_deploy_commands(sub: Any) -> None:
-    """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
-    from .masker_args import add_model_arguments
-
-    p = sub.add_parser(
-        "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
-        description="Train the masker, the EAR U-Net and the FADeR head on the images under --normal (recursively), "
-                    "holding out a seeded share to set the thresholds at --false-alarm-rate; write a self-contained "
-                    "detector folder (safetensors + JSON + model card) to --out.",
-    )
-    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
-    add_model_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
-    p.add_argument("--holdout", type=float, default=0.15,
-                   help="normal images held out to calibrate: a share (default: 0.15, grown to what "
-                        "--false-alarm-rate needs where at least half the images stay to train on) or a count "
-                        "such as 40; at least 5 images")
-    p.add_argument("--false-alarm-rate", type=float, default=0.01,
-                   help="expected share of new normal images the image threshold flags (default: 0.01; it needs "
-                        "at least 1/rate - 1 held-out images)")
-    p.add_argument("--validation", metavar="DIR", default=None,
-                   help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
-                        "validation AUROC and the F1-optimal threshold")
-    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the detector folder already at --out (only once the new one is complete)")
-    p.set_defaults(func=cmd_fit)
-
+def add_predict_command(sub: Any) -> None:
+    """``fader-kit predict``: judge new images with a fitted detector (or its ONNX graph)."""
     p = sub.add_parser(
         "predict", help="judge new images with a fitted detector: predictions.csv and heat-map overlays",
         usage="fader-kit predict [MODEL_DIR] INPUT... --out DIR [--onnx MODEL.onnx] [options]",
@@ -73,6 +46,38 @@ def add_deploy_commands(sub: Any) -> None:
                    help="print images/s, wall and CPU time and each step's share (decode, masker, FADeR + map, write)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+
+def add_deploy_commands(sub: Any) -> None:
+    """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
+    from .masker_args import add_model_arguments
+
+    p = sub.add_parser(
+        "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
+        description="Train the masker, the EAR U-Net and the FADeR head on the images under --normal (recursively), "
+                    "holding out a seeded share to set the thresholds at --false-alarm-rate; write a self-contained "
+                    "detector folder (safetensors + JSON + model card) to --out.",
+    )
+    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
+    add_model_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
+    p.add_argument("--holdout", type=float, default=0.15,
+                   help="normal images held out to calibrate: a share (default: 0.15, grown to what "
+                        "--false-alarm-rate needs where at least half the images stay to train on) or a count "
+                        "such as 40; at least 5 images")
+    p.add_argument("--false-alarm-rate", type=float, default=0.01,
+                   help="expected share of new normal images the image threshold flags (default: 0.01; it needs "
+                        "at least 1/rate - 1 held-out images)")
+    p.add_argument("--validation", metavar="DIR", default=None,
+                   help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
+                        "validation AUROC and the F1-optimal threshold")
+    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the detector folder already at --out (only once the new one is complete)")
+    p.set_defaults(func=cmd_fit)
+
+    add_predict_command(sub)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
