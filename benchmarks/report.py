@@ -14,10 +14,11 @@ import statistics
 from pathlib import Path
 
 from fader_kit.diagnostics import Diagnostics
-from fader_kit.engine.aggregate import mean_over_seeds
+from fader_kit.engine.aggregate import ComparisonLine, mean_over_seeds
 from fader_kit.engine.keys import safe_name
 from fader_kit.engine.store import DetailStore, ResultRow, ResultStore
 from fader_kit.engine.unit_kinds import ModelFacts
+from fader_kit.stats import Comparison
 
 from .report_cells import DASH, GroupKey, GroupReport, category_label, group_rows
 from .report_group import group_table
@@ -35,7 +36,7 @@ def render_group(key: GroupKey, rows: list[ResultRow], details: DetailStore | No
 # -- seeds, intervals and the masker alone: fader_kit.engine.aggregate ------------------------------
 
 
-def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
+def comparison_lines(comps: list[ComparisonLine]) -> list[str]:
     if not comps:
         return []
     md = ["", "Seeds and intervals: mean ± spread (sample sd) over seeds; Δ = after - EAR with its paired bootstrap "
@@ -45,43 +46,38 @@ def comparison_lines(comps: list[dict[str, object]]) -> list[str]:
           "| Δ image [95 % CI] | Δ pixel [95 % CI] | Δ vs the better of EAR and the masker alone (img; pix) |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in comps:
-        def pair(prefix: str) -> str:
-            i, p = r.get(f"{prefix}_image_auroc"), r.get(f"{prefix}_pixel_auroc")
-            return DASH if i is None else f"{i.text()} / {p.text()}"
+        def pair(which: str) -> str:
+            s = r.summaries(which)
+            return DASH if s is None else f"{s['image_auroc'].text()} / {s['pixel_auroc'].text()}"
 
-        cmp = r.get("comparison")
-        cells_ = []
-        for metric in ("image_auroc", "pixel_auroc"):
-            if cmp is None:
-                cells_.append(DASH)
-            else:
-                c = cmp[metric]
-                cells_.append(f"{c.delta_mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}")
-        best = r.get("vs_best")
-        best_txt = DASH if best is None else "; ".join(
-            f"{best[m].delta_mean:+.3f} [{best[m].ci_low:+.3f}, {best[m].ci_high:+.3f}] vs {r['best_baseline'][m]}"
+        cmp = r.comparison
+        cells_ = [DASH if cmp is None else f"{cmp[m].delta_mean:+.3f} [{cmp[m].ci_low:+.3f}, {cmp[m].ci_high:+.3f}] "
+                  f"{cmp[m].verdict}" for m in ("image_auroc", "pixel_auroc")]
+        best, base = r.vs_best, r.best_baseline
+        best_txt = DASH if best is None or base is None else "; ".join(
+            f"{best[m].delta_mean:+.3f} [{best[m].ci_low:+.3f}, {best[m].ci_high:+.3f}] vs {base[m]}"
             for m in ("image_auroc", "pixel_auroc"))
-        md.append(f"| {r['masker']} | {r['variant']} | {r['category']} | {r['seeds']} | {pair('alone')} | "
+        md.append(f"| {r.masker} | {r.variant} | {r.category} | {r.seeds} | {pair('alone')} | "
                   f"{pair('ear')} | {pair('after')} | {cells_[0]} | {cells_[1]} | {best_txt} |")
-    errors = sorted({str(r["comparison_error"]) for r in comps if r.get("comparison_error")})
+    errors = sorted({r.comparison_error for r in comps if r.comparison_error})
     md += [f"No interval for some rows: {e}" for e in errors]
-    mixed = [f"{r['masker']}/{r['variant']}/{r['category']} ({', '.join(r['threads_mixed'])} threads)"  # type: ignore[arg-type]
-             for r in comps if r.get("threads_mixed")]
+    mixed = [f"{r.masker}/{r.variant}/{r.category} ({', '.join(r.threads_mixed)} threads)"
+             for r in comps if r.threads_mixed]
     if mixed:
         md.append("Note: these rows pair or average runs made at different torch thread counts (the numbers depend "
                   "on it; rerun at one count to compare like with like): " + "; ".join(mixed))
     return md
 
 
-def variant_summary_lines(comps: list[dict[str, object]]) -> list[str]:
+def variant_summary_lines(comps: list[ComparisonLine]) -> list[str]:
     """Per (table, variant), over every (data, masker, category) cell with an interval: the mean Δ
     image AUROC against the better of EAR and the masker alone, in how many cells that interval is
     above 0, the worst Δ image against EAR, and the mean Δ pixel against the better baseline --
     whether a variant earns its place over what it is built from, in one line."""
-    acc: dict[tuple[str, str], list[dict[str, object]]] = {}
+    acc: dict[tuple[str, str], list[tuple[dict[str, Comparison], dict[str, Comparison], ComparisonLine]]] = {}
     for r in comps:
-        if r.get("vs_best") is not None and r.get("comparison") is not None:
-            acc.setdefault((str(r.get("table", "")), str(r["variant"])), []).append(r)
+        if r.vs_best is not None and r.comparison is not None:
+            acc.setdefault((r.table, r.variant), []).append((r.vs_best, r.comparison, r))
     if not acc:
         return []
     md = ["", "## Variants over every cell", "",
@@ -91,12 +87,12 @@ def variant_summary_lines(comps: list[dict[str, object]]) -> list[str]:
           f"| Table | Variant | Cells | mean Δ image vs better | cells with interval > 0 | worst Δ image vs EAR "
           f"| mean Δ pixel vs better | Δ image vs `{CONTROL}` (mean; cells gain / loss) |",
           "|---|---|---|---|---|---|---|---|"]
-    for (table, variant), rows in sorted(acc.items()):
-        d_img = [r["vs_best"]["image_auroc"].delta_mean for r in rows]
-        above = sum(1 for r in rows if r["vs_best"]["image_auroc"].ci_low > 0)
-        worst = min(r["comparison"]["image_auroc"].delta_mean for r in rows)
-        d_pix = [r["vs_best"]["pixel_auroc"].delta_mean for r in rows]
-        ctl = [r["vs_control"]["image_auroc"] for r in rows if r.get("vs_control")]
+    for (table, variant), rows in sorted(acc.items(), key=lambda kv: kv[0]):
+        d_img = [best["image_auroc"].delta_mean for best, _, _ in rows]
+        above = sum(1 for best, _, _ in rows if best["image_auroc"].ci_low > 0)
+        worst = min(cmp["image_auroc"].delta_mean for _, cmp, _ in rows)
+        d_pix = [best["pixel_auroc"].delta_mean for best, _, _ in rows]
+        ctl = [r.vs_control["image_auroc"] for _, _, r in rows if r.vs_control]
         ctl_txt = DASH if not ctl else (f"{statistics.fmean(c.delta_mean for c in ctl):+.3f}; "
                                         f"{sum(c.verdict == 'gain' for c in ctl)} / {sum(c.verdict == 'loss' for c in ctl)}"
                                         f" of {len(ctl)}")
@@ -200,7 +196,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
     groups = group_rows(rows)
     out = ["# fader-kit benchmark report", "", f"Results: `{store.path}` ({len(rows)} rows)."]
     csv_rows: list[dict[str, object]] = []
-    comps_all: list[dict[str, object]] = []
+    comps_all: list[ComparisonLine] = []
     written: list[Path] = []
     for key, grows in groups.items():
         if key[0] not in TABLES:
@@ -214,7 +210,7 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
             out += [""] + lines
             written += paths
         csv_rows += g.csv_rows
-        comps_all += [{"table": key[0], "data": key[1], "profile": key[2], **c} for c in g.comparisons]
+        comps_all += [c.model_copy(update={"table": key[0], "data": key[1], "profile": key[2]}) for c in g.comparisons]
         if figures and g.bars and g.categories:
             from .figures import before_after_bars
             bar_path = folder / "figures" / key[0] / safe_name(f"{key[1]}-{key[2]}") / "before_after.png"
@@ -240,47 +236,43 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
     return text, [md_path, cells_path, raw_path, cmp_path, *written]
 
 
-def write_comparisons_csv(comps: list[dict[str, object]], path: Path) -> Path:
+def write_comparisons_csv(comps: list[ComparisonLine], path: Path) -> Path:
     """One line per (table, masker, variant, category): seed means and spreads, Δ and its interval."""
+    metrics = ("image_auroc", "pixel_auroc")
     fields = ["table", "data", "profile", "masker", "variant", "category", "seeds"]
-    for name in ("alone", "ear", "after"):
-        for metric in ("image_auroc", "pixel_auroc"):
-            fields += [f"{name}_{metric}_mean", f"{name}_{metric}_std"]
-    for metric in ("image_auroc", "pixel_auroc"):
-        fields += [f"delta_{metric}", f"delta_{metric}_ci_low", f"delta_{metric}_ci_high", f"verdict_{metric}"]
-    for metric in ("image_auroc", "pixel_auroc"):
-        fields += [f"best_baseline_{metric}", f"delta_best_{metric}", f"delta_best_{metric}_ci_low",
-                   f"delta_best_{metric}_ci_high"]
-    for metric in ("image_auroc", "pixel_auroc"):
-        fields += [f"delta_control_{metric}", f"delta_control_{metric}_ci_low", f"delta_control_{metric}_ci_high"]
+    fields += [f"{name}_{m}_{s}" for name in ("alone", "ear", "after") for m in metrics for s in ("mean", "std")]
+    fields += [f"{k}{m}{s}" for m in metrics for k, s in (("delta_", ""), ("delta_", "_ci_low"), ("delta_", "_ci_high"),
+                                                          ("verdict_", ""))]
+    fields += [f"{k}{m}{s}" for m in metrics for k, s in (("best_baseline_", ""), ("delta_best_", ""),
+                                                          ("delta_best_", "_ci_low"), ("delta_best_", "_ci_high"))]
+    fields += [f"delta_control_{m}{s}" for m in metrics for s in ("", "_ci_low", "_ci_high")]
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for r in comps:
-            line = {k: r.get(k) for k in ("table", "data", "profile", "masker", "variant", "category", "seeds")}
-            for name in ("alone", "ear", "after"):
-                for metric in ("image_auroc", "pixel_auroc"):
-                    summ = r.get(f"{name}_{metric}")
-                    line[f"{name}_{metric}_mean"] = None if summ is None else summ.mean
-                    line[f"{name}_{metric}_std"] = None if summ is None else summ.std
-            cmp = r.get("comparison")
-            for metric in ("image_auroc", "pixel_auroc"):
-                if cmp is not None:
-                    c = cmp[metric]
-                    line.update({f"delta_{metric}": c.delta_mean, f"delta_{metric}_ci_low": c.ci_low,
-                                 f"delta_{metric}_ci_high": c.ci_high, f"verdict_{metric}": c.verdict})
-            best = r.get("vs_best")
-            for metric in ("image_auroc", "pixel_auroc"):
-                if best is not None:
-                    b = best[metric]
-                    line.update({f"best_baseline_{metric}": r["best_baseline"][metric],
-                                 f"delta_best_{metric}": b.delta_mean, f"delta_best_{metric}_ci_low": b.ci_low,
-                                 f"delta_best_{metric}_ci_high": b.ci_high})
-            ctl = r.get("vs_control")
-            for metric in ("image_auroc", "pixel_auroc"):
-                if ctl is not None:
-                    k = ctl[metric]
-                    line.update({f"delta_control_{metric}": k.delta_mean, f"delta_control_{metric}_ci_low": k.ci_low,
-                                 f"delta_control_{metric}_ci_high": k.ci_high})
-            w.writerow(line)
+            w.writerow(_comparison_csv_line(r, metrics))
     return path
+
+
+def _comparison_csv_line(r: ComparisonLine, metrics: tuple[str, ...]) -> dict[str, object]:
+    line: dict[str, object] = {"table": r.table, "data": r.data, "profile": r.profile, "masker": r.masker,
+                               "variant": r.variant, "category": r.category, "seeds": r.seeds}
+    for name in ("alone", "ear", "after"):
+        summaries = r.summaries(name)
+        for m in metrics:
+            line[f"{name}_{m}_mean"] = None if summaries is None else summaries[m].mean
+            line[f"{name}_{m}_std"] = None if summaries is None else summaries[m].std
+    for m in metrics:
+        if r.comparison is not None:
+            c = r.comparison[m]
+            line.update({f"delta_{m}": c.delta_mean, f"delta_{m}_ci_low": c.ci_low, f"delta_{m}_ci_high": c.ci_high,
+                         f"verdict_{m}": c.verdict})
+        if r.vs_best is not None and r.best_baseline is not None:
+            b = r.vs_best[m]
+            line.update({f"best_baseline_{m}": r.best_baseline[m], f"delta_best_{m}": b.delta_mean,
+                         f"delta_best_{m}_ci_low": b.ci_low, f"delta_best_{m}_ci_high": b.ci_high})
+        if r.vs_control is not None:
+            k = r.vs_control[m]
+            line.update({f"delta_control_{m}": k.delta_mean, f"delta_control_{m}_ci_low": k.ci_low,
+                         f"delta_control_{m}_ci_high": k.ci_high})
+    return line

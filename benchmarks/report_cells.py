@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from fader_kit.engine.aggregate import mean_over_seeds
+from fader_kit.engine.aggregate import ComparisonLine, mean_over_seeds
 from fader_kit.engine.store import ResultRow
 
 from . import paper_numbers as paper
@@ -128,7 +128,7 @@ class GroupReport:
     bars: dict[str, dict[str, tuple[float | None, float | None]]]
     categories: list[str]
     figures: list[str]
-    comparisons: list[dict[str, object]] = field(default_factory=list)
+    comparisons: list[ComparisonLine] = field(default_factory=list)
 
 
 def _masker_header(masker: str, cell_weights: set[str]) -> str:

@@ -108,3 +108,9 @@ def test_evaluate_takes_a_fader_head(tmp_path):
     with pytest.raises(ConfigError, match="head 'ear' must be a FADeR head"):
         evaluate_category("synthetic", "washer", "patch_stats", get_profile("smoke"), out=tmp_path,
                           head=Head(name="ear"))
+
+
+def test_a_row_whose_facts_do_not_read_names_the_row_and_what_to_do():
+    row = ResultRow(unit=_unit(), status="ok", work_key="w", config={"masker_alone": {"image_auroc": "high"}})
+    with pytest.raises(ConfigError, match=r"results row t m/v c \(seed 0\).*ModelFacts.*masker_alone.*new --out"):
+        ModelFacts.of(row)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from pydantic import BaseModel
+
 from ..pipeline import Metrics
-from ..stats import ScoreDetail, SeedSummary, paired_bootstrap
+from ..stats import Comparison, ScoreDetail, SeedSummary, paired_bootstrap
 from .keys import alone_key, fused_key
 from .store import DetailStore, ResultRow
 from .unit_kinds import ModelFacts
@@ -38,7 +40,8 @@ def mean_metrics(rows: list[Metrics]) -> Metrics:
     return Metrics(**{k: mean_over_seeds(getattr(r, k) for r in rows) for k in Metrics.model_fields})
 
 
-def paired(details: DetailStore, before: list[str], after: list[str]) -> tuple[dict | None, str | None]:
+def paired(details: DetailStore, before: list[str], after: list[str]
+           ) -> tuple[dict[str, Comparison] | None, str | None]:
     """The paired bootstrap of the details under ``after`` against those under ``before`` (one key
     per seed, in the same seed order), or None and why not."""
     b: list[ScoreDetail | None] = [details.load(k) for k in before]
@@ -51,28 +54,57 @@ def paired(details: DetailStore, before: list[str], after: list[str]) -> tuple[d
         return None, str(exc)
 
 
-def comparisons(rows: list[ResultRow], details: DetailStore) -> list[dict[str, object]]:
+class ComparisonLine(BaseModel):
+    """One line of the comparison over seeds: a (masker, variant, category) against plain EAR.
+
+    Per metric (:data:`METRICS`): the masker alone, EAR and the variant (``after``) as mean ± spread
+    over the seeds both finished; the paired bootstrap interval of after - EAR (``comparison``, or
+    ``comparison_error`` saying why there is none); against the better of EAR and the masker alone
+    (``vs_best``, and which one that was); and against the control (``vs_control``)."""
+
+    masker: str
+    variant: str
+    category: str
+    seeds: int
+    table: str = ""
+    data: str = ""
+    profile: str = ""
+    ear: dict[str, SeedSummary]
+    after: dict[str, SeedSummary]
+    alone: dict[str, SeedSummary] | None = None
+    comparison: dict[str, Comparison] | None = None
+    comparison_error: str | None = None
+    vs_best: dict[str, Comparison] | None = None
+    best_baseline: dict[str, str] | None = None
+    vs_control: dict[str, Comparison] | None = None
+    threads_mixed: list[str] | None = None
+
+    def summaries(self, which: str) -> dict[str, SeedSummary] | None:
+        """``alone``, ``ear`` or ``after``: the seed summaries per metric (None: not measured)."""
+        value: dict[str, SeedSummary] | None = getattr(self, which)
+        return value
+
+
+def comparisons(rows: list[ResultRow], details: DetailStore) -> list[ComparisonLine]:
     """Per (masker, category, FADeR variant): the masker alone, EAR and the variant as mean ± spread
     over the seeds both finished, and the paired bootstrap interval of variant - EAR.  Rows that
     carry a fused score (:mod:`fader_kit.fusion`) add a line ``VARIANT+masker`` (``ear+masker`` for
     EAR's): that model's map fused with the masker's score map, against plain EAR."""
     ok = {(r.unit.masker, r.unit.variant, r.unit.category, r.unit.seed): r for r in rows if r.status == "ok"}
-    out: list[dict[str, object]] = []
+    out: list[ComparisonLine] = []
     for m, v, c in sorted({(m, v, c) for (m, v, c, _) in ok}):
         seeds = sorted(s for (mm, vv, cc, s) in ok if (mm, vv, cc) == (m, v, c) and (m, EAR, c, s) in ok)
         if not seeds:
             continue
         pairs = [(ok[(m, EAR, c, s)], ok[(m, v, c, s)]) for s in seeds]
         if v != EAR:
-            row = comparison_row(m, v, c, pairs, [(e.work_key, f.work_key) for e, f in pairs],
-                                 [{k: getattr(f, k) for k in METRICS} for _, f in pairs], details)
+            line = comparison_row(m, v, c, pairs, [(e.work_key, f.work_key) for e, f in pairs],
+                                  [{k: getattr(f, k) for k in METRICS} for _, f in pairs], details)
             control = [ok[(m, CONTROL, c, s)] for s in seeds if (m, CONTROL, c, s) in ok]
             if v != CONTROL and len(control) == len(seeds):  # what the head adds over the same training, skips open
-                vs_control, _ = paired(details, [k.work_key for k in control], [f.work_key for _, f in pairs])
-                if vs_control is not None:
-                    row["vs_control"] = vs_control
-            out.append(row)
-        fused = [m.model_dump() for m in (ModelFacts.of(f).fused for _, f in pairs) if m is not None]
+                line.vs_control, _ = paired(details, [k.work_key for k in control], [f.work_key for _, f in pairs])
+            out.append(line)
+        fused = [metrics.model_dump() for metrics in (ModelFacts.of(f).fused for _, f in pairs) if metrics is not None]
         if fused and len(fused) == len(pairs):
             out.append(comparison_row(m, f"{v}+masker", c, pairs, [(e.work_key, fused_key(f.work_key)) for e, f in pairs],
                                       fused, details))
@@ -81,33 +113,29 @@ def comparisons(rows: list[ResultRow], details: DetailStore) -> list[dict[str, o
 
 def comparison_row(masker: str, variant: str, category: str, pairs: list[tuple[ResultRow, ResultRow]],
                    detail_keys: list[tuple[str, str]], after: list[dict[str, float]], details: DetailStore
-                   ) -> dict[str, object]:
+                   ) -> ComparisonLine:
     """One line of the comparison table: EAR of ``pairs`` against ``after`` (metrics per seed) and the
     paired interval from the details under ``detail_keys`` (EAR key, after key) per seed."""
-    row: dict[str, object] = {"masker": masker, "variant": variant, "category": category, "seeds": len(pairs)}
     threads = {str(r.environment.get("threads", "?")) for pair in pairs for r in pair}
-    if len(threads) > 1:
-        row["threads_mixed"] = sorted(threads)
-    for metric in METRICS:
-        row[f"ear_{metric}"] = over_seeds(getattr(e, metric) for e, _ in pairs)
-        row[f"after_{metric}"] = over_seeds(a[metric] for a in after)
     facts = [ModelFacts.of(e) for e, _ in pairs]
     alone = [f.masker_alone for f in facts if f.masker_alone is not None]
-    for metric in METRICS:
-        row[f"alone_{metric}"] = over_seeds(getattr(a, metric) for a in alone) if alone else None
+    line = ComparisonLine(
+        masker=masker, variant=variant, category=category, seeds=len(pairs),
+        threads_mixed=sorted(threads) if len(threads) > 1 else None,
+        ear={k: over_seeds(getattr(e, k) for e, _ in pairs) for k in METRICS},
+        after={k: over_seeds(a[k] for a in after) for k in METRICS},
+        alone={k: over_seeds(getattr(a, k) for a in alone) for k in METRICS} if alone else None)
     comparison, error = paired(details, [b for b, _ in detail_keys], [a for _, a in detail_keys])
     if comparison is None:
-        row["comparison_error"] = error
-    else:
-        row["comparison"] = comparison
-        vs_alone, _ = paired(details, [alone_key(f.masker_key) for f in facts],
-                             [a for _, a in detail_keys])
-        if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
-            row["vs_best"] = {m: max(comparison[m], vs_alone[m], key=lambda c: c.before_mean) for m in METRICS}
-            row["best_baseline"] = {m: "EAR" if row["vs_best"][m] is comparison[m] else "masker alone"  # type: ignore[index]
-                                    for m in METRICS}
-    return row
+        line.comparison_error = error
+        return line
+    line.comparison = comparison
+    vs_alone, _ = paired(details, [alone_key(f.masker_key) for f in facts], [a for _, a in detail_keys])
+    if vs_alone is not None:  # per metric, against whichever of EAR and the masker alone is better
+        line.vs_best = {k: max(comparison[k], vs_alone[k], key=lambda c: c.before_mean) for k in METRICS}
+        line.best_baseline = {k: "EAR" if line.vs_best[k] is comparison[k] else "masker alone" for k in METRICS}
+    return line
 
 
-__all__ = ["CONTROL", "EAR", "METRICS", "comparison_row", "comparisons", "mean_metrics", "mean_over_seeds",
+__all__ = ["CONTROL", "EAR", "METRICS", "ComparisonLine", "comparison_row", "comparisons", "mean_metrics", "mean_over_seeds",
            "over_seeds", "paired"]

@@ -141,16 +141,17 @@ def _summarise(rows: dict[tuple[str, int], ResultRow], per_seed: list[SeedResult
                *, data: str, category: str, profile: Profile, device: str, ear_masks: EarMasks) -> EvaluationResult:
     """The mean over seeds, the spread and the paired comparisons (the one seed aggregation)."""
     name = head.name
-    comps = {str(c["variant"]): c for c in comparisons(list(rows.values()), store.details)}
+    comps = {c.variant: c for c in comparisons(list(rows.values()), store.details)}
     main, spread = comps[name], {}
-    for key, prefix, comp in (("ear", "ear", main), ("fader", "after", main), ("masker_alone", "alone", main),
-                              ("ear_fused", "after", comps.get(f"{EAR}+masker")),
-                              ("fader_fused", "after", comps.get(f"{name}+masker"))):
-        if comp is not None and comp.get(f"{prefix}_image_auroc") is not None:
-            spread[key] = {k: comp[f"{prefix}_{k}"] for k in ("image_auroc", "pixel_auroc")}
-    fused_comparison = {key: comps[label]["comparison"] for key, label in
+    for key, which, comp in (("ear", "ear", main), ("fader", "after", main), ("masker_alone", "alone", main),
+                             ("ear_fused", "after", comps.get(f"{EAR}+masker")),
+                             ("fader_fused", "after", comps.get(f"{name}+masker"))):
+        summaries = comp.summaries(which) if comp is not None else None
+        if summaries is not None:
+            spread[key] = {k: summaries[k] for k in ("image_auroc", "pixel_auroc")}
+    fused_comparison = {key: comparison for key, label in
                         (("ear_fused", f"{EAR}+masker"), ("fader_fused", f"{name}+masker"))
-                        if label in comps and "comparison" in comps[label]}
+                        if label in comps and (comparison := comps[label].comparison) is not None}
 
     def mean_of(field: str) -> Metrics | None:
         got = [getattr(r, field) for r in per_seed if getattr(r, field) is not None]
@@ -164,7 +165,7 @@ def _summarise(rows: dict[tuple[str, int], ResultRow], per_seed: list[SeedResult
         fader_config=head.config.model_dump(mode="json"), ear=mean_metrics([r.ear for r in per_seed]),
         fader=mean_metrics([r.fader for r in per_seed]), masker_alone=mean_of("masker_alone"),
         ear_fused=mean_of("ear_fused"), fader_fused=mean_of("fader_fused"), spread=spread,
-        comparison=main.get("comparison") or {}, fused_comparison=fused_comparison, per_seed=per_seed,
+        comparison=main.comparison or {}, fused_comparison=fused_comparison, per_seed=per_seed,
         timings={}, environment=environment(),
     )
 

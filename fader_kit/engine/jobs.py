@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import FaderConfig, TrainConfig
 from ..errors import ConfigError
@@ -82,8 +82,16 @@ class RowFacts(BaseModel):
 
     @classmethod
     def of(cls: type[F], row: ResultRow) -> F:
-        """The typed facts of a stored row."""
-        return cls.model_validate(row.config)
+        """The typed facts of a stored row; a row whose stored facts do not read (written by another
+        version, or edited) is one clear error naming the row and what to do."""
+        try:
+            return cls.model_validate(row.config)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            raise ConfigError(
+                f"results row {row.unit.label()}: its stored facts do not read as {cls.__name__} ({problems}); "
+                "rerun into a new --out folder, or delete the folder's results.sqlite to recompute its rows "
+                "(the cache/ folder is reused)") from None
 
     def stored(self) -> dict[str, Any]:
         """The row's ``config`` as stored: the fields that were set (and any extra ones), as JSON values;

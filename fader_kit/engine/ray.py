@@ -48,7 +48,7 @@ from ..errors import ConfigError, UserError
 from ..registry import MaskerRegistry
 from ..util.threads import worker_environment
 from ..util.timing import minutes
-from .jobs import JobKind
+from .jobs import JobKind, RowFacts
 from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, Recorder, RunSummary, failure_reason
 from .store import ResultRow
 
@@ -322,7 +322,7 @@ class RayExecutor:
             except ray.exceptions.RayError as exc:  # retries spent (or a task the unit waited for died)
                 row, details, lines, used = p.failed_row(pu, ray_failure_reason(exc)), {}, [], ()
                 row = row.model_copy(update={"device": g.device})
-            trained = dict(row.config.get("trained") or {})
+            trained = dict(RowFacts.of(row).trained)
             out = [f"[{recorder.done + 1}/{n_todo}] {pu.unit.masker}/{pu.unit.variant} on "
                    f"{pu.unit.category} (seed {pu.unit.seed}){recorder.eta()}"]
             for stage in used:  # shared work: logged, counted and timed with the first row that used it

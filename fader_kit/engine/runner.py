@@ -2,7 +2,8 @@
 
 A :class:`Grid` is what to run: data, categories, mask sources, heads, seeds, profile.  Planning
 (:meth:`GridRunner.plan`) turns it into units -- one results row each, in the order that shares
-work best (category, seed, source, head) -- with the keys the workbench derives for them.  The
+work best (category, seed, source, head) -- with the keys each head's job kind derives for them
+(:mod:`fader_kit.engine.jobs`: what a unit computes is its kind's business, not the runner's).  The
 serial executor (:meth:`GridRunner.run`) and the Ray executor (:mod:`fader_kit.engine.ray`)
 compute every row through :meth:`GridRunner.compute_row` and write it through a
 :class:`Recorder`, so both give the same rows.  Every command that evaluates models is a grid:
@@ -37,7 +38,7 @@ from ..registry import MaskerRegistry
 from ..util.timing import minutes
 from . import unit_kinds  # noqa: F401  (registers the built-in job kinds)
 from .artifacts import WorkCache
-from .jobs import Head, JobKind, PlannedUnit, failed_facts, job_kind
+from .jobs import Head, JobKind, PlannedUnit, RowFacts, failed_facts, job_kind
 from .store import ResultRow, ResultStore, UnitId
 from .workbench import CategoryWorkbench, Evaluation, WorkbenchSettings
 
@@ -125,7 +126,7 @@ class Recorder:
         for line in lines or []:
             self.log(line)
         s = self.summary
-        trained = row.config.get("trained") or {}
+        trained = RowFacts.of(row).trained
         s.ear_trained += int(trained.get("ear_trained", 0))
         s.maskers_fitted += int(trained.get("maskers_fitted", 0))
         if row.status == "ok" and row.reused_from:
