@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 
 from .errors import ConfigError
+from .fusion import FusionScales
 
 #: False-alarm rates at which the pixel-score quantiles of the held-out maps are stored (0 = max),
 #: so ``predict --false-alarm-rate`` can re-derive the pixel threshold without the maps.
@@ -239,6 +240,9 @@ class Calibration(BaseModel):
     false_alarm_interval: list[float] | None = Field(
         None, description="central 95 % interval of one calibration's false-alarm rate: Beta(N + 1 - k, k), "
         "[low, high]")
+    fusion: FusionScales | None = Field(
+        None, description="the fused score's scales, rule and weight (fader_kit.fusion), for a detector that "
+        "scores with the fused map; its thresholds are on that map's scale")
 
     @model_validator(mode="after")
     def _promise(self) -> "Calibration":
@@ -255,7 +259,8 @@ class Calibration(BaseModel):
     def with_rate(self, rate: float) -> "Calibration":
         """The same calibration re-derived at another false-alarm rate (from the stored scores)."""
         rate = check_rate(rate)
-        return calibration_from(self.normal_scores, self.pixel_quantiles, self.n_pixels, rate, self.validation)
+        return calibration_from(self.normal_scores, self.pixel_quantiles, self.n_pixels, rate,
+                                self.validation).model_copy(update={"fusion": self.fusion})
 
     def normalise(self, scores: Tensor | np.ndarray | float) -> np.ndarray:
         return normalise(scores, self.image_threshold, self.low)

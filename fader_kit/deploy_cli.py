@@ -12,8 +12,48 @@ from pathlib import Path
 from typing import Any
 
 
+def add_deploy_commands(sub: Any) -> None:
+    """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
+    add_fit_command(sub)
+    add_predict_command(sub)
+
+
+def add_fit_command(sub: Any) -> None:
+    from .masker_args import add_model_arguments
+
+    p = sub.add_parser(
+        "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
+        description="Train the masker and what --score needs (the EAR U-Net, the FADeR head) on the images under "
+                    "--normal (recursively), holding out a seeded share to set the thresholds at --false-alarm-rate; "
+                    "write a self-contained detector folder (safetensors + JSON + model card) to --out.",
+    )
+    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
+    add_model_arguments(p)
+    from .score_kinds import DEFAULT_SCORE, SCORE_NAMES
+
+    p.add_argument("--score", choices=SCORE_NAMES, default=DEFAULT_SCORE,
+                   help="what the detector scores with: masker (the masker's own score map; no U-Net trained), ear "
+                        "(plain EAR), fader (EAR with the FADeR head; default), fused (plain EAR's map fused with the "
+                        "masker's, the mix chosen on pseudo-anomalies)")
+    p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
+    p.add_argument("--holdout", type=float, default=0.15,
+                   help="normal images held out to calibrate: a share (default: 0.15, grown to what "
+                        "--false-alarm-rate needs where at least half the images stay to train on) or a count "
+                        "such as 40; at least 5 images")
+    p.add_argument("--false-alarm-rate", type=float, default=0.01,
+                   help="expected share of new normal images the image threshold flags (default: 0.01; it needs "
+                        "at least 1/rate - 1 held-out images)")
+    p.add_argument("--validation", metavar="DIR", default=None,
+                   help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
+                        "validation AUROC and the F1-optimal threshold")
+    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the detector folder already at --out (only once the new one is complete)")
+    p.set_defaults(func=cmd_fit)
+
+
 def add_predict_command(sub: Any) -> None:
-    """``fader-kit predict``: judge new images with a fitted detector (or its ONNX graph)."""
     p = sub.add_parser(
         "predict", help="judge new images with a fitted detector: predictions.csv and heat-map overlays",
         usage="fader-kit predict [MODEL_DIR] INPUT... --out DIR [--onnx MODEL.onnx] [options]",
@@ -48,38 +88,6 @@ def add_predict_command(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def add_deploy_commands(sub: Any) -> None:
-    """Add ``fit`` and ``predict`` to the ``fader-kit`` sub-command parsers ``sub``."""
-    from .masker_args import add_model_arguments
-
-    p = sub.add_parser(
-        "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
-        description="Train the masker, the EAR U-Net and the FADeR head on the images under --normal (recursively), "
-                    "holding out a seeded share to set the thresholds at --false-alarm-rate; write a self-contained "
-                    "detector folder (safetensors + JSON + model card) to --out.",
-    )
-    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
-    add_model_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
-    p.add_argument("--holdout", type=float, default=0.15,
-                   help="normal images held out to calibrate: a share (default: 0.15, grown to what "
-                        "--false-alarm-rate needs where at least half the images stay to train on) or a count "
-                        "such as 40; at least 5 images")
-    p.add_argument("--false-alarm-rate", type=float, default=0.01,
-                   help="expected share of new normal images the image threshold flags (default: 0.01; it needs "
-                        "at least 1/rate - 1 held-out images)")
-    p.add_argument("--validation", metavar="DIR", default=None,
-                   help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
-                        "validation AUROC and the F1-optimal threshold")
-    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the detector folder already at --out (only once the new one is complete)")
-    p.set_defaults(func=cmd_fit)
-
-    add_predict_command(sub)
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     from .masker_args import masker_options
     from .config import get_profile
@@ -94,6 +102,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
         holdout=args.holdout, false_alarm_rate=args.false_alarm_rate, validation=args.validation,
         ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
+        score=args.score,
     )
     print(detector.calibration.summary())
     print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
@@ -106,13 +115,17 @@ def announce_fit_pace(args: argparse.Namespace, profile: Any, device: str) -> No
     from .fitting import holdout_split
     from .imagefiles import normal_images
     from .pace import JobWork, announce
+    from .score_kinds import score_kind
 
     try:
         train, held = holdout_split(len(normal_images(args.normal)), args.holdout, args.seed)
+        kind = score_kind(getattr(args, "score", "fader"))
     except Exception:  # the fit names the problem
         return
-    announce(JobWork(ear_trainings=1, fader_trainings=1, scored_models=1, n_train=len(train), n_test=len(held)),
-             profile, device)
+    if not kind.unet:
+        return  # the masker alone: nothing long is trained
+    announce(JobWork(ear_trainings=1, fader_trainings=int(kind.head), scored_models=1, n_train=len(train),
+                     n_test=len(held)), profile, device)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -175,7 +188,8 @@ def cmd_export_detector(args: argparse.Namespace) -> int:
     from .errors import ConfigError
 
     if args.no_head:
-        raise ConfigError("--no-head does not apply to a detector folder: its calibration is for the FADeR model")
+        raise ConfigError("--no-head does not apply to a detector folder: its calibration is for the score it was "
+                          "fitted with (fit --score ear gives a plain EAR detector)")
     from .detector import read_manifest
 
     size = read_manifest(Path(args.source)).settings.image_size

@@ -3,11 +3,15 @@
 Graph interface::
 
     inputs   images        float32 [B, 3, S, S]  RGB in [0, 1], converted as the training images
-    outputs  anomaly_map   float32 [B, 1, S, S]  smoothed MSGMS map
+    outputs  anomaly_map   float32 [B, 1, S, S]  the detector's map (its score kind's)
              score         float32 [B]           image score, the map's maximum
 
-The masker runs inside the graph, which needs a masker that can give itself as a torch module
-(:meth:`fader_kit.interfaces.Masker.mask_module`; ``patch_stats`` can).  The calibration
+The masker runs inside the graph, which needs a masker that can give itself as torch modules
+(:meth:`fader_kit.interfaces.Masker.mask_module` for the binary mask of EAR / FADeR,
+:meth:`~fader_kit.interfaces.Masker.score_module` for the score map of the ``masker`` and ``fused``
+kinds; ``patch_stats`` can).  Per score kind (:mod:`fader_kit.score_kinds`) the graph holds: the
+masker's score module alone (``masker``); mask module + EAR / FADeR (``ear``, ``fader``); mask
+module + EAR and the score module, the two maps fused with the stored scales (``fused``).  The calibration
 (thresholds, normalisation, held-out normal scores) and the detector's settings travel in the
 model's metadata (``metadata_props``: ``fader_kit.calibration``, ``fader_kit.detector``), so
 ``fader-kit predict --onnx`` judges images exactly as the torch detector does.
@@ -27,6 +31,8 @@ from .calibration import Calibration
 from .errors import ConfigError, ModelDirError
 from .export import (ExportError, ExportReport, ScoringGraph, check_parity, onnx_session, require_onnx,
                      unexportable_reason, write_onnx)
+from .fusion import FusionScales, fuse_maps
+from .scoring import image_score
 
 OUTPUTS = ("anomaly_map", "score")
 CALIBRATION_KEY = "fader_kit.calibration"
@@ -34,31 +40,60 @@ DETECTOR_KEY = "fader_kit.detector"
 
 
 class DetectorGraph(nn.Module):
-    """``images -> (anomaly_map, score)``: the masker's module feeding the FADeR scoring graph."""
+    """``images -> (anomaly_map, score)``: the masker's modules feeding the scoring graph of the
+    detector's score kind (see the module notes); ``masker``/``scoring`` None where the kind has no
+    reconstruction, ``scores`` None where it does not read the masker's score map."""
 
-    def __init__(self, masker_module: nn.Module, scoring: ScoringGraph) -> None:
+    def __init__(self, masker_module: nn.Module | None, scoring: ScoringGraph | None,
+                 scores: nn.Module | None = None, fusion: FusionScales | None = None) -> None:
         super().__init__()
-        self.masker = masker_module.eval()
-        self.scoring = scoring.eval()
+        self.masker = masker_module.eval() if masker_module is not None else None
+        self.scoring = scoring.eval() if scoring is not None else None
+        self.scores = scores.eval() if scores is not None else None
+        self.fusion = fusion
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.scoring(images, self.masker(images))
+        if self.scoring is None or self.masker is None:
+            amap = self._scores(images)
+        else:
+            amap, score = self.scoring(images, self.masker(images))
+            if self.fusion is None:
+                return amap, score
+            amap = fuse_maps(amap, self._scores(images), self.fusion)
+        return amap, image_score(amap)
+
+    def _scores(self, images: Tensor) -> Tensor:
+        if self.scores is None:
+            raise ExportError("this detector graph has no score module")
+        return self.scores(images).float()
 
 
 def detector_graph(detector: Any) -> DetectorGraph:
-    """The detector's own (loaded) modules as one graph; an ExportError says why a head or masker
-    cannot be exported, before anything is traced."""
+    """The detector's own (loaded) modules as one graph, as its score kind scores; an ExportError says
+    why a head or masker cannot be exported, before anything is traced."""
+    kind, name = detector.settings.kind, detector.settings.masker
+    scores = None
+    if kind.needs_scores:
+        scores = detector.masker.score_module()
+        if scores is None:
+            raise ExportError(f"masker {name!r} cannot be exported to ONNX as a score map (it gives no score module), "
+                              f"which a {kind.name!r} detector needs; fit one with an exportable masker such as "
+                              "patch_stats, or with --score ear or fader")
+        scores = scores.cpu()
+    if not kind.unet:
+        return DetectorGraph(None, None, scores).eval()
     reason = unexportable_reason(detector.model)
     if reason is not None:
         raise ExportError(f"head variant {detector.settings.fader_variant!r} cannot be exported to ONNX: {reason}")
     module = detector.masker.mask_module()
     if module is None:
-        raise ExportError(f"masker {detector.settings.masker!r} cannot be exported to ONNX (it gives no mask module); "
+        raise ExportError(f"masker {name!r} cannot be exported to ONNX (it gives no mask module); "
                           "export a detector fitted with an exportable masker such as patch_stats, or export the "
                           "FADeR model alone from an evaluate run folder and feed its binary_mask input yourself")
     model = detector.model.cpu().eval()
     # eval() on the root too: torch.onnx.export restores the root's mode on every submodule afterwards
-    return DetectorGraph(module.cpu(), ScoringGraph(model, detector.image_size, detector.settings.kernel_size)).eval()
+    scoring = ScoringGraph(model, detector.image_size, detector.settings.kernel_size)
+    return DetectorGraph(module.cpu(), scoring, scores, detector.calibration.fusion if kind.fused else None).eval()
 
 
 def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, check: bool = True,
@@ -78,14 +113,15 @@ def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, che
     images, source = parity_images(detector, check_images) if check else (None, "")
     out = Path(out)
     t0 = time.perf_counter()
+    model = detector.model
     write_onnx(graph, (torch.rand(2, 3, size, size),), out, ["images"], opset, {
-        "image_size": str(size), "patch_size": str(detector.model.patch_size),
-        "head": str(detector.model.head is not None).lower(), "inputs": "images",
+        "image_size": str(size), "head": str(detector.kind.head).lower(), "inputs": "images",
+        "score": detector.kind.name, **({"patch_size": str(model.patch_size)} if model is not None else {}),
         CALIBRATION_KEY: detector.calibration.model_dump_json(),
         DETECTOR_KEY: detector.manifest.model_dump_json(include={"format", "format_version", "created_by", "settings"}),
     })
-    report = ExportReport(out, size, detector.model.head is not None, opset, out.stat().st_size / 1e6,
-                          time.perf_counter() - t0)
+    report = ExportReport(out, size, detector.kind.head, opset, out.stat().st_size / 1e6, time.perf_counter() - t0,
+                          what=f"score {detector.kind.name}: {detector.kind.summary}")
     if images is not None:
         d_map, d_score = parity(detector, out, images)
         report = ExportReport(**{**report.__dict__, "max_abs_diff_map": d_map, "max_abs_diff_score": d_score,

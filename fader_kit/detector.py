@@ -1,4 +1,4 @@
-"""A fitted detector: masker + FADeR model + calibration, saved as one self-contained folder.
+"""A fitted detector: masker (+ EAR / FADeR model) + calibration, saved as one self-contained folder.
 
 ``Detector.load(MODEL_DIR).predict(images)`` gives, per image, the raw score, the normalised score
 (threshold at 0.5), the decision, the anomaly map and the pixel mask.  The folder holds no pickle:
@@ -12,7 +12,8 @@ Folder layout (``FILES``)::
     detector.json        format, settings (profile, masker, head variant and config, seed), training
                          summary, library versions, checksums
     calibration.json     thresholds, normalisation, held-out normal scores (fader_kit.calibration)
-    model.safetensors    the EAR U-Net and the FADeR head (a FaderModel state dict)
+    model.safetensors    the EAR U-Net and the FADeR head (a FaderModel state dict); absent when the
+                         detector scores with the masker alone (``settings.score``, fader_kit.score_kinds)
     masker.json          the masker's fitted state without its tensors
     masker.safetensors   the masker's tensors
     README.md            the model card
@@ -39,10 +40,14 @@ from .interfaces import Masker, MaskerInfo
 from .modeldir import FILES as MODEL_DIR_FILES
 from .modeldir import FORMAT as FORMAT  # the name callers import from here
 from .modeldir import canonical_json
+from .score_kinds import LEGACY_SCORE, ScoreKind, ScoreName, kind_maps, score_kind
+from .tensor_checks import check_model_tensors, check_tensor_refs
 
-#: 2: every file digested, detector.json included; 1 (still read): the two tensor files only.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: 3: the score kind in the settings, fusion scales in the calibration, no model file for the masker
+#: alone; 2 (still read): every file digested, detector.json included; 1 (still read): the two tensor
+#: files only.  Folders before 3 are ``fader`` detectors.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FILES = MODEL_DIR_FILES
 TENSOR_FILES = ("model.safetensors", "masker.safetensors")
 
@@ -93,6 +98,12 @@ class DetectorSettings(BaseModel):
     false_alarm_rate: float = Field(gt=0, lt=1)
     kernel_size: int = Field(21, ge=1, le=MAX_KERNEL)
     batch_size: int = Field(16, ge=1, le=MAX_BATCH)
+    score: ScoreName = Field(LEGACY_SCORE, description="what the detector scores with (fader_kit.score_kinds); "
+                             "absent in folders written before score kinds")
+
+    @property
+    def kind(self) -> ScoreKind:
+        return score_kind(self.score)
 
     @field_validator("masker_options")
     @classmethod
@@ -325,75 +336,78 @@ def read_manifest(folder: Path) -> Manifest:
 
 def build_model(settings: DetectorSettings) -> FaderModel:
     """The modules ``settings`` describe, without weights: a backbone head's backbone too (the saved
-    state holds its weights, so no pretrained weights are looked for)."""
+    state holds its weights, so no pretrained weights are looked for); plain EAR (no head) for a
+    score kind without the FADeR head."""
     from .config import UNetConfig, fader_config
     from .unet import EARUNet
 
     unet = EARUNet(UNetConfig(**settings.unet_config))
-    return FaderModel(unet, None, fader_config(settings.fader_config), pretrained_backbone=False)
+    head: Any = "auto" if settings.kind.head else None
+    return FaderModel(unet, None, fader_config(settings.fader_config), head=head, pretrained_backbone=False)
 
 
-def check_model_tensors(header: dict[str, tuple[str, tuple[int, ...]]], expected: dict[str, Tensor], path: Path) -> None:
-    """The tensors of ``model.safetensors`` (its header) against the modules' (``expected``)."""
-    from .modeldir import safetensors_dtype, shown
+def raw_kind(raw: dict[str, Any], folder: Path, version: int) -> ScoreKind:
+    """The score kind a parsed ``detector.json`` names (before its fields are validated: it decides
+    which files the folder must hold); folders before format version 3 are ``fader`` detectors."""
+    from .modeldir import MANIFEST, shown
 
-    for name, tensor in expected.items():
-        if name not in header:
-            raise ModelDirError(f"{path} lacks tensor {shown(name)} of the model that detector.json describes")
-        want = (safetensors_dtype(tensor.dtype), tuple(tensor.shape))
-        if header[name] != want:
-            raise ModelDirError(f"{path}: tensor {shown(name)} is {header[name][0]} {list(header[name][1])}, the model "
-                                f"detector.json describes has {want[0]} {list(want[1])}")
-    extra = sorted(set(header) - set(expected))
-    if extra:
-        raise ModelDirError(f"{path} holds tensor {shown(extra[0])}, which the model detector.json describes has not")
+    settings = raw.get("settings")
+    if not isinstance(settings, dict) or "score" not in settings:
+        return score_kind(LEGACY_SCORE)
+    try:
+        kind = score_kind(settings["score"])
+    except ConfigError:
+        raise ModelDirError(f"{folder / MANIFEST}: field settings.score: {shown(settings['score'])} is not a score "
+                            f"kind (those are: masker, ear, fader, fused)") from None
+    if version < 3 and kind.name != LEGACY_SCORE:
+        raise ModelDirError(f"{folder / MANIFEST}: field settings.score: format version {version} folders hold "
+                            f"{LEGACY_SCORE} detectors only, not {kind.name!r}")
+    return kind
 
 
-def check_tensor_refs(tree: Any, header: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> None:
-    """Every tensor reference of a state tree names a tensor of the file and every tensor is
-    referenced once; ``__float__`` leaves hold numbers."""
-    from .modeldir import shown
-    from .statefiles import TENSOR_KEY
+def load_model(s: DetectorSettings, data: bytes, folder: Path) -> FaderModel:
+    """The model of ``model.safetensors`` (``data``), its header checked against the modules the
+    settings describe before a module is built."""
+    from . import modeldir as md
 
-    seen: set[str] = set()
-
-    def walk(node: Any, where: str) -> None:
-        if isinstance(node, dict):
-            if TENSOR_KEY in node:
-                key = node[TENSOR_KEY]
-                if len(node) != 1 or not isinstance(key, str) or key not in header or key in seen:
-                    raise ModelDirError(f"{path}: entry {where or '/'} refers to tensor {shown(key)}, which its "
-                                        ".safetensors file does not hold (or another entry already uses)")
-                seen.add(key)
-                return
-            if "__float__" in node:
-                value = node["__float__"]
-                if len(node) != 1 or value not in ("inf", "-inf", "nan"):
-                    raise ModelDirError(f"{path}: entry {where or '/'} is not a number ({shown(value)})")
-                return
-            for k, v in node.items():
-                walk(v, f"{where}/{k}")
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{where}/{i}")
-
-    walk(tree, "")
-    unused = sorted(set(header) - seen)
-    if unused:
-        raise ModelDirError(f"{path} does not refer to tensor {shown(unused[0])} of its .safetensors file")
+    header = md.check_safetensors(data, folder / md.MODEL)
+    try:
+        with torch.device("meta"):  # the modules' shapes, without allocating them
+            expected = build_model(s).state_dict()
+    except (RuntimeError, ValueError, UserError) as exc:
+        raise ModelDirError(f"{folder / md.MANIFEST}: field settings: they describe a model that cannot be built "
+                            f"({_reason(exc)})") from None
+    check_model_tensors(header, expected, folder / md.MODEL)
+    model = build_model(s)
+    model.load_state_dict(md.load_tensors(data, folder / md.MODEL))
+    return model
 
 
 class Detector:
-    """A fitted masker, FADeR model and calibration (see the module notes)."""
+    """A fitted masker, EAR / FADeR model (None for the masker alone) and calibration, scoring with
+    the kind ``manifest.settings.score`` names (see the module notes and :mod:`fader_kit.score_kinds`)."""
 
-    def __init__(self, model: FaderModel, masker: Masker, calibration: Calibration, manifest: Manifest,
+    def __init__(self, model: FaderModel | None, masker: Masker, calibration: Calibration, manifest: Manifest,
                  device: torch.device | str = "cpu") -> None:
+        kind = manifest.settings.kind
+        if (model is not None) != kind.unet or (model is not None and (model.head is not None) != kind.head):
+            raise ConfigError(f"a {kind.name!r} detector {'needs' if kind.unet else 'holds no'} reconstruction model"
+                              + (" with the FADeR head" if kind.head else " without a head" if kind.unet else ""))
+        if (calibration.fusion is not None) != kind.fused:
+            raise ConfigError(f"a {kind.name!r} detector's calibration {'needs' if kind.fused else 'holds no'} fusion "
+                              "scales")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if model is not None else None
         self.masker = masker.to(self.device)
-        self.model.masker = self.masker  # a head that reads the masker's score map gets it at predict time
+        if self.model is not None:
+            self.model.masker = self.masker  # a head that reads the masker's score map gets it at predict time
         self.calibration = calibration
         self.manifest = manifest
+
+    @property
+    def kind(self) -> ScoreKind:
+        """What this detector scores with (:mod:`fader_kit.score_kinds`)."""
+        return self.settings.kind
 
     @property
     def settings(self) -> DetectorSettings:
@@ -406,24 +420,15 @@ class Detector:
     # -- scoring --------------------------------------------------------------------------------
     @torch.no_grad()
     def score_batch(self, images: Tensor, watch: Any = None) -> tuple[Tensor, Tensor]:
-        """``(anomaly maps [B, 1, S, S], scores [B])`` on the CPU for a batch ``[B, 3, S, S]`` in [0, 1];
-        ``watch`` (a :class:`~fader_kit.util.timing.Stopwatch`) gets the masker and FADeR + map times."""
+        """``(anomaly maps [B, 1, S, S], scores [B])`` on the CPU for a batch ``[B, 3, S, S]`` in [0, 1],
+        as this detector's score kind computes them; ``watch`` (a :class:`~fader_kit.util.timing.Stopwatch`)
+        gets the masker and map times."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
             raise ConfigError(f"images must be [B, 3, {self.image_size}, {self.image_size}] for this detector, got "
                               f"{list(images.shape)}: pass files, PIL images or arrays to predict() to have them converted")
-        from contextlib import nullcontext
-
-        from .util.timing import synchronize
-
-        step = watch if watch is not None else (lambda name: nullcontext())
-        with step("masker"):
-            x = images.to(self.device, torch.float32)
-            mb = self.masker.mask(x)
-            if watch is not None:
-                synchronize(self.device)
-        with step("fader_map"):
-            maps = self.model.anomaly_map(x, mb, self.settings.kernel_size)
-            maps = maps.cpu()
+        x = images.to(self.device, torch.float32)
+        maps = kind_maps(self.kind, x, self.masker, self.model, self.calibration.fusion, self.settings.kernel_size,
+                         watch).float().cpu()
         return maps, maps.flatten(1).amax(dim=1)
 
     def as_tensor(self, images: Sequence[Any] | Tensor) -> Tensor:
@@ -484,8 +489,9 @@ class Detector:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
-        save_tensors(state, folder / "model.safetensors")
+        if self.model is not None:
+            state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
+            save_tensors(state, folder / "model.safetensors")
         save_state(self.masker.state_dict(), folder / "masker.json", folder / "masker.safetensors",
                    meta={"masker": self.settings.masker, "info": self.masker.info.model_dump(mode="json")})
         write_json_atomic(folder / "calibration.json", self.calibration.model_dump(mode="json"))
@@ -495,8 +501,9 @@ class Detector:
             from .modelcard import model_card
 
             write_text_atomic(folder / "README.md", model_card(self.manifest, self.calibration))
-        from .modeldir import FILES as names, MANIFEST, manifest_digest
+        from .modeldir import MANIFEST, folder_files, manifest_digest
 
+        names = folder_files(self.model is not None)
         # every file is digested as it lies on disk; detector.json last, with the digest of its own content
         sums = {name: sha256_of(folder / name) for name in names if name != MANIFEST}
         self.manifest = self.manifest.model_copy(update={"format_version": FORMAT_VERSION, "sha256": sums})
@@ -524,17 +531,20 @@ class Detector:
         folder = Path(folder)
         raw = md.read_manifest_file(folder)
         version = check_version(raw, folder)
-        files = md.read_folder(folder, raw, version, verify=verify)
+        kind = raw_kind(raw, folder, version)
+        files = md.read_folder(folder, raw, version, verify=verify, model=kind.unet)
         manifest = validate_manifest(raw, folder)
         s = manifest.settings
         calibration = validate_file(Calibration, md.parse_json(files[md.CALIBRATION], folder / md.CALIBRATION),
                                     folder / md.CALIBRATION)
+        if (calibration.fusion is not None) != kind.fused:
+            raise ModelDirError(f"{folder / md.CALIBRATION}: field fusion: a {kind.name!r} detector "
+                                f"{'needs' if kind.fused else 'holds no'} fusion scales")
         masker_file = validate_file(MaskerFile, md.parse_json(files[md.MASKER_JSON], folder / md.MASKER_JSON),
                                     folder / md.MASKER_JSON)
         if masker_file.masker != s.masker:
             raise ModelDirError(f"{folder / md.MASKER_JSON}: field masker: holds the state of masker "
                                 f"{md.shown(masker_file.masker)}, but {folder / md.MANIFEST} names {s.masker!r}")
-        model_header = md.check_safetensors(files[md.MODEL], folder / md.MODEL)
         masker_header = md.check_safetensors(files[md.MASKER_TENSORS], folder / md.MASKER_TENSORS)
         check_tensor_refs(masker_file.state, masker_header, folder / md.MASKER_JSON)
         from .registry import default_registry
@@ -545,16 +555,8 @@ class Detector:
         except (KeyError, UserError) as exc:
             raise ModelDirError(f"{folder / md.MANIFEST}: field settings.masker: {folder} needs masker {s.masker!r}, "
                                 f"which is not installed here ({str(exc).splitlines()[0]})") from None
-        try:
-            with torch.device("meta"):  # the modules' shapes, without allocating them
-                expected = build_model(s).state_dict()
-        except (RuntimeError, ValueError, UserError) as exc:
-            raise ModelDirError(f"{folder / md.MANIFEST}: field settings: they describe a model that cannot be built "
-                                f"({_reason(exc)})") from None
-        check_model_tensors(model_header, expected, folder / md.MODEL)
         device = torch.device(device)
-        model = build_model(s)
-        model.load_state_dict(md.load_tensors(files[md.MODEL], folder / md.MODEL))
+        model = load_model(s, files[md.MODEL], folder) if kind.unet else None
         from .statefiles import join_state
 
         masker_state = join_state(masker_file.state, md.load_tensors(files[md.MASKER_TENSORS], folder / md.MASKER_TENSORS),

@@ -144,9 +144,10 @@ class ExportReport:
     max_abs_diff_map: float | None = None
     max_abs_diff_score: float | None = None
     checked_on: str = "random inputs"
+    what: str | None = None  # what the graph scores with, when not (FADeR_)EAR on a given mask
 
     def summary(self) -> str:
-        what = "FADeR_EAR" if self.head else "EAR (no FADeR head)"
+        what = self.what or ("FADeR_EAR" if self.head else "EAR (no FADeR head)")
         lines = [f"wrote {self.path} ({self.megabytes:.1f} MB, {what}, {self.size}x{self.size}, opset {self.opset}, "
                  f"{self.seconds:.1f}s)",
                  f"inputs: images float32 [B,3,{self.size},{self.size}] in [0,1], binary_mask bool [B,1,{self.size},{self.size}]; "

@@ -1,9 +1,10 @@
 """``fader-kit fit``: a :class:`~fader_kit.detector.Detector` from a folder of normal images alone.
 
-The masker, the EAR U-Net and the FADeR head are trained exactly as ``fader-kit evaluate`` trains
-them (the same pipeline functions, profile, head variant and seed), on all normal images but a
-seeded held-out share; the held-out images are scored to calibrate the thresholds
-(:mod:`fader_kit.calibration`).  Training images must all be readable: a damaged normal image is
+The masker and what the detector's score kind needs (:mod:`fader_kit.score_kinds`: nothing more for
+the masker alone; the EAR U-Net; the FADeR head; the fusion) are trained exactly as ``fader-kit
+evaluate`` trains them (the same pipeline functions, profile, head variant and seed;
+:func:`fader_kit.fit_parts.train_parts`), on all normal images but a seeded held-out share; the
+held-out images are scored to calibrate the thresholds (:mod:`fader_kit.calibration`).  Training images must all be readable: a damaged normal image is
 an error naming the file, never silently dropped.
 """
 from __future__ import annotations
@@ -19,11 +20,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .calibration import calibrate, check_rate, validate
+from .calibration import check_rate
 from .config import Profile
 from .detector import Detector, DetectorSettings, Manifest, TrainingSummary
 from .errors import ConfigError
 from .imagefiles import load_array, normal_images, to_tensor
+from .score_kinds import DEFAULT_SCORE, score_kind
 from .variants import resolve as resolve_variant
 
 MIN_NORMAL_IMAGES = 10
@@ -136,31 +138,22 @@ def check_fit_out(out: str | Path, overwrite: bool) -> Path:
 
 
 def fit_detector(
-    normal: str | Path,
-    *,
-    masker: str,
-    profile: Profile,
-    out: str | Path | None = None,
-    masker_options: dict[str, Any] | None = None,
-    head_variant: str,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    holdout: float = 0.15,
-    false_alarm_rate: float = 0.01,
-    validation: str | Path | None = None,
-    ear_masks: str = "blobs",
-    batch_size: int = 16,
-    progress: bool = False,
-    log: Log = print,
-    overwrite: bool = False,
+    normal: str | Path, *, masker: str, profile: Profile, out: str | Path | None = None,
+    masker_options: dict[str, Any] | None = None, head_variant: str, seed: int = 0, device: torch.device | str = "cpu",
+    holdout: float = 0.15, false_alarm_rate: float = 0.01, validation: str | Path | None = None,
+    ear_masks: str = "blobs", batch_size: int = 16, progress: bool = False, log: Log = print, overwrite: bool = False,
+    score: str = DEFAULT_SCORE,
 ) -> Detector:
-    """Fit and calibrate a detector on the images under ``normal``; saved to ``out`` when given (checked
-    before any training; written beside it and renamed into place at the end, so a failed fit never
-    leaves half a detector; an existing detector folder is replaced only with ``overwrite``)."""
-    from .pipeline import anomaly_maps, compute_masks, environment, fit_masker, masker_score_maps, train_sequence
+    """Fit and calibrate a detector on the images under ``normal``, scoring with the kind ``score``
+    (:mod:`fader_kit.score_kinds`: ``masker``, ``ear``, ``fader`` or ``fused``; only what it needs is
+    trained); saved to ``out`` when given (checked before any training; written beside it and renamed
+    into place at the end, so a failed fit never leaves half a detector; an existing detector folder is
+    replaced only with ``overwrite``)."""
+    from .fit_parts import candidate_detectors, train_parts
     from .registry import default_registry
     from .util.timing import Stopwatch
 
+    kind = score_kind(score)
     check_rate(false_alarm_rate)
     if out is not None:
         out = check_fit_out(out, overwrite)
@@ -178,61 +171,72 @@ def fit_detector(
     size = profile.image_size
     t_start = time.time()
     with watch("read"):
-        images = read_images(paths, size, progress, "normal images")
-    train, held = images[train_idx], images[hold_idx]
-    del images
-    log(f"normal images: {len(paths)} under {folder} ({len(train_idx)} to train, {len(hold_idx)} held out to "
-        f"calibrate) at {size}px")
-    bs = profile.eval_batch_size
+        train, held = read_split(folder, paths, (train_idx, hold_idx), size, progress, log)
     with watch("masker"):
-        m = registry.create(masker, **{**options, "device": str(device)})
-        m.to(device)
-        fit_masker(m, train, seed=seed, device=device, progress=progress)
-        train_masks = compute_masks(m, train, batch_size=bs, device=device, progress=progress)
-        # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
-        # on what evaluate trains it on; only a head that reads them needs them
-        exp = head.experiment
-        scores = (masker_score_maps(m, train, batch_size=bs, device=device).half()
-                  if exp.score_input or exp.gates == "score" else None)
+        m = fitted_masker(registry, masker, options, train, seed=seed, device=device, progress=progress)
     log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
-    model, info = train_sequence(train, train_masks, head, profile, masker=m, masker_name=masker, ear_masks=ear_masks,
-                                 seed=seed, device=device, scores=scores, progress=progress)
-    model.masker = m  # from here on the model computes the masker's scores itself where its head reads them
-    watch.seconds["ear"] = float(info["ear"]["seconds"])
-    watch.seconds["fader"] = float(info["fader"]["seconds"])
-    log(f"EAR U-Net trained in {watch.seconds['ear']:.1f}s")
-    log(f"FADeR head ({head_variant}) trained in {watch.seconds['fader']:.1f}s")
-    with watch("calibrate"):
-        held_masks = compute_masks(m, held, batch_size=bs, device=device)
-        maps = anomaly_maps(model, held, held_masks, batch_size=bs, device=device)
-        calibration = calibrate(maps, false_alarm_rate)
-    if validation is not None:
-        with watch("validate"):
-            v_images, v_labels, v_masks = read_validation(Path(validation), size, progress)
-            v_maps = anomaly_maps(model, v_images, compute_masks(m, v_images, batch_size=bs, device=device),
-                                  batch_size=bs, device=device)
-            calibration = validate(calibration, v_maps, v_labels, v_masks, str(validation))
+    parts = train_parts([kind.name], train, m, masker, profile=profile, head=head, ear_masks=ear_masks, seed=seed,
+                        device=device, progress=progress, log=log)
+    watch.seconds.update(parts.seconds)
     settings = DetectorSettings(
         profile=profile.name, image_size=size, masker=masker, masker_options=options, fader_variant=head_variant,
         fader_config=head.model_dump(mode="json"), unet_config=profile.unet.model_dump(mode="json"), seed=seed,
-        ear_masks=ear_masks, holdout=holdout, false_alarm_rate=false_alarm_rate, batch_size=batch_size,
+        ear_masks=ear_masks, holdout=holdout, false_alarm_rate=false_alarm_rate, batch_size=batch_size, score=kind.name,
     )
-    summary = TrainingSummary(
-        normal_folder=str(folder), n_images=len(paths), n_train=len(train_idx), n_holdout=len(hold_idx),
-        holdout_files=[str(paths[i].relative_to(folder)) for i in hold_idx], device=str(device),
-        seconds={k: round(v, 3) for k, v in watch.seconds.items()}, masker_info=m.info.model_dump(mode="json"),
-        created_at=_dt.datetime.fromtimestamp(t_start, _dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+    with watch("calibrate"):
+        v = None if validation is None else (*read_validation(Path(validation), size, progress), str(validation))
+        summary = TrainingSummary(
+            normal_folder=str(folder), n_images=len(paths), n_train=len(train_idx), n_holdout=len(hold_idx),
+            holdout_files=[str(paths[i].relative_to(folder)) for i in hold_idx], device=str(device), seconds={},
+            masker_info=m.info.model_dump(mode="json"), created_at=iso_time(t_start))
+        detector = candidate_detectors(parts, [kind.name], held, fit_manifest(settings, summary), rate=false_alarm_rate,
+                                       device=device, batch_size=profile.eval_batch_size, validation=v)[kind.name]
+    seconds = {k: round(x, 3) for k, x in watch.seconds.items()}
+    detector.manifest = detector.manifest.model_copy(update={"training": summary.model_copy(update={"seconds": seconds})})
+    if out is not None:
+        save_fit(detector, out, overwrite)
+    return detector
+
+
+def read_split(folder: Path, paths: list[Path], split: tuple[list[int], list[int]], size: int, progress: bool,
+               log: Log) -> tuple[Tensor, Tensor]:
+    """The normal images under ``folder`` at ``size`` px, as (training images, held-out images)."""
+    train_idx, hold_idx = split
+    images = read_images(paths, size, progress, "normal images")
+    log(f"normal images: {len(paths)} under {folder} ({len(train_idx)} to train, {len(hold_idx)} held out to "
+        f"calibrate) at {size}px")
+    return images[train_idx], images[hold_idx]
+
+
+def iso_time(seconds: float) -> str:
+    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def fitted_masker(registry: Any, name: str, options: dict[str, Any], images: Tensor, *, seed: int,
+                  device: torch.device, progress: bool) -> Any:
+    """The masker ``name`` with ``options``, on ``device``, fitted on the normal training ``images``."""
+    from .pipeline import fit_masker
+
+    m = registry.create(name, **{**options, "device": str(device)})
+    m.to(device)
+    fit_masker(m, images, seed=seed, device=device, progress=progress)
+    return m
+
+
+def save_fit(detector: Detector, out: Path, overwrite: bool) -> None:
+    """Write the fitted detector to ``out``: beside it first, renamed into place once complete."""
+    from .util.files import atomic_folder
+
+    check_fit_out(out, overwrite)  # again: something may have appeared there during the training
+    with atomic_folder(out) as partial:
+        detector.save(partial)
+
+
+def fit_manifest(settings: DetectorSettings, summary: TrainingSummary) -> Manifest:
+    """``detector.json`` of a fit (its digests are added when the folder is saved)."""
     from . import __version__
     from .detector import FORMAT, FORMAT_VERSION
+    from .pipeline import environment
 
-    manifest = Manifest(format=FORMAT, format_version=FORMAT_VERSION, created_by=f"fader-kit {__version__}",
-                        settings=settings, training=summary, environment=environment())
-    detector = Detector(model, m, calibration, manifest, device)
-    if out is not None:
-        from .util.files import atomic_folder
-
-        check_fit_out(out, overwrite)  # again: something may have appeared there during the training
-        with atomic_folder(out) as partial:
-            detector.save(partial)
-    return detector
+    return Manifest(format=FORMAT, format_version=FORMAT_VERSION, created_by=f"fader-kit {__version__}",
+                    settings=settings, training=summary, environment=environment())

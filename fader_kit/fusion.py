@@ -38,7 +38,7 @@ class MapScale(BaseModel):
     """Where a map's normal values lie: ``(map - centre) / scale`` puts the median of normal pixels at 0
     and their ``quantile`` at 1."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     centre: float
     scale: float = Field(gt=0)
@@ -65,7 +65,7 @@ class FusionScales(BaseModel):
     """The two scales of one fused score (stored beside a result so it can be reproduced), the rule
     that combines the normalised maps and, for ``weighted`` sums, the reconstruction's weight."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     reconstruction: MapScale
     masker: MapScale

@@ -155,6 +155,12 @@ class Masker(abc.ABC):
         folder puts this module inside the graph, so the graph takes images only."""
         return None
 
+    def score_module(self) -> nn.Module | None:
+        """The fitted masker as a torch module ``images -> score map [B, 1, H, W]`` (float) that
+        ``torch.onnx.export`` can trace, or None (the default): the graph of a detector that scores
+        with the masker's map (``--score masker`` or ``fused``) holds this module."""
+        return None
+
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Fitted state: every nn.Module attribute plus the threshold."""

@@ -25,8 +25,10 @@ def model_card(manifest: "Manifest", calibration: "Calibration") -> str:
         f"- images are converted to RGB and resized to {s.image_size}x{s.image_size} px",
         "",
         "## Settings",
+        f"- score `{s.score}`: {s.kind.summary}{_fusion_note(calibration)}",
         f"- profile `{s.profile}`, masker `{s.masker}` ({options}; weights: {t.masker_info.get('weights', '?')}), "
-        f"FADeR head variant `{s.fader_variant}`, EAR masks `{s.ear_masks}`, seed {s.seed}",
+        + (f"FADeR head variant `{s.fader_variant}`, " if s.kind.head else "")
+        + (f"EAR masks `{s.ear_masks}`, " if s.kind.unet else "") + f"seed {s.seed}",
         f"- training time: {seconds}",
         "",
         "## Calibration",
@@ -45,3 +47,13 @@ def model_card(manifest: "Manifest", calibration: "Calibration") -> str:
     lines += ["", "## Versions", *[f"- {k}: {v}" for k, v in manifest.environment.items()],
               f"- detector format: {manifest.format} version {manifest.format_version}", ""]
     return "\n".join(lines)
+
+
+def _fusion_note(calibration: "Calibration") -> str:
+    f = calibration.fusion
+    if f is None:
+        return ""
+    mix = (f"{f.weight:g} x EAR + {1 - f.weight:g} x masker" if f.rule == "weighted" else f"rule {f.rule}")
+    return (f" ({mix}, each map as (map - median) / (q{f.masker.quantile:g} - median) of its normal training "
+            f"pixels: EAR {f.reconstruction.centre:.4g} / {f.reconstruction.scale:.4g}, masker {f.masker.centre:.4g} / "
+            f"{f.masker.scale:.4g})")

@@ -21,8 +21,12 @@ Every failure is one :class:`~fader_kit.errors.ModelDirError` naming the file.  
 hold is checked by the pydantic models that read them (:mod:`fader_kit.detector`,
 :mod:`fader_kit.calibration`) and by :func:`check_safetensors` for tensor files.
 
-Format versions: 2 digests every file (this module); 1, written before, digests the two tensor files
-only.  Version 1 folders still load, with every field validated the same way.
+Format versions: 3 adds the detector's score kind (``settings.score``) and the fused score's scales
+(in ``calibration.json``); a masker-only detector ships no ``model.safetensors``, and its digest list
+must then not name one (:func:`folder_files`): the set is still fixed by this code, per kind, so a
+model file in a masker-only folder is refused like any other extra file.  2 digests every file;
+1, written before, digests the two tensor files only.  Version 1 and 2 folders still load, with
+every field validated the same way.
 """
 from __future__ import annotations
 
@@ -200,24 +204,31 @@ def read_manifest_file(folder: Path) -> dict[str, Any]:
     return raw
 
 
-def expected_digests(version: int) -> tuple[str, ...]:
-    return FILES if version >= 2 else LEGACY_DIGESTS
+def folder_files(model: bool = True) -> tuple[str, ...]:
+    """The files of a detector folder: :data:`FILES`, less ``model.safetensors`` for a detector that
+    ships no U-Net (``model=False``: the masker alone, format version 3)."""
+    return FILES if model else tuple(name for name in FILES if name != MODEL)
 
 
-def check_digest_list(raw: dict[str, Any], folder: Path, version: int) -> dict[str, str]:
-    """The ``sha256`` entry of the manifest, checked against the fixed file set of ``version``."""
+def expected_digests(version: int, model: bool = True) -> tuple[str, ...]:
+    return folder_files(model) if version >= 2 else LEGACY_DIGESTS
+
+
+def check_digest_list(raw: dict[str, Any], folder: Path, version: int, model: bool = True) -> dict[str, str]:
+    """The ``sha256`` entry of the manifest, checked against the fixed file set of ``version`` (and
+    ``model``: whether the folder ships ``model.safetensors``)."""
     path = folder / MANIFEST
     sums = raw.get("sha256")
     if not isinstance(sums, dict):
         raise ModelDirError(f"{path}: field sha256 must map each file of the folder to its digest")
-    expected = expected_digests(version)
+    expected = expected_digests(version, model)
     for name in sums:
         if name not in FILES:
             raise ModelDirError(f"{path} lists a digest for {shown(name)}, which is not a file of a detector folder "
                                 f"(those are: {', '.join(FILES)})")
         if name not in expected:
             raise ModelDirError(f"{path} lists a digest for {name}, which format version {version} does not digest "
-                                f"(it digests: {', '.join(expected)})")
+                                f"for this detector (it digests: {', '.join(expected)})")
     for name in expected:
         if name not in sums:
             raise ModelDirError(f"{path} lists no digest for {folder / name}: every file of the folder must be "
@@ -228,28 +239,32 @@ def check_digest_list(raw: dict[str, Any], folder: Path, version: int) -> dict[s
     return sums
 
 
-def check_no_extra_entries(folder: Path) -> None:
-    """Refuse anything in the folder besides :data:`FILES` (hidden names excepted)."""
+def check_no_extra_entries(folder: Path, files: tuple[str, ...] = FILES) -> None:
+    """Refuse anything in the folder besides ``files`` (hidden names excepted)."""
     try:
         names = sorted(entry.name for entry in os.scandir(folder))
     except OSError as exc:
         raise ModelDirError(f"model folder {folder} cannot be listed ({exc.strerror or exc})") from None
     for name in names:
-        if name not in FILES and not name.startswith("."):
-            raise ModelDirError(f"detector folder {folder} holds {folder / name}, which is not a file of a detector "
-                                f"folder: move it out (a folder holds exactly {', '.join(FILES)})")
+        if name not in files and not name.startswith("."):
+            what = "a file of this detector" if name in FILES else "a file of a detector folder"
+            raise ModelDirError(f"detector folder {folder} holds {folder / name}, which is not {what}: move it out "
+                                f"(this folder holds exactly {', '.join(files)})")
 
 
-def read_folder(folder: Path, raw: dict[str, Any], version: int, *, verify: bool = True) -> dict[str, bytes]:
+def read_folder(folder: Path, raw: dict[str, Any], version: int, *, verify: bool = True,
+                model: bool = True) -> dict[str, bytes]:
     """The bytes of every file of ``folder`` but the manifest, each checked against its digest
-    (``verify=False`` skips the comparison, never the bounds)."""
-    sums = check_digest_list(raw, folder, version)
+    (``verify=False`` skips the comparison, never the bounds); ``model=False``: a detector without
+    ``model.safetensors`` (see :func:`folder_files`)."""
+    sums = check_digest_list(raw, folder, version, model)
     if verify and MANIFEST in sums and manifest_digest(raw) != sums[MANIFEST]:
         raise ModelDirError(f"{folder / MANIFEST} was changed after fitting: its content does not match the SHA-256 checksum "
                             "it carries (refit, or restore the folder as fit wrote it)")
-    check_no_extra_entries(folder)
+    files = folder_files(model)
+    check_no_extra_entries(folder, files)
     out: dict[str, bytes] = {}
-    for name in FILES[1:]:
+    for name in files[1:]:
         path = folder / name
         if name == CARD and name not in sums and not path.exists():
             continue  # format 1: the model card was optional

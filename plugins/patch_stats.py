@@ -152,15 +152,19 @@ class PatchStatsMasker(Masker):
 
     def mask_module(self) -> "PatchStatsMaskModule":
         """The fitted masker as a torch module (images -> M_B), so it can go into an ONNX graph."""
+        return PatchStatsMaskModule(self.score_module())
+
+    def score_module(self) -> "PatchStatsScoreModule":
+        """The fitted masker's score map as a torch module (images -> [B, 1, H, W] float), for an ONNX graph."""
         if self.mean is None or self.precision is None or self.threshold is None:
             raise RuntimeError("patch_stats is not fitted: call fit() on normal images first")
-        return PatchStatsMaskModule(self.config.patch_size, self.config.pooled_size, self.mean, self.precision,
-                                    self.threshold)
+        return PatchStatsScoreModule(self.config.patch_size, self.config.pooled_size, self.mean, self.precision,
+                                     self.threshold)
 
 
-class PatchStatsMaskModule(torch.nn.Module):
-    """``images [B, 3, H, W] -> M_B [B, 1, H, W] bool``: the same operations as
-    :meth:`PatchStatsMasker.mask` with the fitted statistics as buffers (exportable: pooling,
+class PatchStatsScoreModule(torch.nn.Module):
+    """``images [B, 3, H, W] -> scores [B, 1, H, W]``: the same operations as
+    :meth:`PatchStatsMasker.score_map` with the fitted statistics as buffers (exportable: pooling,
     unfold, matrix products and a nearest upsampling by a whole factor)."""
 
     def __init__(self, patch_size: int, pooled_size: int, mean: Tensor, precision: Tensor, threshold: float) -> None:
@@ -178,7 +182,20 @@ class PatchStatsMaskModule(torch.nn.Module):
         d = feats - self.mean
         md = ((d @ self.precision) * d).sum(-1)
         scores = md.clamp_min(0).sqrt().reshape(images.shape[0], 1, h // p, w // p)
-        return F.interpolate(scores, scale_factor=float(p), mode="nearest") > self.threshold
+        return F.interpolate(scores, scale_factor=float(p), mode="nearest")
+
+
+class PatchStatsMaskModule(torch.nn.Module):
+    """``images [B, 3, H, W] -> M_B [B, 1, H, W] bool``: :meth:`PatchStatsMasker.mask`, the score
+    module's map above the fitted threshold."""
+
+    def __init__(self, scores: PatchStatsScoreModule) -> None:
+        super().__init__()
+        self.scores = scores
+        self.threshold = scores.threshold
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.scores(images) > self.threshold
 
 
 @hookimpl

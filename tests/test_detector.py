@@ -115,7 +115,7 @@ def test_round_trip_scores_equal_after_load(fitted: tuple[Path, Detector], data:
     det = Detector.load(model_dir)
     before = in_memory.predict(files)
     manifest = json.loads((model_dir / "detector.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["settings"]["fader_variant"] == DEFAULT_HEAD_VARIANT
+    assert manifest["format_version"] == 3 and manifest["settings"]["score"] == "fader" and manifest["settings"]["fader_variant"] == DEFAULT_HEAD_VARIANT
     assert manifest["training"]["n_holdout"] == 5 and manifest["training"]["n_train"] == 7
     assert "fader_kit" in manifest["environment"] and (model_dir / "README.md").read_text().startswith("# fader-kit")
     first = det.predict(files)

@@ -25,7 +25,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("training started")
 
-    monkeypatch.setattr(pipeline, "train_sequence", refuse)
+    monkeypatch.setattr(pipeline, "ear_stage", refuse)
 
 
 def fit(normal: Path, out: Path, **kw: object) -> Detector:
@@ -85,7 +85,7 @@ def test_a_failed_fit_leaves_no_folder_and_other_folders_are_never_replaced(norm
     other = tmp_path / "photos"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    monkeypatch.setattr(pipeline, "train_sequence", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(pipeline, "ear_stage", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ConfigError, match="not empty and is not a detector folder"):
         fit(normal, other, overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"

@@ -115,7 +115,7 @@ def test_fit_says_an_unresolvable_rate_before_training(tmp_path: Path, monkeypat
     def no_training(*args: object, **kwargs: object) -> None:
         raise RuntimeError("training started")
 
-    monkeypatch.setattr(pipeline, "train_sequence", no_training)
+    monkeypatch.setattr(pipeline, "ear_stage", no_training)
     with pytest.raises(RuntimeError, match="training started"):
         fit_detector(tmp_path / "normal", masker="patch_stats", profile=TINY,
                      head_variant="pseudo_focused", false_alarm_rate=0.01, log=said.append)
