@@ -177,7 +177,7 @@ def cmd_export_detector(args: argparse.Namespace) -> int:
     if args.size is not None and args.size != size:
         raise ConfigError(f"--size {args.size}: the detector in {args.source} works at {size} px")
     report = export_detector(args.source, args.onnx, opset=args.opset, check=not args.no_check,
-                             check_images=args.check_images)
+                             check_images=args.check_images, int8=args.int8)
     print(report.summary().replace(
         f"inputs: images float32 [B,3,{report.size},{report.size}] in [0,1], binary_mask bool "
         f"[B,1,{report.size},{report.size}]",
