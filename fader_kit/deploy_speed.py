@@ -37,8 +37,8 @@ def write_images(folder: Path, n: int, side: int = 128, seed: int = 0) -> list[P
     for i in range(n):
         img = base + rng.normal(0, 6, base.shape)
         if i % 5 == 4:
-            y = rng.integers(20, side - 40)
-            img[y : y + 6, 30 : side - 30] = 15
+            y = rng.integers(side // 6, side - side // 3)
+            img[y : y + max(2, side // 20), side // 4 : side - side // 4] = 15
         p = folder / f"part{i:05d}.png"
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(p, compress_level=1)
         paths.append(p)

@@ -68,7 +68,7 @@ def quantize_graph(float_path: str | Path, out: str | Path, images: Tensor | np.
 
     arr = images.detach().cpu().float().numpy() if isinstance(images, Tensor) else np.asarray(images, np.float32)
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = _batches(arr)
 
