@@ -141,7 +141,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               "INPUT... --out DIR")
         overrides = {"weights": args.weights} if args.weights else None
         folder = Path(items.pop(0))
-        scorer = Detector.load(folder, device=resolve_device(args.device), masker_options=overrides)
+        from .inference import inference_detector
+
+        scorer = inference_detector(Detector.load(folder, device=resolve_device(args.device), masker_options=overrides))
         calibration, model_id = scorer.calibration, detector_identity(folder, FILES)
         batch_size = args.batch_size or scorer.settings.batch_size
     decision = make_decision(calibration, args.threshold, args.false_alarm_rate)

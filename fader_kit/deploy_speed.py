@@ -2,7 +2,8 @@
 
 ``python -m fader_kit.deploy_speed [MODEL_DIR] --images 300 --threads 2`` writes that many PNG
 files (``--side`` px, a textured part, every fifth with a scratch) to a temporary folder and
-predicts them with each ``--engine`` (``torch``: the detector as loaded; ``onnx``: its exported
+predicts them with each ``--engine`` (``torch``: the detector as ``predict`` runs it, BatchNorms
+folded into the convolutions; ``onnx``: its exported
 graph under onnxruntime; ``int8``: that graph with the U-Net's convolutions in int8, calibrated on
 other generated normal images), overlays for flagged images only (``--maps``).  It prints the
 machine (CPU model, usable CPUs, load average), then per engine images/s, wall and CPU time, the
@@ -108,7 +109,9 @@ def machine() -> str:
 def scorers(detector: Any, engines: list[str], folder: Path, threads: int, seed: int = 7) -> dict[str, Any]:
     """``{engine: scorer}``: the detector itself, its exported graph, the int8 graph (calibrated on
     32 generated normal images of another seed)."""
-    out: dict[str, Any] = {"torch": detector} if "torch" in engines else {}
+    from .inference import inference_detector
+
+    out: dict[str, Any] = {"torch": inference_detector(detector)} if "torch" in engines else {}
     if "onnx" in engines or "int8" in engines:
         from .deploy_export import OnnxScorer, write_detector_graph
 

@@ -84,3 +84,18 @@ def test_the_benchmark_reports_machine_engines_and_parity(fitted: tuple[Path, Pa
     assert out.count("CPU: ") == 2 and "load average" in out
     assert "1 torch thread(s)" in out and "1 onnxruntime thread(s)" in out and "images/s" in out
     assert "onnx vs torch on 6 images: 0 decision(s) changed" in out
+
+
+def test_the_folded_detector_scores_as_the_loaded_one(fitted: tuple[Path, Path]) -> None:
+    import torch
+
+    from fader_kit.detector import Detector
+    from fader_kit.inference import inference_detector
+
+    det = Detector.load(fitted[0])
+    fast = inference_detector(det)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in det.model.modules())  # the loaded one is untouched
+    x = torch.rand(3, 3, det.image_size, det.image_size, generator=torch.Generator().manual_seed(0))
+    (ref_map, ref_score), (got_map, got_score) = det.score_batch(x), fast.score_batch(x)
+    assert torch.allclose(got_map, ref_map, atol=1e-5) and torch.allclose(got_score, ref_score, atol=1e-5)
