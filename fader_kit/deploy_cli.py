@@ -159,7 +159,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               "INPUT... --out DIR")
         overrides = {"weights": args.weights} if args.weights else None
         folder = Path(items.pop(0))
-        scorer = Detector.load(folder, device=resolve_device(args.device), masker_options=overrides)
+        from .inference import inference_detector
+
+        scorer = inference_detector(Detector.load(folder, device=resolve_device(args.device), masker_options=overrides))
         calibration, model_id = scorer.calibration, detector_identity(folder, FILES)
         batch_size = args.batch_size or scorer.settings.batch_size
     decision = make_decision(calibration, args.threshold, args.false_alarm_rate)
@@ -196,7 +198,7 @@ def cmd_export_detector(args: argparse.Namespace) -> int:
     if args.size is not None and args.size != size:
         raise ConfigError(f"--size {args.size}: the detector in {args.source} works at {size} px")
     report = export_detector(args.source, args.onnx, opset=args.opset, check=not args.no_check,
-                             check_images=args.check_images)
+                             check_images=args.check_images, int8=args.int8)
     print(report.summary().replace(
         f"inputs: images float32 [B,3,{report.size},{report.size}] in [0,1], binary_mask bool "
         f"[B,1,{report.size},{report.size}]",

@@ -19,7 +19,9 @@ model's metadata (``metadata_props``: ``fader_kit.calibration``, ``fader_kit.det
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,44 +99,78 @@ def detector_graph(detector: Any) -> DetectorGraph:
 
 
 def export_detector(folder: str | Path, out: str | Path, *, opset: int = 17, check: bool = True,
-                    tolerance: float = 1e-4, check_images: Sequence[str | Path] | None = None) -> ExportReport:
+                    tolerance: float = 1e-4, check_images: Sequence[str | Path] | None = None,
+                    int8: bool = False) -> ExportReport:
     """``fader-kit export --onnx OUT MODEL_DIR``: write the detector as one graph (module notes).
 
     The graph traces the loaded detector's modules.  The check runs the graph with onnxruntime and
     the torch detector (:meth:`~fader_kit.detector.Detector.score_batch`) on real images --
     ``check_images``, else the fit's held-out normal images where they are on this machine -- and
-    refuses the graph when the anomaly map or the score differ by more than ``tolerance``."""
+    refuses the graph when the anomaly map or the score differ by more than ``tolerance``.
+
+    ``int8``: ``out`` gets the graph with the U-Net's convolutions in int8 (:mod:`fader_kit.quantize`),
+    calibrated on those images (up to :data:`CALIBRATION_IMAGES`); the report then says how many of
+    their decisions changed and how far the scores moved against the torch detector."""
     from .detector import Detector
 
     require_onnx()  # the missing extra is one line, before the detector is loaded
     detector = Detector.load(folder, device="cpu")
     graph = detector_graph(detector)  # refuses an unexportable head or masker before any tracing
     size = detector.image_size
-    images, source = parity_images(detector, check_images) if check else (None, "")
+    images, source = parity_images(detector, check_images, CALIBRATION_IMAGES if int8 else PARITY_IMAGES) \
+        if check or int8 else (None, "")
     out = Path(out)
     t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "float.onnx" if int8 else out
+        write_detector_graph(detector, float_path, opset, graph)
+        report = ExportReport(out, size, detector.kind.head, opset, 0.0, 0.0,
+                              what=f"score {detector.kind.name}: {detector.kind.summary}")
+        if images is not None and check:
+            first = images[:PARITY_IMAGES]
+            d_map, d_score = parity(detector, float_path, first)
+            checked = source if len(first) == len(images) else f"the first {len(first)} of {source}"
+            report = replace(report, max_abs_diff_map=d_map, max_abs_diff_score=d_score, checked_on=checked)
+            check_parity(out, d_map, d_score, tolerance)
+        if int8 and images is not None:
+            report = replace(report, notes=(int8_summary(detector, float_path, out, images, source),))
+    return replace(report, megabytes=out.stat().st_size / 1e6, seconds=time.perf_counter() - t0)
+
+
+def write_detector_graph(detector: Any, path: Path, opset: int = 17, graph: DetectorGraph | None = None) -> Path:
+    """Trace ``detector`` (its :func:`detector_graph`) into ``path`` with the calibration and settings
+    in the metadata; no parity check (:func:`export_detector` runs one)."""
+    size = detector.image_size
     model = detector.model
-    write_onnx(graph, (torch.rand(2, 3, size, size),), out, ["images"], opset, {
+    return write_onnx(graph or detector_graph(detector), (torch.rand(2, 3, size, size),), path, ["images"], opset, {
         "image_size": str(size), "head": str(detector.kind.head).lower(), "inputs": "images",
         "score": detector.kind.name, **({"patch_size": str(model.patch_size)} if model is not None else {}),
         CALIBRATION_KEY: detector.calibration.model_dump_json(),
         DETECTOR_KEY: detector.manifest.model_dump_json(include={"format", "format_version", "created_by", "settings"}),
     })
-    report = ExportReport(out, size, detector.kind.head, opset, out.stat().st_size / 1e6, time.perf_counter() - t0,
-                          what=f"score {detector.kind.name}: {detector.kind.summary}")
-    if images is not None:
-        d_map, d_score = parity(detector, out, images)
-        report = ExportReport(**{**report.__dict__, "max_abs_diff_map": d_map, "max_abs_diff_score": d_score,
-                                 "checked_on": source})
-        check_parity(out, d_map, d_score, tolerance)
-    return report
+
+
+def int8_summary(detector: Any, float_path: Path, out: Path, images: Tensor, source: str) -> str:
+    """Quantise ``float_path`` into ``out``, calibrated on ``images``; one line saying how its decisions
+    and scores compare with the torch detector's on those images."""
+    from .quantize import quantize_graph, score_parity
+
+    quantize_graph(float_path, out, images)
+    _, ref = detector.score_batch(images)
+    _, got = onnx_session(out).run(list(OUTPUTS), {"images": images.numpy()})
+    result = score_parity(ref.numpy(), got, detector.calibration.image_threshold)
+    return (result.summary("int8 graph (U-Net convolutions) vs the torch detector") +
+            f" ({source}, also its calibration images)")
 
 
 #: Images the parity check runs (enough to cover flagged and unflagged patches, few enough to be quick).
 PARITY_IMAGES = 8
+#: Images an int8 graph's activation ranges are calibrated on (at most).
+CALIBRATION_IMAGES = 32
 
 
-def parity_images(detector: Any, check_images: Sequence[str | Path] | None = None) -> tuple[Tensor, str]:
+def parity_images(detector: Any, check_images: Sequence[str | Path] | None = None,
+                  limit: int = PARITY_IMAGES) -> tuple[Tensor, str]:
     """``([N, 3, S, S], description)``: the images the parity check runs.  ``check_images`` when given
     (files or folders), else the fit's held-out normal images under the folder it was fitted on, when
     they are on this machine (names that would leave that folder are skipped)."""
@@ -142,7 +178,7 @@ def parity_images(detector: Any, check_images: Sequence[str | Path] | None = Non
     from .imagefiles import expand_inputs, load_array, to_tensor
 
     if check_images is not None:
-        paths = expand_inputs([str(p) for p in check_images])[:PARITY_IMAGES]
+        paths = expand_inputs([str(p) for p in check_images])[:limit]
         source = f"{len(paths)} image(s) of --check-images"
     else:
         t = detector.manifest.training
@@ -154,7 +190,7 @@ def parity_images(detector: Any, check_images: Sequence[str | Path] | None = Non
                 path = (root / name).resolve()
                 if base in path.parents and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
                     paths.append(path)
-                if len(paths) == PARITY_IMAGES:
+                if len(paths) == limit:
                     break
         if not paths:
             raise ExportError(f"the onnxruntime-vs-torch check runs on images of the fit, and the held-out normal images "
@@ -193,7 +229,11 @@ class OnnxScorer:
             raise ModelDirError(f"{path}: metadata {CALIBRATION_KEY}: field {where}: {first['msg']}") from None
         self.detector_meta = json.loads(meta.get(DETECTOR_KEY, "{}"))
         self.image_size = int(meta["image_size"])
-        self.session = onnx_session(path, threads)
+        from .util.threads import usable_cpus
+
+        self.threads = threads or usable_cpus()
+        self.engine = "onnxruntime int8" if "quantization" in meta else "onnxruntime"
+        self.session = onnx_session(path, self.threads)
 
     def score_batch(self, images: Tensor, watch: Any = None) -> tuple[Tensor, Tensor]:
         from contextlib import nullcontext

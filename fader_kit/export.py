@@ -145,6 +145,7 @@ class ExportReport:
     max_abs_diff_score: float | None = None
     checked_on: str = "random inputs"
     what: str | None = None  # what the graph scores with, when not (FADeR_)EAR on a given mask
+    notes: tuple[str, ...] = ()  # further lines of the summary (an int8 graph's parity)
 
     def summary(self) -> str:
         what = self.what or ("FADeR_EAR" if self.head else "EAR (no FADeR head)")
@@ -155,7 +156,7 @@ class ExportReport:
         if self.max_abs_diff_map is not None:
             lines.append(f"onnxruntime vs torch on {self.checked_on}: max |anomaly_map diff| {self.max_abs_diff_map:.2e}, "
                          f"max |score diff| {self.max_abs_diff_score:.2e}")
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.notes])
 
 
 def resolve_source(source: str | Path, size: int | None) -> tuple[Path, int]:
@@ -253,12 +254,24 @@ def export_onnx(
 
 
 def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """A CPU onnxruntime session for an exported graph (``threads`` intra-op threads)."""
+    """A CPU onnxruntime session for an exported graph, with every graph optimisation (convolution,
+    BatchNorm and activation fused; the CPU's blocked layout) and ``threads`` intra-op threads
+    (default: the CPUs this process may use, :func:`fader_kit.util.threads.usable_cpus`).
+
+    Its threads wait as fader-kit's OpenMP threads do: they sleep at once unless the environment
+    says ``OMP_WAIT_POLICY=ACTIVE`` (onnxruntime spins by default, which takes the cores other
+    programs on an inspection PC need; measured on two cores, one predict as fast either way)."""
+    import os
+
+    from .util.threads import usable_cpus
+
     _, ort = require_onnx()
     opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or usable_cpus()
+    opts.inter_op_num_threads = 1
+    spin = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -69,6 +69,8 @@ class PredictSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     cpu: float = 0.0
+    engine: str = "torch"  # what scored: the scorer's ``engine`` and ``threads`` where it has them
+    threads: int = 0
 
     @property
     def exit_status(self) -> int:
@@ -332,7 +334,8 @@ def _predict_locked(scorer: Scorer, decision: Any, paths: Sequence[Path], out: P
     stale = {keys[p][0] for p in todo}
     if any(unescape_cell(r["path"]) in stale for r in rows_done):  # the file changed since its row was written
         write_rows(csv_path, [r for r in rows_done if unescape_cell(r["path"]) not in stale])
-    summary = PredictSummary(total=len(by_path), skipped=len(by_path) - len(todo))
+    summary = PredictSummary(total=len(by_path), skipped=len(by_path) - len(todo), engine=getattr(scorer, "engine", "torch"),
+                             threads=getattr(scorer, "threads", 0) or torch.get_num_threads())
     watch = Stopwatch()
     size = scorer.image_size
     scale = max(1, 256 // size)
@@ -405,4 +408,4 @@ def timing_report(summary: PredictSummary) -> str:
     parts = ", ".join(f"{k} {v:.2f}s ({100 * v / summary.wall:.0f}%)" for k, v in steps.items())
     rate = n / summary.wall if summary.wall > 0 else float("nan")
     return (f"timings: {n} images in {summary.wall:.2f}s wall ({rate:.1f} images/s), {summary.cpu:.2f}s CPU, "
-            f"{torch.get_num_threads()} torch threads; steps: {parts}; other {max(summary.wall - total, 0):.2f}s")
+            f"{summary.threads} {summary.engine} thread(s); steps: {parts}; other {max(summary.wall - total, 0):.2f}s")

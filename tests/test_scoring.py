@@ -39,3 +39,26 @@ def test_mean_smooth_and_image_score():
     smooth = mean_smooth(maps, 21)
     assert math.isclose(float(smooth[1, 0, 10, 10]), 1.0, rel_tol=1e-5)  # 441 / (21*21)
     assert torch.equal(image_score(maps), torch.tensor([0.0, 441.0]))
+
+
+def test_gradient_magnitude_equals_the_prewitt_convolution():
+    import torch.nn.functional as F
+
+    from fader_kit.scoring import _prewitt, gradient_magnitude
+
+    x = torch.rand(2, 3, 9, 12, generator=torch.Generator().manual_seed(2))
+    g = F.conv2d(x.reshape(6, 1, 9, 12), _prewitt(x.device, x.dtype), padding=1)
+    reference = torch.sqrt((g**2).sum(dim=1) + 1e-12).reshape(2, 3, 9, 12)
+    assert torch.allclose(gradient_magnitude(x), reference, atol=1e-6)
+
+
+def test_mean_smooth_equals_the_mean_pool_it_replaces():
+    import torch.nn.functional as F
+
+    maps = torch.rand(2, 1, 30, 25, generator=torch.Generator().manual_seed(3))
+    for k in (3, 21):
+        padded = F.pad(maps, (k // 2,) * 4, mode="replicate")
+        reference = F.avg_pool2d(padded, k, stride=1)
+        out = mean_smooth(maps, k)
+        assert out.dtype == maps.dtype and out.shape == maps.shape
+        assert torch.allclose(out, reference, atol=1e-6)
