@@ -7,7 +7,7 @@ Graph interface::
              score         float32 [B]           image score, the map's maximum
 
 The masker runs inside the graph, which needs a masker that can give itself as a torch module
-(:meth:`fader_kit.interfaces.Masker.mask_module`; ``patch_stats`` can).  The calibration
+(:meth:`fader_kit.interfaces.Masker.mask_module`; ``patch_stats``, ``msflow`` and ``ami_net`` can).  The calibration
 (thresholds, normalisation, held-out normal scores) and the detector's settings travel in the
 model's metadata (``metadata_props``: ``fader_kit.calibration``, ``fader_kit.detector``), so
 ``fader-kit predict --onnx`` judges images exactly as the torch detector does.
@@ -54,7 +54,7 @@ def detector_graph(detector: Any) -> DetectorGraph:
     module = detector.masker.mask_module()
     if module is None:
         raise ExportError(f"masker {detector.settings.masker!r} cannot be exported to ONNX (it gives no mask module); "
-                          "export a detector fitted with an exportable masker such as patch_stats, or export the "
+                          "export a detector fitted with an exportable masker (patch_stats, msflow, ami_net), or export the "
                           "FADeR model alone from an evaluate run folder and feed its binary_mask input yourself")
     model = detector.model.cpu().eval()
     # eval() on the root too: torch.onnx.export restores the root's mode on every submodule afterwards

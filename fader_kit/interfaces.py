@@ -152,7 +152,9 @@ class Masker(abc.ABC):
     def mask_module(self) -> nn.Module | None:
         """The fitted masker as a torch module ``images -> M_B`` that ``torch.onnx.export`` can trace,
         or None (the default) when it cannot be exported: ``fader-kit export --onnx`` of a detector
-        folder puts this module inside the graph, so the graph takes images only."""
+        folder puts this module inside the graph, so the graph takes images only.  A module that also
+        has ``maps(images) -> (score_map, M_B)`` (the built-in ones do) exports the masker alone too
+        (:func:`fader_kit.masker_export.export_masker`)."""
         return None
 
     # -- persistence -------------------------------------------------------------------------

@@ -170,7 +170,8 @@ class PatchStatsMaskModule(torch.nn.Module):
         self.register_buffer("precision", precision.detach().float().cpu().clone())
         self.threshold = float(threshold)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(score_map, M_B)``: :meth:`PatchStatsMasker.score_map` and the mask."""
         p, k = self.patch_size, self.pooled_size
         h, w = images.shape[-2:]
         pooled = F.avg_pool2d(images.float(), p // k)
@@ -178,7 +179,11 @@ class PatchStatsMaskModule(torch.nn.Module):
         d = feats - self.mean
         md = ((d @ self.precision) * d).sum(-1)
         scores = md.clamp_min(0).sqrt().reshape(images.shape[0], 1, h // p, w // p)
-        return F.interpolate(scores, scale_factor=float(p), mode="nearest") > self.threshold
+        score_map = F.interpolate(scores, scale_factor=float(p), mode="nearest")
+        return score_map, score_map > self.threshold
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.maps(images)[1]
 
 
 @hookimpl
