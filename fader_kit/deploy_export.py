@@ -7,7 +7,8 @@ Graph interface::
              score         float32 [B]           image score, the map's maximum
 
 The masker runs inside the graph, which needs a masker that can give itself as torch modules
-(:meth:`fader_kit.interfaces.Masker.mask_module` for the binary mask of EAR / FADeR,
+(:meth:`fader_kit.interfaces.Masker.mask_module` for the binary mask of EAR / FADeR; ``patch_stats``,
+``msflow`` and ``ami_net`` can,
 :meth:`~fader_kit.interfaces.Masker.score_module` for the score map of the ``masker`` and ``fused``
 kinds; ``patch_stats`` can).  Per score kind (:mod:`fader_kit.score_kinds`) the graph holds: the
 masker's score module alone (``masker``); mask module + EAR / FADeR (``ear``, ``fader``); mask
@@ -90,7 +91,7 @@ def detector_graph(detector: Any) -> DetectorGraph:
     module = detector.masker.mask_module()
     if module is None:
         raise ExportError(f"masker {name!r} cannot be exported to ONNX (it gives no mask module); "
-                          "export a detector fitted with an exportable masker such as patch_stats, or export the "
+                          "export a detector fitted with an exportable masker (patch_stats, msflow, ami_net), or export the "
                           "FADeR model alone from an evaluate run folder and feed its binary_mask input yourself")
     model = detector.model.cpu().eval()
     # eval() on the root too: torch.onnx.export restores the root's mode on every submodule afterwards

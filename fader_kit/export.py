@@ -181,7 +181,7 @@ def resolve_source(source: str | Path, size: int | None) -> tuple[Path, int]:
 
 
 def write_onnx(graph: nn.Module, example: tuple[Tensor, ...], out: Path, input_names: tuple[str, ...] | list[str],
-               opset: int, props: dict[str, str]) -> Path:
+               opset: int, props: dict[str, str], output_names: tuple[str, ...] = OUTPUTS) -> Path:
     """Trace ``graph`` on ``example`` into ``out`` (atomically: a failed export leaves no file), with a
     dynamic batch axis on every input and output, ``props`` (and the producer) in its metadata, and
     the ONNX checker run on it."""
@@ -190,8 +190,8 @@ def write_onnx(graph: nn.Module, example: tuple[Tensor, ...], out: Path, input_n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             torch.onnx.export(graph, example, str(tmp), dynamo=False, opset_version=opset,
-                              input_names=list(input_names), output_names=list(OUTPUTS),
-                              dynamic_axes={name: {0: "batch"} for name in (*input_names, *OUTPUTS)})
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes={name: {0: "batch"} for name in (*input_names, *output_names)})
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {"producer": f"fader-kit {__version__}", **props})
         onnx.checker.check_model(proto)

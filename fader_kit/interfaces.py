@@ -152,14 +152,19 @@ class Masker(abc.ABC):
     def mask_module(self) -> nn.Module | None:
         """The fitted masker as a torch module ``images -> M_B`` that ``torch.onnx.export`` can trace,
         or None (the default) when it cannot be exported: ``fader-kit export --onnx`` of a detector
-        folder puts this module inside the graph, so the graph takes images only."""
+        folder puts this module inside the graph, so the graph takes images only.  A module that also
+        has ``maps(images) -> (score_map, M_B)`` (the built-in ones do) exports the masker alone too
+        (:func:`fader_kit.masker_export.export_masker`)."""
         return None
 
     def score_module(self) -> nn.Module | None:
         """The fitted masker as a torch module ``images -> score map [B, 1, H, W]`` (float) that
         ``torch.onnx.export`` can trace, or None (the default): the graph of a detector that scores
-        with the masker's map (``--score masker`` or ``fused``) holds this module."""
-        return None
+        with the masker's map (``--score masker`` or ``fused``) holds this module.  The default takes
+        the score map from the mask module where that module gives ``maps(images) -> (score map,
+        mask)`` (the trained maskers' modules do), else None."""
+        module = self.mask_module()
+        return _ScoreMapOf(module) if module is not None and hasattr(module, "maps") else None
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -305,3 +310,14 @@ class Reconstructor(nn.Module, abc.ABC):
 
     def forward(self, x: Tensor, skip_gates: list[Tensor] | None = None) -> Tensor:
         return self.decode(self.encode(x), skip_gates)
+
+
+class _ScoreMapOf(nn.Module):
+    """``images -> score map``: the first output of a mask module's ``maps``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.module.maps(images)[0]  # type: ignore[operator]

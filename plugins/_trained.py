@@ -103,7 +103,7 @@ def progress_bar(total: int, enabled: bool, desc: str) -> Any:
 
 def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize (antialiased when shrinking); a no-op at the same size."""
-    if tuple(images.shape[-2:]) == tuple(size):
+    if (int(images.shape[-2]), int(images.shape[-1])) == tuple(size):
         return images
     shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
@@ -114,11 +114,11 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     if sigma <= 0:
         return maps
     radius = max(1, int(round(4 * sigma)))
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    radius = min(radius, int(maps.shape[-1]) - 1, int(maps.shape[-2]) - 1)  # ints: fixed in a traced graph
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    c = maps.shape[1]
+    c = int(maps.shape[1])
     out = F.pad(maps, (radius, radius, 0, 0), mode="reflect")
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     out = F.pad(out, (0, 0, radius, radius), mode="reflect")
@@ -254,14 +254,27 @@ class TrainedMasker(Masker, abc.ABC):
         for idx in batches(images.shape[0], self.config.eval_batch_size):
             batch = resize(images[idx].float().to(self._device), self.work_size)
             for name, m in fn(batch).items():
-                maps.setdefault(name, []).append(
-                    F.interpolate(m.float(), size=out_size, mode=mode,
-                                  align_corners=False if mode == "bilinear" else None).cpu()
-                )
+                maps.setdefault(name, []).append(resize_back(m.float(), out_size, mode).cpu())
         return {name: torch.cat(parts) for name, parts in maps.items()}
 
     def score_map(self, images: Tensor) -> Tensor:
         return self._map_over_batches(images, lambda batch: {"score": self._score(batch)})["score"]
+
+    def _scorer(self) -> nn.Module | None:
+        """The inference path as one module over a batch at the work size, ``-> (score [B, 1, h, w],
+        mask [B, 1, h', w'] bool or None)`` (None: the mask is ``score_map > threshold``), built of
+        ops that trace to ONNX; None (the default) when the masker cannot be exported."""
+        return None
+
+    def mask_module(self) -> "TrainedMaskModule | None":
+        """The fitted masker as a traceable module: :meth:`score_map` and :meth:`mask` of a batch
+        (``maps``; ``forward`` gives the mask), its modules and threshold inside."""
+        scorer = self._scorer()
+        if scorer is None:
+            return None
+        if not self.fitted or self.threshold is None:
+            raise RuntimeError(f"masker {self.name!r} is not fitted: call fit() on normal images or load()")
+        return TrainedMaskModule(scorer, self.work_size, self.threshold).eval()
 
     def diagnostic_maps(self, images: Tensor) -> dict[str, Tensor]:
         """The model's intermediate maps (``_diagnostics``), each ``[B, 1, H, W]`` at the input size:
@@ -305,3 +318,37 @@ class TrainedMasker(Masker, abc.ABC):
         self.threshold = state["threshold"]
         self.work_size = tuple(state["work_size"])
         self.to(self._device)
+
+
+class TrainedMaskModule(nn.Module):
+    """``images [B, 3, H, W] -> M_B [B, 1, H, W] bool`` with ``maps(images) -> (score_map, M_B)``: what
+    :meth:`TrainedMasker.score_map` and :meth:`TrainedMasker.mask` compute, in one traceable module
+    (resize to the work size, the masker's scorer, resize back: bilinear for the score, nearest for
+    a token mask; else the score above the fitted threshold)."""
+
+    def __init__(self, scorer: nn.Module, work_size: tuple[int, int], threshold: float) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.work_size = (int(work_size[0]), int(work_size[1]))
+        self.threshold = float(threshold)
+
+    def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        if torch.jit.is_tracing() and (self.work_size[0] < size[0] or self.work_size[1] < size[1]):
+            raise ConfigError(f"the masker works at {self.work_size} px and the images are {size} px: its antialiased "
+                              "downscaling does not export to ONNX; fit it at the images' size (image_size unset)")
+        score, mask = self.scorer(resize(images.float(), self.work_size))
+        score = resize_back(score.float(), size, "bilinear")
+        if mask is None:
+            return score, score > self.threshold
+        return score, resize_back(mask.float(), size, "nearest").bool()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.maps(images)[1]
+
+
+def resize_back(maps: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+    """Maps at the work size back to the input's ``size`` (as :meth:`TrainedMasker._map_over_batches`)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode=mode, align_corners=False if mode == "bilinear" else None)

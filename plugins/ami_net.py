@@ -35,16 +35,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from fader_kit.backbones import create_feature_extractor, resize_features
+from fader_kit.backbones import create_feature_extractor
 from fader_kit.hookspecs import hookimpl
 from fader_kit.interfaces import MaskerInfo
 
+from .ami_net_scoring import AMINetScorer, outlier_token_mask, robust_outlier_mask  # noqa: F401 (re-exported)
 from ._trained import (
     BackboneOptions,
     TrainedMasker,
     TrainedMaskerConfig,
     batches,
-    gaussian_blur,
     progress_bar,
     trained_factory,
 )
@@ -132,30 +132,6 @@ def centre_distance(tokens: Tensor, centres: Tensor) -> Tensor:
     l2 = torch.cdist(tokens, centres)
     cos = F.cosine_similarity(tokens.unsqueeze(2), centres.unsqueeze(1), dim=-1)
     return l2 * (1.0 - cos)
-
-
-def outlier_token_mask(distance: Tensor, assignment: Tensor, num_centres: int, k_sigma: float) -> Tensor:
-    """AMI-Net's adaptive rule: ``[B, N]`` True where a token is an outlier of its own cluster.
-
-    Per image and cluster k with more than one member: masked iff
-    ``distance >= mean_k + k_sigma * std_k`` (std with Bessel's correction, as torch.std).
-    Tokens of singleton clusters are never masked.
-    """
-    onehot = F.one_hot(assignment, num_centres).to(distance.dtype)  # [B, N, K]
-    count = onehot.sum(1)  # [B, K]
-    mean = (distance.unsqueeze(-1) * onehot).sum(1) / count.clamp_min(1)
-    var = ((distance.unsqueeze(-1) - mean.unsqueeze(1)) ** 2 * onehot).sum(1) / (count - 1).clamp_min(1)
-    thresh = mean + k_sigma * var.sqrt()  # [B, K]
-    own_thresh = thresh.gather(1, assignment)
-    own_count = count.gather(1, assignment)
-    return (own_count > 1) & (distance >= own_thresh)
-
-
-def robust_outlier_mask(score: Tensor, k: float) -> Tensor:
-    """``[B, N]`` True where a token's score >= its image's median + ``k`` * 1.4826 * MAD."""
-    med = score.median(dim=1, keepdim=True).values
-    mad = (score - med).abs().median(dim=1, keepdim=True).values * 1.4826
-    return score >= med + k * mad
 
 
 def transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
@@ -294,20 +270,14 @@ class AMINetMasker(TrainedMasker):
                 f"ami_net: image size {size} must be divisible by feature_reduction * patch_size = {unit}"
             )
 
+    def _scorer(self) -> AMINetScorer:
+        return AMINetScorer(self.backbone, self.net, self.config)
+
     def _raw_features(self, images: Tensor) -> Tensor:
-        r = self.config.feature_reduction
-        size = (images.shape[-2] // r, images.shape[-1] // r)
-        return resize_features(self.backbone(images), size, smooth=3)
+        return self._scorer().raw_features(images)
 
     def _normalise(self, f: Tensor) -> Tensor:
-        if self.config.feature_norm == "standardize":
-            return (f - self.net.feat_mean) / self.net.feat_std
-        if self.config.feature_norm == "l2":
-            return F.normalize(f, dim=1)
-        return f
-
-    def _features(self, images: Tensor) -> Tensor:
-        return self._normalise(self._raw_features(images))
+        return self._scorer().normalise(f)
 
     def _train(self, images: Tensor, generator: torch.Generator, progress: bool) -> None:
         cfg = self.config
@@ -350,28 +320,7 @@ class AMINetMasker(TrainedMasker):
 
     def _analyse(self, images: Tensor) -> dict[str, Tensor]:
         """Feature map, token distances / outlier mask and the inpainted features of a batch."""
-        cfg = self.config
-        f = self._features(images)
-        dist, assign, _ = self.net.cluster_distances(f)
-        masked = outlier_token_mask(dist, assign, cfg.num_centres, cfg.inpaint_k)  # AMI-Net's: mean + k std
-        rows, cols = f.shape[-2] // cfg.patch_size, f.shape[-1] // cfg.patch_size
-        pred = self.net.inpaint_tokens(f, masked)
-        recon = self.net.unpatchify(pred, rows, cols)
-        target = self.net.patchify(f)
-        c = self.net.channels
-        shape = (*pred.shape[:2], cfg.patch_size**2, c)  # per token: its p*p feature vectors
-        mse = (pred - target).pow(2).view(shape).mean(-1)
-        cos_gap = 1 - F.cosine_similarity(pred.view(shape), target.view(shape), dim=-1)
-        token_score = (mse * cos_gap).mean(-1)  # [B, N]: the score map's rule, per token
-        if cfg.mask_rule == "score_mad":
-            score_masked = robust_outlier_mask(token_score, cfg.k)
-        else:
-            score_masked = outlier_token_mask(token_score, assign, cfg.num_centres, cfg.k)
-        return {
-            "features": f, "recon": recon,
-            "distance": dist.view(-1, 1, rows, cols), "token_mask": masked.view(-1, 1, rows, cols),
-            "score_token_mask": score_masked.view(-1, 1, rows, cols),
-        }
+        return self._scorer().analyse(images)
 
     def _diagnostics(self, images: Tensor) -> dict[str, Tensor]:
         """``centre_distance``: each token's distance to its centre (what AMI-Net's own token rule
@@ -379,20 +328,7 @@ class AMINetMasker(TrainedMasker):
         return {"centre_distance": self._analyse(images)["distance"]}
 
     def _score(self, images: Tensor) -> Tensor:
-        out = self._analyse(images)
-        f, r = out["features"], out["recon"]
-        size = tuple(images.shape[-2:])
-
-        def up(m: Tensor) -> Tensor:
-            return F.interpolate(m, size=size, mode="bilinear", align_corners=True)
-
-        dis = up((f - r).pow(2).mean(1, keepdim=True))
-        dirn = up(1 - F.cosine_similarity(f, r, dim=1).unsqueeze(1))
-        sigma = self.config.blur_sigma * size[0] / 256
-        score = gaussian_blur(dis, sigma) * gaussian_blur(dirn, sigma)
-        if self.config.score == "inpaint_distance":
-            score = score * up(out["distance"])
-        return score
+        return self._scorer()(images)[0]
 
     @torch.no_grad()
     def token_mask(self, images: Tensor, rule: Literal["tokens", "score_tokens", "score_mad"] = "tokens") -> Tensor:

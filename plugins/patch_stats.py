@@ -174,7 +174,8 @@ class PatchStatsScoreModule(torch.nn.Module):
         self.register_buffer("precision", precision.detach().float().cpu().clone())
         self.threshold = float(threshold)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(score_map, M_B)``: :meth:`PatchStatsMasker.score_map` and the mask."""
         p, k = self.patch_size, self.pooled_size
         h, w = images.shape[-2:]
         pooled = F.avg_pool2d(images.float(), p // k)
@@ -194,8 +195,13 @@ class PatchStatsMaskModule(torch.nn.Module):
         self.scores = scores
         self.threshold = scores.threshold
 
+    def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The score map and the mask, as every exportable masker's module gives them."""
+        score_map = self.scores(images)
+        return score_map, score_map > self.threshold
+
     def forward(self, images: Tensor) -> Tensor:
-        return self.scores(images) > self.threshold
+        return self.maps(images)[1]
 
 
 @hookimpl
