@@ -33,6 +33,9 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 def inference_detector(detector: Any) -> Any:
     """A :class:`~fader_kit.detector.Detector` sharing ``detector``'s masker, calibration and manifest,
-    with its model's BatchNorms folded (:func:`fold_batchnorm`): what ``predict`` scores with."""
+    with its model's BatchNorms folded (:func:`fold_batchnorm`): what ``predict`` scores with.  A
+    detector without a reconstruction model (``--score masker``) is returned as it is."""
+    if detector.model is None:
+        return detector
     return type(detector)(fold_batchnorm(detector.model), detector.masker, detector.calibration, detector.manifest,
                           detector.device)

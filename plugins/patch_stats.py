@@ -174,8 +174,8 @@ class PatchStatsScoreModule(torch.nn.Module):
         self.register_buffer("precision", precision.detach().float().cpu().clone())
         self.threshold = float(threshold)
 
-    def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(score_map, M_B)``: :meth:`PatchStatsMasker.score_map` and the mask."""
+    def forward(self, images: Tensor) -> Tensor:
+        """:meth:`PatchStatsMasker.score_map`."""
         p, k = self.patch_size, self.pooled_size
         h, w = images.shape[-2:]
         pooled = F.avg_pool2d(images.float(), p // k)
