@@ -7,10 +7,9 @@ Graph interface::
              score         float32 [B]           image score, the map's maximum
 
 The masker runs inside the graph, which needs a masker that can give itself as torch modules
-(:meth:`fader_kit.interfaces.Masker.mask_module` for the binary mask of EAR / FADeR; ``patch_stats``,
-``msflow`` and ``ami_net`` can,
+(:meth:`fader_kit.interfaces.Masker.mask_module` for the binary mask of EAR / FADeR,
 :meth:`~fader_kit.interfaces.Masker.score_module` for the score map of the ``masker`` and ``fused``
-kinds; ``patch_stats`` can).  Per score kind (:mod:`fader_kit.score_kinds`) the graph holds: the
+kinds; ``patch_stats``, ``msflow`` and ``ami_net`` give both).  Per score kind (:mod:`fader_kit.score_kinds`) the graph holds: the
 masker's score module alone (``masker``); mask module + EAR / FADeR (``ear``, ``fader``); mask
 module + EAR and the score module, the two maps fused with the stored scales (``fused``).  The calibration
 (thresholds, normalisation, held-out normal scores) and the detector's settings travel in the
@@ -80,8 +79,8 @@ def detector_graph(detector: Any) -> DetectorGraph:
         scores = detector.masker.score_module()
         if scores is None:
             raise ExportError(f"masker {name!r} cannot be exported to ONNX as a score map (it gives no score module), "
-                              f"which a {kind.name!r} detector needs; fit one with an exportable masker such as "
-                              "patch_stats, or with --score ear or fader")
+                              f"which a {kind.name!r} detector needs; fit one with an exportable masker (patch_stats, "
+                              "msflow, ami_net), or with --score ear or fader")
         scores = scores.cpu()
     if not kind.unet:
         return DetectorGraph(None, None, scores).eval()

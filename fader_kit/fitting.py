@@ -26,6 +26,7 @@ from .detector import Detector, DetectorSettings, Manifest, TrainingSummary
 from .errors import ConfigError
 from .imagefiles import load_array, normal_images, to_tensor
 from .score_kinds import DEFAULT_SCORE, score_kind
+from .util.sampling import seeded_split
 from .variants import resolve as resolve_variant
 
 MIN_NORMAL_IMAGES = 10
@@ -77,8 +78,7 @@ def holdout_split(n: int, holdout: float, seed: int, folder: str = "", rate: flo
                   ) -> tuple[list[int], list[int]]:
     """``(train, held_out)`` indices: a seeded hold-out of :func:`holdout_plan`'s size (at least 5)."""
     k, _ = holdout_plan(n, holdout, rate, folder)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(order[k:]), sorted(order[:k])
+    return seeded_split(n, k, seed)
 
 
 def read_images(paths: list[Path], size: int, progress: bool = False, desc: str = "reading") -> Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor
 from .errors import ConfigError
 from .metrics import image_auroc, pixel_auroc
 from .pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE, check_kinds, make_defects
+from .util.sampling import seeded_split
 
 ScoreFn = Callable[[Tensor], "Tensor | tuple[Tensor, Tensor]"]
 """Images ``[N, 3, H, W]`` -> image scores ``[N]`` (higher = more anomalous), or (scores, maps
@@ -67,8 +68,8 @@ def holdout_split(n: int, fraction: float, seed: int, minimum: int = 4) -> tuple
     held = max(minimum, round(n * fraction))
     if n - held < 1:
         raise ConfigError(f"{n} normal images are too few to hold {held} out for selection and fit on the rest")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return order[held:].sort().values, order[:held].sort().values
+    kept, held_out = seeded_split(n, held, seed)
+    return torch.tensor(kept, dtype=torch.long), torch.tensor(held_out, dtype=torch.long)
 
 
 def build_pseudo_sets(
