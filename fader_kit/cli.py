@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from . import __version__
+from .version import __version__
 from .errors import BUG_HINT, ConfigError, UserError
 from .masker_args import (  # noqa: F401 (re-exported)
     add_fused_argument, add_masker_arguments, add_model_arguments, masker_options, parse_options,

@@ -49,7 +49,7 @@ def write_images(folder: Path, n: int, side: int = 128, seed: int = 0) -> list[P
 def untrained_detector(profile_name: str = "cpu", seed: int = 0, n_normal: int = 16):
     """A :class:`~fader_kit.detector.Detector` with the profile's U-Net and head untrained, patch_stats
     fitted and the calibration taken on generated normal images (for timing only)."""
-    from . import __version__
+    from .version import __version__
     from .calibration import calibrate
     from .config import get_profile
     from .detector import FORMAT, FORMAT_VERSION, Detector, DetectorSettings, Manifest, TrainingSummary

@@ -22,254 +22,36 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor
 
-from . import __version__
 from .calibration import Calibration
+from .decision import Decision, Prediction, make_decision
 from .errors import ConfigError, ModelDirError, UserError
 from .fader import FaderModel
-from .interfaces import Masker, MaskerInfo
+from .interfaces import Masker
+from .manifest import (FORMAT_VERSION, MAX_BATCH, MAX_DEPTH, MAX_HEAD, MAX_IMAGE_SIZE, MAX_KERNEL, MAX_WIDTH,
+                       READABLE_VERSIONS, DetectorSettings, Manifest, MaskerFile, TrainingSummary, check_version,
+                       error_reason, raw_kind, read_manifest, validate_file, validate_manifest)
 from .modeldir import FILES as MODEL_DIR_FILES
 from .modeldir import FORMAT as FORMAT  # the name callers import from here
-from .modeldir import canonical_json
-from .score_kinds import LEGACY_SCORE, ScoreKind, ScoreName, kind_maps, score_kind
+from .score_kinds import ScoreKind, kind_maps
 from .tensor_checks import check_model_tensors, check_tensor_refs
 
-#: 3: the score kind in the settings, fusion scales in the calibration, no model file for the masker
-#: alone; 2 (still read): every file digested, detector.json included; 1 (still read): the two tensor
-#: files only.  Folders before 3 are ``fader`` detectors.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: The names callers import from here (defined in :mod:`fader_kit.manifest` and :mod:`fader_kit.decision`).
+__all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "MAX_BATCH", "MAX_DEPTH", "MAX_HEAD", "MAX_IMAGE_SIZE", "MAX_KERNEL",
+           "MAX_WIDTH", "READABLE_VERSIONS", "TENSOR_FILES", "Decision", "Detector", "DetectorSettings", "Manifest",
+           "MaskerFile", "Prediction", "TrainingSummary", "build_model", "check_image_tensor", "check_version",
+           "load_model", "make_decision", "raw_kind", "read_manifest", "sha256_of", "validate_file",
+           "validate_manifest"]
+
 FILES = MODEL_DIR_FILES
 TENSOR_FILES = ("model.safetensors", "masker.safetensors")
-
-#: Bounds on what a detector folder may ask the loader to build: far beyond any profile (the paper's is
-#: 256 px, widths up to 512), far below what would exhaust a machine before the first image.
-MAX_IMAGE_SIZE = 2048
-MAX_WIDTH = 4096
-MAX_DEPTH = 8
-MAX_KERNEL = 255
-MAX_BATCH = 4096
-#: Head sizes: the MLP's hidden width, the ViT ablation's width, depth and heads.
-MAX_HEAD = {"patch_size": 256, "hidden": 65536, "vit_dim": 4096, "vit_depth": 64, "vit_heads": 64}
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
-
-
-def _first_error(exc: ValidationError, field: str = "field ") -> str:
-    """``field a.b: what is wrong`` for the first problem pydantic found, on one line."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    msg = str(first["msg"]).splitlines()[0].removeprefix("Value error, ")
-    return (f"{field}{where}: " if where else "") + msg
-
-
-def _reason(exc: Exception) -> str:
-    """One line saying why ``exc`` was raised (a pydantic error: its first problem)."""
-    if isinstance(exc, ValidationError):
-        return _first_error(exc)
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if isinstance(exc, (KeyError, TypeError)) or not text else text
-
-
-class DetectorSettings(BaseModel):
-    """How the detector was built: enough to rebuild its modules and to repeat the fit.  The
-    validators bound every size the loader builds from (see ``MAX_*``)."""
-
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
-
-    profile: str = Field(max_length=100)
-    image_size: int = Field(ge=16, le=MAX_IMAGE_SIZE)
-    masker: str = Field(pattern=_NAME)
-    masker_options: dict[str, Any] = Field(default_factory=dict, max_length=64)
-    fader_variant: str = Field(max_length=100)
-    fader_config: dict[str, Any]
-    unet_config: dict[str, Any]
-    seed: int = Field(ge=-(1 << 63), lt=1 << 64)
-    ear_masks: Literal["blobs", "masker"] = "blobs"
-    holdout: float = Field(gt=0, lt=1)
-    false_alarm_rate: float = Field(gt=0, lt=1)
-    kernel_size: int = Field(21, ge=1, le=MAX_KERNEL)
-    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
-    score: ScoreName = Field(LEGACY_SCORE, description="what the detector scores with (fader_kit.score_kinds); "
-                             "absent in folders written before score kinds")
-
-    @property
-    def kind(self) -> ScoreKind:
-        return score_kind(self.score)
-
-    @field_validator("masker_options")
-    @classmethod
-    def _plain_options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key, value in v.items():
-            if not isinstance(value, (str, int, float, bool, type(None))) or (isinstance(value, str) and len(value) > 4096):
-                raise ValueError(f"option {key!r} must be a string, number, boolean or null")
-        return v
-
-    @field_validator("unet_config")
-    @classmethod
-    def _unet(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from .config import UNetConfig
-
-        try:
-            cfg = UNetConfig.model_validate_json(canonical_json(v), strict=True)
-        except ValidationError as exc:
-            raise ValueError(_first_error(exc, "")) from None
-        if cfg.in_channels != 3 or not 2 <= cfg.depth <= MAX_DEPTH or max(cfg.widths) > MAX_WIDTH:
-            raise ValueError(f"widths must hold 2 to {MAX_DEPTH} widths of at most {MAX_WIDTH} channels for RGB "
-                             f"input, got widths {list(cfg.widths)} and {cfg.in_channels} input channels")
-        return v
-
-    @field_validator("fader_config")
-    @classmethod
-    def _head(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from .config import ExperimentalFaderConfig, HeadExperiment, fader_config
-
-        try:
-            cfg = fader_config(dict(v))
-            # again without type coercion (a float where an int belongs is refused, not rounded)
-            data = v if isinstance(cfg, ExperimentalFaderConfig) else {
-                k: x for k, x in v.items() if k not in HeadExperiment.model_fields}
-            type(cfg).model_validate_json(canonical_json(data), strict=True)
-        except ValidationError as exc:
-            raise ValueError(_first_error(exc, "")) from None
-        except (TypeError, ValueError, UserError) as exc:
-            raise ValueError(str(exc).splitlines()[0]) from None
-        for key, top in MAX_HEAD.items():
-            if getattr(cfg, key) > top:
-                raise ValueError(f"{key} {getattr(cfg, key)} is above {top}")
-        return v
-
-    @model_validator(mode="after")
-    def _sizes(self) -> "DetectorSettings":
-        down = 2 ** len(self.unet_config["widths"])
-        patch = self.fader_config.get("patch_size", 8)
-        if self.image_size % down or self.image_size % patch:
-            raise ValueError(f"image_size {self.image_size} must be divisible by 2**depth = {down} and by the head's "
-                             f"patch_size {patch}")
-        return self
-
-
-class TrainingSummary(BaseModel):
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
-
-    normal_folder: str
-    n_images: int = Field(ge=0)
-    n_train: int = Field(ge=0)
-    n_holdout: int = Field(ge=0)
-    holdout_files: list[str]
-    device: str
-    seconds: dict[str, float]
-    masker_info: dict[str, Any]
-    created_at: str
-
-
-class Manifest(BaseModel):
-    """``detector.json``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    format: str
-    format_version: int
-    created_by: str
-    settings: DetectorSettings
-    training: TrainingSummary
-    environment: dict[str, str] = Field(default_factory=dict)
-    sha256: dict[str, str] = Field(default_factory=dict)
-
-
-class MaskerFile(BaseModel):
-    """``masker.json``: the masker's name, its info and its state (tensors by reference)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    masker: str = Field(pattern=_NAME)
-    info: MaskerInfo
-    state: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's verdict.  ``anomaly_map`` and ``mask`` are ``[S, S]`` at the model's side;
-    ``max_location`` is the (x, y) of the map's maximum in those pixels."""
-
-    score: float
-    normalised_score: float
-    anomalous: bool
-    anomaly_map: Tensor
-    mask: Tensor
-    max_location: tuple[int, int]
-    source: str | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The threshold predictions are judged against, on the *raw* score scale: the calibrated one,
-    one re-derived at another false-alarm rate, the validation's F1-optimal one, or a user's number
-    (``threshold``).  The normalised score stays on the calibrated scale (a display, never the rule);
-    the pixel threshold is the calibrated one, and only flagged images get a mask."""
-
-    calibration: Calibration
-    threshold: float | None = None  # raw image score; None: the calibration's image threshold
-    label: str = ""
-
-    @property
-    def pixel_threshold(self) -> float:
-        return self.calibration.pixel_threshold
-
-    @property
-    def image_threshold(self) -> float:
-        return self.calibration.image_threshold if self.threshold is None else self.threshold
-
-    def decide(self, scores: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(normalised scores, decisions)`` as float64 / bool arrays: flagged when the raw score is
-        above the image threshold."""
-        raw = scores.detach().double().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores, np.float64)
-        return self.calibration.normalise(raw), raw > self.image_threshold
-
-
-def make_decision(calibration: Calibration, threshold: float | str | None = None,
-                  false_alarm_rate: float | None = None) -> Decision:
-    """The :class:`Decision` for the predict-time options: ``threshold`` a raw image score (flag above
-    it; ``"f1"``: the validation's F1-optimal one), or ``false_alarm_rate`` re-derived from the held-out
-    normal scores; neither: the calibration as fitted."""
-    if threshold is not None and false_alarm_rate is not None:
-        raise ConfigError("give --threshold or --false-alarm-rate, not both")
-    if false_alarm_rate is not None:
-        cal = calibration.with_rate(false_alarm_rate)
-        return Decision(cal, None, f"false-alarm rate {cal.false_alarm_rate:g} (image threshold "
-                                   f"{cal.image_threshold:.6g}, {cal.n_images} held-out normal images{_expected(cal)})")
-    if threshold == "f1":
-        if calibration.validation is None:
-            raise ConfigError("--threshold f1 needs a detector fitted with --validation")
-        t = calibration.validation.f1_threshold
-        return Decision(calibration, t, f"F1-optimal on the validation set (raw score above {t:.6g})")
-    if threshold is not None:
-        try:
-            t = float(threshold)
-        except (TypeError, ValueError):
-            raise ConfigError(f"argument --threshold {threshold!r}: expected a raw image score (a number, e.g. "
-                              f"{calibration.image_threshold:.6g}, the calibrated one) or 'f1'") from None
-        if not math.isfinite(t):
-            raise ConfigError(f"argument --threshold {threshold!r}: expected a finite raw image score")
-        above = sum(s > t for s in calibration.normal_scores)
-        return Decision(calibration, t, f"raw score above {t:.6g} ({above} of {calibration.n_images} held-out normal "
-                                        "images above it)")
-    return Decision(calibration, None, f"false-alarm rate {calibration.false_alarm_rate:g} (as fitted"
-                                       f"{_expected(calibration)})")
-
-
-def _expected(calibration: Calibration) -> str:
-    """``"; expected ... on new normal images"`` where the calibration states it (folders fitted since it does)."""
-    e = calibration.expected_false_alarm_rate
-    return "" if e is None else f"; expected {e:.4f} on new normal images"
 
 
 def check_image_tensor(images: Tensor, argument: str = "images") -> Tensor:
@@ -297,43 +79,6 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_version(raw: dict[str, Any], folder: Path) -> int:
-    """The format version of a parsed ``detector.json``, or a ModelDirError saying what to do."""
-    version = raw.get("format_version")
-    if isinstance(version, bool) or version not in READABLE_VERSIONS:
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
-        from .modeldir import shown
-
-        raise ModelDirError(
-            f"{folder} holds detector format version {shown(version)} (written by {shown(raw.get('created_by', 'unknown'))}); "
-            f"this fader-kit {__version__} reads versions {', '.join(map(str, READABLE_VERSIONS))}: "
-            + ("upgrade fader-kit to load it" if newer else f"refit it with fader-kit {__version__} (fader-kit fit)"))
-    return int(version)
-
-
-def validate_file(model: type[BaseModel], raw: Any, path: Path) -> Any:
-    """``model`` validated strictly (no type coercion) from ``raw``, read from ``path``; the first
-    problem is one ModelDirError naming the file and the field."""
-    try:
-        return model.model_validate(raw, strict=True)
-    except ValidationError as exc:
-        raise ModelDirError(f"{path}: {_first_error(exc)}") from None
-
-
-def validate_manifest(raw: dict[str, Any], folder: Path) -> Manifest:
-    return validate_file(Manifest, raw, folder / "detector.json")
-
-
-def read_manifest(folder: Path) -> Manifest:
-    """``detector.json`` of ``folder``, its format, version and fields checked, with errors naming the
-    file (its digests are checked by :meth:`Detector.load`, which reads the other files)."""
-    from .modeldir import read_manifest_file
-
-    raw = read_manifest_file(folder)
-    check_version(raw, folder)
-    return validate_manifest(raw, folder)
-
-
 def build_model(settings: DetectorSettings) -> FaderModel:
     """The modules ``settings`` describe, without weights: a backbone head's backbone too (the saved
     state holds its weights, so no pretrained weights are looked for); plain EAR (no head) for a
@@ -344,25 +89,6 @@ def build_model(settings: DetectorSettings) -> FaderModel:
     unet = EARUNet(UNetConfig(**settings.unet_config))
     head: Any = "auto" if settings.kind.head else None
     return FaderModel(unet, None, fader_config(settings.fader_config), head=head, pretrained_backbone=False)
-
-
-def raw_kind(raw: dict[str, Any], folder: Path, version: int) -> ScoreKind:
-    """The score kind a parsed ``detector.json`` names (before its fields are validated: it decides
-    which files the folder must hold); folders before format version 3 are ``fader`` detectors."""
-    from .modeldir import MANIFEST, shown
-
-    settings = raw.get("settings")
-    if not isinstance(settings, dict) or "score" not in settings:
-        return score_kind(LEGACY_SCORE)
-    try:
-        kind = score_kind(settings["score"])
-    except ConfigError:
-        raise ModelDirError(f"{folder / MANIFEST}: field settings.score: {shown(settings['score'])} is not a score "
-                            f"kind (those are: masker, ear, fader, fused)") from None
-    if version < 3 and kind.name != LEGACY_SCORE:
-        raise ModelDirError(f"{folder / MANIFEST}: field settings.score: format version {version} folders hold "
-                            f"{LEGACY_SCORE} detectors only, not {kind.name!r}")
-    return kind
 
 
 def load_model(s: DetectorSettings, data: bytes, folder: Path) -> FaderModel:
@@ -376,7 +102,7 @@ def load_model(s: DetectorSettings, data: bytes, folder: Path) -> FaderModel:
             expected = build_model(s).state_dict()
     except (RuntimeError, ValueError, UserError) as exc:
         raise ModelDirError(f"{folder / md.MANIFEST}: field settings: they describe a model that cannot be built "
-                            f"({_reason(exc)})") from None
+                            f"({error_reason(exc)})") from None
     check_model_tensors(header, expected, folder / md.MODEL)
     model = build_model(s)
     model.load_state_dict(md.load_tensors(data, folder / md.MODEL))
@@ -566,11 +292,11 @@ class Detector:
             masker = registry.create(s.masker, **options)
         except (UserError, ValueError, TypeError) as exc:
             raise ModelDirError(f"{folder / md.MANIFEST}: field settings.masker_options: masker {s.masker!r} refuses "
-                                f"them ({_reason(exc)})") from None
+                                f"them ({error_reason(exc)})") from None
         try:
             masker.check_state(masker_state, s.image_size)
             masker.load_state_dict(masker_state)
         except (UserError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise ModelDirError(f"{folder / md.MASKER_JSON}: not a fitted state of masker {s.masker!r} for "
-                                f"{s.image_size} px images: {_reason(exc)}") from None
+                                f"{s.image_size} px images: {error_reason(exc)}") from None
         return cls(model, masker, calibration, manifest, device)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import __version__
+from .version import __version__
 from .errors import MissingFileError, UserError
 from .fader import FaderModel, theta
 from .scoring import anomaly_map, image_score

@@ -234,7 +234,7 @@ def save_fit(detector: Detector, out: Path, overwrite: bool) -> None:
 
 def fit_manifest(settings: DetectorSettings, summary: TrainingSummary) -> Manifest:
     """``detector.json`` of a fit (its digests are added when the folder is saved)."""
-    from . import __version__
+    from .version import __version__
     from .detector import FORMAT, FORMAT_VERSION
     from .pipeline import environment
 

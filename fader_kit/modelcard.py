@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .calibration import Calibration
-    from .detector import Manifest
+    from .manifest import Manifest
 
 
 def model_card(manifest: "Manifest", calibration: "Calibration") -> str:

@@ -42,10 +42,10 @@ class Metrics(BaseModel):
 
 def environment() -> dict[str, str]:
     """Versions that a result depends on, stored beside it."""
-    import fader_kit
+    from .version import __version__
 
     return {
-        "fader_kit": fader_kit.__version__,
+        "fader_kit": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.version.cuda or "none",

@@ -24,8 +24,6 @@ return) are written with a leading apostrophe.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,15 +35,18 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
+from .overlays import heat_lut, overlay, overlay_name
+from .predict_folder import (COLUMNS, CSV_NAME, FORMULA_STARTS, LOCK_NAME, MAPS_DIR, RUN_NAME, TEXT_COLUMNS, RunLock,
+                             check_run, detector_identity, escape_cell, file_key, open_csv, run_identity,
+                             unescape_cell, write_rows)
 
-CSV_NAME = "predictions.csv"
-RUN_NAME = "predict.json"
-LOCK_NAME = "predict.lock"
-MAPS_DIR = "maps"
-COLUMNS = ("path", "file_size", "file_mtime_ns", "score", "normalised_score", "decision", "max_x", "max_y", "width",
-           "height", "overlay", "error")
-TEXT_COLUMNS = ("path", "overlay", "error")  # escaped against formula injection (numbers are written by us)
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The names callers import from here (the folder's files: :mod:`fader_kit.predict_folder`; the overlays:
+#: :mod:`fader_kit.overlays`).
+__all__ = ["COLUMNS", "CSV_NAME", "EXIT_SOME_FAILED", "FORMULA_STARTS", "LOCK_NAME", "MAPS_DIR", "RUN_NAME",
+           "TEXT_COLUMNS", "Maps", "PredictSummary", "RunLock", "Scorer", "check_run", "decoded_batches",
+           "detector_identity", "escape_cell", "file_key", "heat_lut", "open_csv", "overlay", "overlay_name",
+           "predict_files", "run_identity", "timing_report", "unescape_cell", "write_rows"]
+
 Maps = Literal["flagged", "all", "none"]
 EXIT_SOME_FAILED = 3  # some files could not be read (2 is a usage error, 1 a bug)
 
@@ -77,139 +78,6 @@ class PredictSummary:
         return EXIT_SOME_FAILED if self.failed else 0
 
 
-# -- cells ------------------------------------------------------------------------------------------
-def escape_cell(text: str) -> str:
-    """``text`` with a leading apostrophe where a spreadsheet would evaluate it (``=cmd|...``)."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def unescape_cell(text: str) -> str:
-    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
-
-
-# -- the output folder ------------------------------------------------------------------------------
-class RunLock:
-    """An exclusive OS lock on ``folder/predict.lock`` for the lifetime of a run (released by the OS
-    when the process ends, however it ends, so a killed run never leaves the folder locked)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_NAME
-        self._fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        import os
-
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            raise ConfigError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
-        try:
-            import fcntl
-        except ImportError:  # no POSIX locks (Windows): one run per folder is then up to the user
-            self._fd = fd
-            return self
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError(f"another fader-kit predict is writing into {self.path.parent} (it holds the lock "
-                              f"{self.path}): wait for it to end, or pass another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import os
-
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock; the file stays (removing it would race a new run)
-            self._fd = None
-
-
-def detector_identity(folder: Path, files: Sequence[str]) -> dict[str, str]:
-    """``{file: SHA-256}`` of every file of a detector folder that exists."""
-    from .detector import sha256_of
-
-    return {name: sha256_of(folder / name) for name in files if (folder / name).is_file()}
-
-
-def run_identity(model: dict[str, str], decision: Any, maps: str) -> dict[str, Any]:
-    """What ties a predictions folder to one model and one way of deciding (``predict.json``)."""
-    return {"model": model, "image_threshold": float(decision.image_threshold),
-            "pixel_threshold": float(decision.pixel_threshold), "threshold": decision.label, "maps": maps}
-
-
-def check_run(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to append to a CSV made with another model, threshold or ``--maps`` (unless ``overwrite``);
-    record ``identity`` before the CSV exists, so a CSV is never without its ``predict.json``."""
-    from .util.files import write_json_atomic
-
-    run, csv_path = out / RUN_NAME, out / CSV_NAME
-    if overwrite:
-        csv_path.unlink(missing_ok=True)
-        for png in (out / MAPS_DIR).glob("*.png") if (out / MAPS_DIR).is_dir() else []:
-            png.unlink()
-    elif csv_path.is_file():
-        try:
-            before = json.loads(run.read_text()) if run.is_file() else None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            before = None
-        if not isinstance(before, dict):
-            raise ConfigError(f"{csv_path} has no readable {run.name} saying which detector made it: pass another "
-                              "--out, or --overwrite to start it again")
-        differ = sorted(k for k in identity if before.get(k) != identity[k])
-        if differ:
-            raise ConfigError(f"{csv_path} holds predictions made with another {' and '.join(differ)}: pass another "
-                              "--out, or --overwrite to start it again")
-    write_json_atomic(run, identity)
-
-
-def file_key(path: Path) -> tuple[str, str, str]:
-    """``(resolved path, size, mtime in ns)`` as the CSV stores them: what a row is the result of."""
-    st = path.stat()
-    return str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)
-
-
-def open_csv(csv_path: Path) -> list[dict[str, str]]:
-    """The complete result rows of ``csv_path``, after repairing it: a missing or empty file gets its
-    header (synced to disk), a torn last line is cut off, and rows with an error are dropped (their
-    files are retried); the file is rewritten atomically when anything was dropped."""
-    import io
-
-    raw = csv_path.read_bytes() if csv_path.is_file() else b""
-    text = raw.decode("utf-8", errors="replace")
-    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a kill mid-line: cut it
-    records: list[list[str]] = []
-    try:
-        for record in csv.reader(io.StringIO(complete, newline="")):
-            records.append(record)
-    except csv.Error:  # a quoted cell cut by the kill: keep what came before it
-        pass
-    if records and tuple(records[0]) != COLUMNS:
-        raise ConfigError(f"{csv_path} is not a predictions file of this fader-kit (columns differ): pass another "
-                          "--out, or --overwrite to start it again")
-    rows = [dict(zip(COLUMNS, r)) for r in records[1:] if len(r) == len(COLUMNS)]
-    good = [r for r in rows if not r["error"] and r["decision"] in ("anomalous", "normal")]
-    if not records or len(good) != len(records) - 1 or complete != text:
-        write_rows(csv_path, good)
-    return good
-
-
-def write_rows(csv_path: Path, rows: Sequence[dict[str, str]]) -> None:
-    """Replace ``csv_path`` by the header and ``rows`` (already escaped cells), atomically."""
-    from .util.files import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(COLUMNS)
-            writer.writerows([r.get(k, "") for k in COLUMNS] for r in rows)
-
-    atomic_write(csv_path, write)
-
-
 # -- decoding ---------------------------------------------------------------------------------------
 def _decode(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]] | Exception:
     from .imagefiles import load_array
@@ -239,39 +107,6 @@ def decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: 
             pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
             yield [(p, f.result()) for p, f in zip(chunk, current)]
 
-
-# -- overlays ---------------------------------------------------------------------------------------
-_LUT: np.ndarray | None = None
-
-
-def heat_lut() -> np.ndarray:
-    """``[256, 3]`` uint8 colours of matplotlib's ``jet`` map (looked up once)."""
-    global _LUT
-    if _LUT is None:
-        from matplotlib import colormaps
-
-        _LUT = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    return _LUT
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float = 0.45, scale: int = 1) -> np.ndarray:
-    """``image`` [S, S, 3] uint8 with ``heat`` (normalised map in [0, 1], 0.5 = pixel threshold)
-    blended over it and the border of ``mask`` drawn in white; upscaled ``scale`` times."""
-    colours = heat_lut()[np.clip((heat * 255).round(), 0, 255).astype(np.uint8)]
-    out = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
-    if scale > 1:
-        out = out.repeat(scale, 0).repeat(scale, 1)
-        mask = mask.repeat(scale, 0).repeat(scale, 1)
-    if mask.any():
-        padded = np.pad(mask, 1, constant_values=False)
-        inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-        out[mask & ~inner] = 255
-    return out
-
-
-def overlay_name(path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{path.parent.name}_{path.stem}")[:80]
-    return f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.png"
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -306,19 +141,10 @@ def predict_files(
                                progress=progress, err=err or sys.stderr)
 
 
-def _predict_locked(scorer: Scorer, decision: Any, paths: Sequence[Path], out: Path, *, maps: Maps, batch_size: int,
-                    workers: int, progress: bool, err: Any) -> PredictSummary:
-    import os
-    import time
 
-    from PIL import Image
-
-    from .detector import Detector
-    from .imagefiles import to_tensor
-    from .util.files import atomic_write
-    from .util.timing import Stopwatch
-
-    csv_path = out / CSV_NAME
+def _todo(paths: Sequence[Path], csv_path: Path) -> tuple[dict[Path, tuple[str, str, str]], dict[str, Path], list[Path]]:
+    """``(each path's key, one path per resolved file, the paths still to predict)``: the CSV repaired
+    (:func:`open_csv`), and the rows of files that changed since they were written dropped."""
     rows_done = open_csv(csv_path)
     keys: dict[Path, tuple[str, str, str]] = {}
     for p in paths:
@@ -334,12 +160,93 @@ def _predict_locked(scorer: Scorer, decision: Any, paths: Sequence[Path], out: P
     stale = {keys[p][0] for p in todo}
     if any(unescape_cell(r["path"]) in stale for r in rows_done):  # the file changed since its row was written
         write_rows(csv_path, [r for r in rows_done if unescape_cell(r["path"]) not in stale])
+    return keys, by_path, todo
+
+
+@dataclass
+class _Run:
+    """What every batch of one locked run shares."""
+
+    scorer: Scorer
+    decision: Any
+    out: Path
+    maps: Maps
+    keys: dict[Path, tuple[str, str, str]]
+    summary: PredictSummary
+    watch: Any
+    err: Any
+
+
+Decoded = tuple[np.ndarray, tuple[int, int]] | Exception
+
+
+def _failed_rows(run: _Run, batch: list[tuple[Path, Decoded]], rows: list[list[Any]]) -> None:
+    """The rows of the files of ``batch`` that could not be read, each reported on ``run.err``."""
+    for i, (p, r) in enumerate(batch):
+        if isinstance(r, Exception):
+            msg = str(r).splitlines()[0] if str(r) else type(r).__name__
+            run.summary.failed.append(str(p))
+            print(f"error: {msg}" if str(p) in msg else f"error: cannot read {p}: {msg}", file=run.err)
+            rows[i] = [*run.keys[p], "", "", "", "", "", "", "", "", msg]
+
+
+def _scored_rows(run: _Run, ok: list[tuple[int, Path, tuple[np.ndarray, tuple[int, int]]]], rows: list[list[Any]]) -> None:
+    """Score the decoded images ``ok`` (``(row index, path, (array, original size))``) as one batch,
+    write the overlays asked for, and fill their rows."""
+    from PIL import Image
+
+    from .detector import Detector
+    from .imagefiles import to_tensor
+    from .util.files import atomic_write
+
+    watch, summary, size = run.watch, run.summary, run.scorer.image_size
+    scale = max(1, 256 // size)
+    with watch("to_tensor"):
+        x = to_tensor([r[0] for _, _, r in ok])
+    maps_b, scores = run.scorer.score_batch(x, watch)
+    with watch("decide"):
+        preds = Detector.judge(maps_b, scores, run.decision, [str(p) for _, p, _ in ok])
+    with watch("write"):
+        for (i, p, (arr, (w, h))), pred in zip(ok, preds):
+            mx, my = pred.max_location
+            name = ""
+            if run.maps == "all" or (run.maps == "flagged" and pred.anomalous):
+                heat = run.decision.calibration.normalise_map(pred.anomaly_map).numpy()
+                img = Image.fromarray(overlay(arr, heat, pred.mask.numpy(), scale=scale))
+                name = f"{MAPS_DIR}/{overlay_name(Path(run.keys[p][0]))}"
+                atomic_write(run.out / name, lambda tmp, img=img: img.save(tmp, format="PNG", compress_level=1))
+                summary.overlays += 1
+            rows[i] = [*run.keys[p], f"{pred.score:.8g}", f"{pred.normalised_score:.6f}",
+                       "anomalous" if pred.anomalous else "normal",
+                       int((mx + 0.5) * w / size), int((my + 0.5) * h / size), w, h, name, ""]
+            summary.predicted += 1
+            summary.flagged += int(pred.anomalous)
+
+
+def _append_rows(writer: Any, fh: Any, rows: list[list[Any]]) -> None:
+    """Append ``rows`` (their text cells escaped) to the open CSV and sync them to disk."""
+    import os
+
+    for row in rows:
+        for c in (COLUMNS.index(k) for k in TEXT_COLUMNS):
+            row[c] = escape_cell(str(row[c]))
+    writer.writerows(rows)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _predict_locked(scorer: Scorer, decision: Any, paths: Sequence[Path], out: Path, *, maps: Maps, batch_size: int,
+                    workers: int, progress: bool, err: Any) -> PredictSummary:
+    import time
+
+    from .util.timing import Stopwatch
+
+    csv_path = out / CSV_NAME
+    keys, by_path, todo = _todo(paths, csv_path)
     summary = PredictSummary(total=len(by_path), skipped=len(by_path) - len(todo), engine=getattr(scorer, "engine", "torch"),
                              threads=getattr(scorer, "threads", 0) or torch.get_num_threads())
     watch = Stopwatch()
-    size = scorer.image_size
-    scale = max(1, 256 // size)
-    calibration = decision.calibration
+    run = _Run(scorer, decision, out, maps, keys, summary, watch, err)
     t0, c0 = time.perf_counter(), time.process_time()
     bar = None
     if progress:
@@ -348,7 +255,7 @@ def _predict_locked(scorer: Scorer, decision: Any, paths: Sequence[Path], out: P
         bar = tqdm(total=len(todo), unit="img", desc="predict", file=err)
     with open(csv_path, "a", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        batches = decoded_batches(todo, size, batch_size, workers)
+        batches = decoded_batches(todo, scorer.image_size, batch_size, workers)
         while True:
             with watch("decode"):
                 batch = next(batches, None)
@@ -356,40 +263,11 @@ def _predict_locked(scorer: Scorer, decision: Any, paths: Sequence[Path], out: P
                 break
             ok = [(i, p, r) for i, (p, r) in enumerate(batch) if not isinstance(r, Exception)]
             rows: list[list[Any]] = [[] for _ in batch]  # in input order
-            for i, (p, r) in enumerate(batch):
-                if isinstance(r, Exception):
-                    msg = str(r).splitlines()[0] if str(r) else type(r).__name__
-                    summary.failed.append(str(p))
-                    print(f"error: {msg}" if str(p) in msg else f"error: cannot read {p}: {msg}", file=err)
-                    rows[i] = [*keys[p], "", "", "", "", "", "", "", "", msg]
+            _failed_rows(run, batch, rows)
             if ok:
-                with watch("to_tensor"):
-                    x = to_tensor([r[0] for _, _, r in ok])
-                maps_b, scores = scorer.score_batch(x, watch)
-                with watch("decide"):
-                    preds = Detector.judge(maps_b, scores, decision, [str(p) for _, p, _ in ok])
-                with watch("write"):
-                    for (i, p, (arr, (w, h))), pred in zip(ok, preds):
-                        mx, my = pred.max_location
-                        name = ""
-                        if maps == "all" or (maps == "flagged" and pred.anomalous):
-                            heat = calibration.normalise_map(pred.anomaly_map).numpy()
-                            img = Image.fromarray(overlay(arr, heat, pred.mask.numpy(), scale=scale))
-                            name = f"{MAPS_DIR}/{overlay_name(Path(keys[p][0]))}"
-                            atomic_write(out / name, lambda tmp, img=img: img.save(tmp, format="PNG", compress_level=1))
-                            summary.overlays += 1
-                        rows[i] = [*keys[p], f"{pred.score:.8g}", f"{pred.normalised_score:.6f}",
-                                   "anomalous" if pred.anomalous else "normal",
-                                   int((mx + 0.5) * w / size), int((my + 0.5) * h / size), w, h, name, ""]
-                        summary.predicted += 1
-                        summary.flagged += int(pred.anomalous)
+                _scored_rows(run, ok, rows)
             with watch("write"):
-                for row in rows:
-                    for c in (COLUMNS.index(k) for k in TEXT_COLUMNS):
-                        row[c] = escape_cell(str(row[c]))
-                writer.writerows(rows)
-                fh.flush()
-                os.fsync(fh.fileno())
+                _append_rows(writer, fh, rows)
             if bar is not None:
                 bar.update(len(batch))
     if bar is not None:
