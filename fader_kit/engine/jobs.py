@@ -26,18 +26,17 @@ import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import FaderConfig, TrainConfig
+from ..config import FaderConfig, Profile, TrainConfig
+from ..data import SyntheticConfig
 from ..errors import ConfigError
+from ..fusion_rules import Fused
 from .sources import MaskSource
 from .store import ResultRow, UnitId
 from .workbench import CategoryWorkbench, UnitKeys
-
-if TYPE_CHECKING:
-    from .runner import Grid
 
 F = TypeVar("F", bound="RowFacts")
 
@@ -54,6 +53,31 @@ class Head(BaseModel):
     title: str = ""
     config: FaderConfig | None = None
     train: TrainConfig | None = Field(None, description="FADeR training settings (None: the profile's)")
+
+
+class Grid(BaseModel):
+    """Everything a grid run needs; picklable, so it travels to Ray workers as it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    table: str
+    out: Path
+    data: str
+    categories: tuple[str, ...]
+    sources: tuple[Any, ...] = Field(description="MaskSource values (fader_kit.engine.sources)")
+    heads: tuple[Head, ...]
+    seeds: tuple[int, ...] = (0,)
+    profile: Profile
+    device: str = "cpu"
+    ear_masks: Literal["blobs", "masker"] = "blobs"
+    synthetic: SyntheticConfig | None = None
+    data_seed: int = 0
+    figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
+    fused: Fused = Field(
+        False, description="also score each model's map fused with the masker's score map: True or a rule of "
+        "fader_kit.fusion.fit_fusion (True = the default, fader_kit.fusion.DEFAULT_FUSION_RULE)")
+    save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
+    progress: bool = False
 
 
 @dataclass
@@ -112,7 +136,7 @@ class UnitContext(Protocol):
     """What a job kind may use of the runner that computes its unit (the serial runner, or the
     runner a Ray task builds)."""
 
-    grid: "Grid"
+    grid: Grid
     out: Path
     figure: Any
     measure: Any

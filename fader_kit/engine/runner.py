@@ -22,15 +22,11 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import Profile
-from ..data import SyntheticConfig
 from ..fader import FaderModel
-from ..fusion_rules import Fused
 from ..interfaces import Masker
 from ..pace import JobWork
 from ..pipeline import environment
@@ -38,36 +34,11 @@ from ..registry import MaskerRegistry
 from ..util.timing import minutes
 from . import unit_kinds  # noqa: F401  (registers the built-in job kinds)
 from .artifacts import WorkCache
-from .jobs import Head, JobKind, PlannedUnit, RowFacts, failed_facts, job_kind
+from .jobs import Grid, Head, JobKind, PlannedUnit, RowFacts, failed_facts, job_kind
 from .store import ResultRow, ResultStore, UnitId
 from .workbench import CategoryWorkbench, Evaluation, WorkbenchSettings
 
 Log = Callable[[str], None]
-
-
-class Grid(BaseModel):
-    """Everything a grid run needs; picklable, so it travels to Ray workers as it is."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
-    table: str
-    out: Path
-    data: str
-    categories: tuple[str, ...]
-    sources: tuple[Any, ...] = Field(description="MaskSource values (fader_kit.engine.sources)")
-    heads: tuple[Head, ...]
-    seeds: tuple[int, ...] = (0,)
-    profile: Profile
-    device: str = "cpu"
-    ear_masks: Literal["blobs", "masker"] = "blobs"
-    synthetic: SyntheticConfig | None = None
-    data_seed: int = 0
-    figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
-    fused: Fused = Field(
-        False, description="also score each model's map fused with the masker's score map: True or a rule of "
-        "fader_kit.fusion.fit_fusion (True = the default, fader_kit.fusion.DEFAULT_FUSION_RULE)")
-    save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
-    progress: bool = False
 
 
 @dataclass
