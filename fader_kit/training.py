@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,8 @@ from .interfaces import Reconstructor, check_images
 from .obfuscation import obfuscate
 from .ranking import patch_errors, ranking_loss, unmasked_patches
 from .scoring import msgms_loss
+from .trainable import GatedRun, TrainableFader
 
-if TYPE_CHECKING:  # annotations only: fader.py builds on this module (FaderModel.fit)
-    from .fader import FaderModel, FaderOutput
 
 
 # -- losses ---------------------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def train_reconstructor(
     return history
 
 
-def error_target(model: FaderModel, clean: Tensor, out: FaderOutput, reference: nn.Module | None = None) -> Tensor:
+def error_target(model: TrainableFader, clean: Tensor, out: GatedRun, reference: nn.Module | None = None) -> Tensor:
     """The ground truth l of Eq. 1 for one training step, ``[B, N]``, detached: the patch MSE between
     the clean image and the gated reconstruction ``out`` (``target="gated"``, the paper's active
     loop), or the reconstruction of the same U-Net with every skip open (``"ungated"``; its decoder is
@@ -311,7 +310,7 @@ def error_target(model: FaderModel, clean: Tensor, out: FaderOutput, reference: 
 
 
 def train_fader(
-    model: FaderModel,
+    model: TrainableFader,
     images: Tensor,
     masks: Tensor | None,
     config: TrainConfig,
