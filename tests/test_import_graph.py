@@ -1,6 +1,6 @@
-"""The layers import downwards only: no import circle among the project's modules, counting the
-imports inside functions (a deferred import is still a dependency).  Imports under
-``if TYPE_CHECKING:`` are annotations only, never executed, and do not count."""
+"""The layers import downwards only: no import circle among the project's modules, counting every
+import -- those inside functions (a deferred import is still a dependency) and those under
+``if TYPE_CHECKING:`` (an annotation names a module the reader must understand first)."""
 from __future__ import annotations
 
 import ast
@@ -21,29 +21,14 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of ``tree`` except those under ``if TYPE_CHECKING:``."""
-    out: list[ast.AST] = []
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                todo.extend(child.orelse)
-                continue
-            todo.append(child)
-    return out
-
-
 def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (anywhere in its body)."""
+    """module -> the project modules it imports (anywhere in its body, TYPE_CHECKING blocks included)."""
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         is_pkg = path.name == "__init__.py"
         package = name if is_pkg else name.rpartition(".")[0]
-        for node in _runtime_nodes(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -90,10 +75,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_type_checking_imports_do_not_count():
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nelse:\n    import b\nimport c\n")
-    names = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert names == {"b", "c"}
+def test_imports_in_functions_and_under_type_checking_count(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    (pkg / "c.py").write_text("from pkg.a import x\n")
+    monkeypatch.setitem(PACKAGES, "pkg", pkg)
+    graph = import_graph()
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.a"}
+    assert ["pkg.a", "pkg.b", "pkg.a"] in cycles(graph)
 
 
 def test_the_cycle_finder_finds_a_constructed_cycle():
