@@ -36,6 +36,7 @@ class TrainableFader(Protocol):
     config: FaderConfig
     reconstructor: Reconstructor
     head: nn.Module | None
+    training: bool
 
     @property
     def patch_size(self) -> int: ...
@@ -59,3 +60,5 @@ class TrainableFader(Protocol):
     def eval(self) -> Any: ...
 
     def modules(self) -> Iterator[nn.Module]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
