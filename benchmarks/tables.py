@@ -78,14 +78,27 @@ class TableSpec(BaseModel):
         for v in self.variants:
             if wanted is not None and v.head is not None and get_variant(v.head).name == wanted:
                 return v
+        hint = "" if wanted is not None else (
+            " (a head variant of an uninstalled plugin? `fader-kit variants --all` lists the installed ones; the "
+            "experiments come with the fader_kit_experiments plugin)")
         raise ConfigError(f"table {self.name} has no variant {name!r}; choose from "
-                          f"{', '.join(v.name for v in self.variants)}")
+                          f"{', '.join(v.name for v in self.variants)}{hint}")
 
 
 _PAIR = (Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR_EAR", head="paper"))
+#: the order the head variants were added in, which the stored tables list their columns in (the core and the
+#: experiments plugin register them in two groups); a variant registered later follows in registry order
+_ADDED = (
+    "paper", "calibrated", "ungated", "neighbours", "pseudo", "pseudo_calibrated", "open_gates", "focused",
+    "pseudo_focused", "procedural", "procedural_focused", "ear_target", "stats", "encoder", "stats_ear", "encoder_ear",
+    "stats_score_ear", "score_gates", "masked_gate_one", "score_gates_one", "score_gates_q95", "stats_ear_q95",
+    "stats_calibrated", "stats_ear_all", "stats_score", "encoder_calibrated", "encoder_ear_one", "backbone",
+    "backbone_ear", "score_gates_threshold", "score_gates_threshold_one", "stats_ear_one",
+)
 #: FADeR's head variants beyond the paper (experiments and the control of fader_kit.variants), as table columns
 _HEAD_VARIANTS = tuple(Variant(name=name, title=get_variant(name).label, head=name)
-                       for name in HEAD_VARIANTS if name != "paper")
+                       for name in sorted(HEAD_VARIANTS, key=lambda n: _ADDED.index(n) if n in _ADDED else len(_ADDED))
+                       if name != "paper")
 
 TABLES: dict[str, TableSpec] = {
     "table2": TableSpec(
