@@ -1,4 +1,5 @@
-"""Gate strategies only the experiments use: gates from the masker's score, ending at its threshold, open on masked patches."""
+"""Gate strategies only the experiments use: gates from the masker's score, gates that end at the
+masker's threshold, and gates held open on masked patches."""
 from __future__ import annotations
 
 import torch

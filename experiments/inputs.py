@@ -1,5 +1,8 @@
-"""Input strategies only the experiments read through: a wider window, statistics, an ImageNet CNN, the masker's score."""
+"""Input strategies only the experiments read through: a wider window of pixels, patch statistics,
+an ImageNet CNN's features and the masker's score."""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,10 +109,17 @@ class BackboneInput(HeadInput):
         return create_head_backbone(pretrained)
 
     def dim(self, host: HeadHost) -> int:
-        return int(sum(host.head_backbone.channels))
+        return int(sum(self._backbone(host).channels))
 
     def tokens(self, host: HeadHost, obfuscated: Tensor, feats: list[Tensor] | None, scores: Tensor | None) -> Tensor:
-        return backbone_tokens(host.head_backbone, obfuscated, patch_grid(obfuscated, self.config.patch_size))
+        return backbone_tokens(self._backbone(host), obfuscated, patch_grid(obfuscated, self.config.patch_size))
+
+    def _backbone(self, host: HeadHost) -> Any:
+        """The model's frozen backbone (built by :meth:`module` and kept under ``module_name``)."""
+        backbone = getattr(host, self.module_name or "", None)
+        if not isinstance(backbone, nn.Module):
+            raise RuntimeError("this model has no head backbone: it was built without a head")
+        return backbone
 
 
 class ScoreInput(HeadInput):

@@ -158,10 +158,13 @@ class FaderConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _legacy(cls, data: object) -> object:
-        """A head written with the old flat fields becomes the same head in strategy names."""
-        if isinstance(data, dict) and is_legacy(data):
+        """A head written with the old flat fields becomes the same head in strategy names; a list of
+        names (as JSON writes it) is the tuple it was, strict validation included."""
+        if not isinstance(data, dict):
+            return data
+        if is_legacy(data):
             return from_legacy(data)
-        return data
+        return {k: tuple(v) if k in ("head_input", "gates") and isinstance(v, list) else v for k, v in data.items()}
 
     @model_validator(mode="after")
     def _vit(self) -> "FaderConfig":

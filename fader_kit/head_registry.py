@@ -22,14 +22,16 @@ from __future__ import annotations
 import builtins
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import FaderConfig, fader_config
 from .errors import ConfigError
-from .gates import GateStrategy
-from .head_inputs import HeadInput, HeadInputs
+
+if TYPE_CHECKING:  # the strategies import torch; naming variants (a command line's help) must not
+    from .gates import GateStrategy
+    from .head_inputs import HeadInput, HeadInputs
 
 Kind = Literal["paper", "ablation", "experiment", "control"]
 CORE = "core"
@@ -87,16 +89,20 @@ class HeadRegistry:
     _names: dict[str, str] = field(default_factory=dict)
 
     def register_input(self, strategy: type[HeadInput], plugin: str = CORE) -> None:
+        from .head_inputs import HeadInput
+
         self._add(self.inputs, "head input", strategy, HeadInput, plugin)
 
     def register_gate(self, strategy: type[GateStrategy], plugin: str = CORE) -> None:
+        from .gates import GateStrategy
+
         self._add(self.gates, "gate strategy", strategy, GateStrategy, plugin)
 
     @staticmethod
     def _add(table: dict[str, Any], what: str, strategy: Any, base: type, plugin: str) -> None:
-        if not (isinstance(strategy, type) and issubclass(strategy, base)) or not getattr(strategy, "name", ""):
+        name = str(getattr(strategy, "name", ""))
+        if not (isinstance(strategy, type) and issubclass(strategy, base)) or not name:
             raise TypeError(f"{what} {strategy!r} of plugin {plugin!r} is no named {base.__name__} subclass")
-        name: str = strategy.name
         if name in table:
             raise ConfigError(f"{what} {name!r} of plugin {plugin!r} is already registered")
         table[name] = strategy
@@ -118,6 +124,8 @@ class HeadRegistry:
 
     def strategies(self, config: FaderConfig) -> HeadStrategies:
         """The strategies ``config`` names, built for it (an unknown name is a ConfigError)."""
+        from .head_inputs import HeadInputs
+
         parts = [self._get(self.inputs, "head input", n)(config) for n in config.head_input]
         source, *modifiers = [self._get(self.gates, "gate strategy", n) for n in config.gates]
         if source.modifier or any(not m.modifier for m in modifiers):

@@ -207,17 +207,9 @@ def error_target(model: FaderModel, clean: Tensor, out: FaderOutput, reference: 
 
 
 def train_fader(
-    model: FaderModel,
-    images: Tensor,
-    masks: Tensor | None,
-    config: TrainConfig,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    on_epoch: EpochCallback | None = None,
-    scores: Tensor | None = None,
-    score_threshold: float | None = None,
+    model: FaderModel, images: Tensor, masks: Tensor | None, config: TrainConfig, *, seed: int = 0,
+    device: str | torch.device = "cpu", progress: bool = False, on_epoch: EpochCallback | None = None,
+    scores: Tensor | None = None, score_threshold: float | None = None,
 ) -> list[dict[str, float]]:
     """FADeR training with the active-learning loop of Fig. 4.
 
@@ -256,9 +248,7 @@ def train_fader(
             t0 = time.perf_counter()
             if calibrated:  # the gates the decoder is fine-tuned with follow the current head
                 model.calibrate(images, masks, batch_size=config.batch_size, scores=scores, threshold=score_threshold)
-                model.train()
-                for module in encoder:
-                    module.eval()
+                _train_mode(model, encoder)
             tot_rank, tot_rec = _fader_epoch(model, data, config, gen, device, reference, opt, sched)
             n = images.shape[0]
             row = {"epoch": epoch + 1, "ranking_loss": tot_rank / n, "reconstruction_loss": tot_rec / n,
@@ -276,6 +266,13 @@ def train_fader(
             p.requires_grad_(flag)
         model.eval()
     return history
+
+
+def _train_mode(model: FaderModel, encoder: list[nn.Module]) -> None:
+    """Train mode again after a calibration, the frozen encoder's BatchNorm statistics kept fixed."""
+    model.train()
+    for module in encoder:
+        module.eval()
 
 
 def _score_input(model: FaderModel, images: Tensor, masks: Tensor | None, scores: Tensor | None) -> Tensor | None:

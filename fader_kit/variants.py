@@ -21,10 +21,7 @@ from typing import Any
 
 from .config import FaderConfig
 from .errors import ConfigError
-from .gates import CORE_GATES
-from .head_inputs import CORE_INPUTS
 from .head_registry import HeadRegistrar, HeadRegistry, HeadStrategies, HeadVariant, Kind
-from .registry import default_registry
 
 __all__ = ["DEFAULT_HEAD_VARIANT", "CORE_VARIANTS", "HeadVariant", "Kind", "canonical_name", "default_heads",
            "get_variant", "head_strategies", "list_variants", "resolve", "variant_argument", "variant_names"]
@@ -64,11 +61,17 @@ CORE_VARIANTS: tuple[HeadVariant, ...] = (
 #: head earned no gain of its own.  The paper's tables (``bench table2..5``) keep ``paper``.
 DEFAULT_HEAD_VARIANT = "pseudo_focused"
 
+#: every core name and alias -> its variant: naming a core variant imports neither torch nor a plugin
+_CORE_NAMES = {n: v for v in CORE_VARIANTS for n in (v.name, *v.aliases)}
+
 _core: HeadRegistry | None = None
 _default: HeadRegistry | None = None
 
 
 def _register_core(heads: HeadRegistry) -> HeadRegistry:
+    from .gates import CORE_GATES
+    from .head_inputs import CORE_INPUTS
+
     for strategy in CORE_INPUTS:
         heads.register_input(strategy)
     for gate in CORE_GATES:
@@ -92,6 +95,8 @@ def default_heads(refresh: bool = False) -> HeadRegistry:
     :func:`fader_kit.registry.plugin_errors` and leaves the others working."""
     global _default
     if _default is None or refresh:
+        from .registry import default_registry
+
         heads = _register_core(HeadRegistry())
         _default = heads  # set first: a plugin that looks a core name up while it registers finds it
         default_registry().register_heads(lambda plugin: HeadRegistrar(heads, plugin))
@@ -110,27 +115,28 @@ def head_strategies(config: FaderConfig) -> HeadStrategies:
 def list_variants(kind: Kind | None = None, core: bool = False) -> list[HeadVariant]:
     """The registered variants (of one ``kind``, or all; the core's alone with ``core=True``, which loads no
     plugin), in registration order: the core's, then each plugin's."""
-    return (core_heads() if core else default_heads()).list(kind)
+    if core:
+        return [v for v in CORE_VARIANTS if kind is None or v.kind == kind]
+    return default_heads().list(kind)
 
 
 def variant_names(aliases: bool = True, core: bool = False) -> list[str]:
     """Canonical names in registry order, then (``aliases=True``) the aliases: what a command line accepts
     (the core's alone with ``core=True``)."""
-    heads = core_heads() if core else default_heads()
-    names = [v.name for v in heads.list()]
-    return names + heads.aliases() if aliases else names
+    every = CORE_VARIANTS if core else default_heads().list()
+    names = [v.name for v in every]
+    return names + [a for v in every for a in v.aliases] if aliases else names
 
 
 def get_variant(name: str) -> HeadVariant:
     """The variant called ``name`` (canonical or alias); an unknown name is a ConfigError that
     suggests the closest and names ``fader-kit variants --all``.  A core name loads no plugin."""
-    core = core_heads()
-    return core.get(name) if core.has(name) else default_heads().get(name)
+    return _CORE_NAMES[name] if name in _CORE_NAMES else default_heads().get(name)
 
 
 def is_core(name: str) -> bool:
     """Whether variant ``name`` is one of the core's (not a plugin's)."""
-    return core_heads().has(name)
+    return name in _CORE_NAMES
 
 
 def canonical_name(name: str) -> str:
