@@ -11,9 +11,4 @@ from .variants import VARIANTS
 
 @hookimpl
 def register_heads(heads: HeadRegistrar) -> None:
-    for strategy in INPUTS:
-        heads.input(strategy)
-    for gate in GATES:
-        heads.gate(gate)
-    for variant in VARIANTS:
-        heads.variant(variant)
+    heads.add(INPUTS, GATES, VARIANTS)

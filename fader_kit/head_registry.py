@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -182,3 +182,13 @@ class HeadRegistrar:
     def variant(self, variant: HeadVariant) -> None:
         """Register a named :class:`HeadVariant` (after the strategies it names)."""
         self.registry.register_variant(variant, self.plugin)
+
+    def add(self, inputs: Iterable[type[HeadInput]] = (), gates: Iterable[type[GateStrategy]] = (),
+            variants: Iterable[HeadVariant] = ()) -> None:
+        """Register ``inputs``, then ``gates``, then ``variants``: the order a variant's check needs."""
+        for strategy in inputs:
+            self.input(strategy)
+        for gate in gates:
+            self.gate(gate)
+        for variant in variants:
+            self.variant(variant)

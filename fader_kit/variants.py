@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import FaderConfig
 from .errors import ConfigError
-from .head_registry import HeadRegistrar, HeadRegistry, HeadStrategies, HeadVariant, Kind
+from .head_registry import CORE, HeadRegistrar, HeadRegistry, HeadStrategies, HeadVariant, Kind
 
 __all__ = ["DEFAULT_HEAD_VARIANT", "CORE_VARIANTS", "HeadVariant", "Kind", "canonical_name", "default_heads",
            "get_variant", "head_strategies", "list_variants", "resolve", "variant_argument", "variant_names"]
@@ -72,12 +72,7 @@ def _register_core(heads: HeadRegistry) -> HeadRegistry:
     from .gates import CORE_GATES
     from .head_inputs import CORE_INPUTS
 
-    for strategy in CORE_INPUTS:
-        heads.register_input(strategy)
-    for gate in CORE_GATES:
-        heads.register_gate(gate)
-    for variant in CORE_VARIANTS:
-        heads.register_variant(variant)
+    HeadRegistrar(heads, CORE).add(CORE_INPUTS, CORE_GATES, CORE_VARIANTS)
     return heads
 
 

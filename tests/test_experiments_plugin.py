@@ -101,3 +101,18 @@ def test_key_payloads_are_byte_identical_to_the_old_ones(name):
 def test_a_head_the_old_fields_cannot_spell_gets_a_key_of_its_own():
     old = FaderConfig(gates=("score", "masked_one", "threshold_end"), normaliser="calibrated").key_payload()
     assert old["gates"] == ["score", "masked_one", "threshold_end"] and "context" not in old
+
+
+def test_the_variants_command_and_the_help_list_the_core(capsys):
+    from fader_kit.cli import build_parser, main
+
+    assert main(["variants"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if line and not line.startswith("`")]
+    assert rows == CORE
+    assert main(["variants", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 37 and "stats_ear                  experiment  experiments" in out
+    for command in ("evaluate", "fit"):
+        action = next(a for a in build_parser(plugin_commands=False)._subparsers._group_actions[0].choices[command]._actions
+                      if "--fader-variant" in a.option_strings)
+        assert "encoder_ear" in action.help and "stats_ear" not in action.help and "variants --all" in action.help
