@@ -116,3 +116,55 @@ def test_the_variants_command_and_the_help_list_the_core(capsys):
         action = next(a for a in build_parser(plugin_commands=False)._subparsers._group_actions[0].choices[command]._actions
                       if "--fader-variant" in a.option_strings)
         assert "encoder_ear" in action.help and "stats_ear" not in action.help and "variants --all" in action.help
+
+
+def _old_dump(cfg: FaderConfig) -> dict:
+    """``cfg`` written as fader-kit wrote heads before the strategies: the flat experiment fields."""
+    from fader_kit.config_legacy import to_legacy
+
+    old = to_legacy(cfg.head_input, cfg.gates)
+    assert old is not None
+    return {**{k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("head_input", "gates")}, **old}
+
+
+@pytest.mark.parametrize("name", ["stats_score_ear", "score_gates_threshold_one", "neighbours"])
+def test_a_checkpoint_with_the_old_flat_fields_loads_as_the_same_head(tmp_path, name):
+    import torch
+
+    from fader_kit.fader import FaderModel, wrap_with_fader
+    from fader_kit.unet import EARUNet
+    from fader_kit.util.files import torch_save_atomic
+
+    prof = get_profile("smoke")
+    cfg = resolve(prof.fader_head, name)
+    torch.manual_seed(0)
+    model = wrap_with_fader(EARUNet(prof.unet), None, cfg).eval()
+    if model.calibration is not None:
+        model.calibration.copy_(torch.tensor([0.2, 0.8]))
+    ckpt = model.checkpoint()
+    ckpt["fader_config"] = _old_dump(cfg)
+    assert "context" in ckpt["fader_config"] and isinstance(ckpt["fader_config"]["gates"], str)
+    loaded = FaderModel.load(torch_save_atomic(ckpt, tmp_path / "old.pt"))
+    assert loaded.config == cfg
+    g = torch.Generator().manual_seed(1)
+    x, scores = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 1, 64, 64, generator=g)
+    mb = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    mb[:, :, :8, :8] = True
+    with torch.no_grad():
+        kw = {"scores": scores} if model.needs_scores else {}
+        assert torch.equal(loaded(x, mb, **kw).reconstruction, model(x, mb, **kw).reconstruction)
+
+
+@pytest.mark.parametrize("name", ["pseudo_focused", "stats_score_ear", "score_gates_threshold_one"])
+def test_a_detector_folder_head_validates_strictly_either_way(name):
+    """A detector folder's head configuration (checked without type coercion) may be written with the old
+    flat fields (folders of formats 1 to 3) or with the strategy names."""
+    from fader_kit.detector import DetectorSettings
+    from fader_kit.modeldir import canonical_json
+
+    cfg = resolve(get_profile("smoke").fader_head, name)
+    for dump in (_old_dump(cfg), cfg.model_dump(mode="json")):
+        assert FaderConfig.model_validate_json(canonical_json(dump), strict=True) == cfg
+        assert DetectorSettings._head(dump) == dump
+    with pytest.raises(ValueError, match="patch_size"):
+        DetectorSettings._head({**_old_dump(cfg), "patch_size": 8.0})
