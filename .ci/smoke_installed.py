@@ -18,7 +18,7 @@ OPTIONAL = {"ray", "mkdocs"}
 
 def import_everything() -> int:
     count = 0
-    for top in ("fader_kit", "fader_kit_plugins", "fader_kit_bench"):
+    for top in ("fader_kit", "fader_kit_plugins", "fader_kit_bench", "fader_kit_experiments"):
         package = importlib.import_module(top)
         if "site-packages" not in (package.__file__ or ""):
             sys.exit(f"{top} was imported from {package.__file__}, not from the installed wheel")
@@ -42,6 +42,9 @@ def run(*args: str) -> None:
 def main(work: Path) -> None:
     print(f"imported {import_everything()} modules from the installed wheel", flush=True)
     run("--version")
+    listed = subprocess.run(["fader-kit", "variants", "--all"], check=True, capture_output=True, text=True).stdout
+    if " experiments " not in listed:  # the experiments plugin registers its head variants from the installed wheel
+        sys.exit("fader-kit variants --all lists no variant of the experiments plugin")
     run("evaluate", "--profile", "smoke", "--category", "washer", "--out", str(work / "evaluate"), "--threads", "2")
     from fader_kit.data.synthetic import ensure_synthetic
 

@@ -30,6 +30,7 @@ def tiny_training(name: str, seed: int = 0) -> list[float]:
     after one epoch of FADeR training on 6 random 64 px images (smoke U-Net, one thread's order)."""
     from fader_kit.config import get_profile
     from fader_kit.fader import wrap_with_fader
+    from fader_kit.scoring import image_score
     from fader_kit.training import seeded_init, train_fader
     from fader_kit.unet import EARUNet
     from fader_kit.variants import resolve
@@ -44,11 +45,17 @@ def tiny_training(name: str, seed: int = 0) -> list[float]:
     tmb[:, :, 32:48, 8:24] = True
     unet = seeded_init(lambda: EARUNet(prof.unet), seed)
     model = seeded_init(lambda: wrap_with_fader(unet, None, resolve(prof.fader_head, name)), seed + 1)
-    train_fader(model, x, mb, prof.fader.model_copy(update={"epochs": 1, "batch_size": 3}), seed=seed)
+    # a head that reads the masker's score map gets one of its own generator (the images stay those above)
+    sg = torch.Generator().manual_seed(seed + 2)
+    scores, test_scores = torch.rand(6, 1, 64, 64, generator=sg), torch.rand(3, 1, 64, 64, generator=sg)
+    if not model.needs_scores:
+        scores = test_scores = None
+    train_fader(model, x, mb, prof.fader.model_copy(update={"epochs": 1, "batch_size": 3}), seed=seed,
+                scores=scores, score_threshold=0.9)
     with torch.no_grad():
-        pred, gates = model.head_outputs(test, tmb)
-        rec = model(test, tmb).reconstruction
-    score = model.score(test, tmb)
+        pred, gates = model.head_outputs(test, tmb, test_scores)
+        rec = model(test, tmb, scores=test_scores).reconstruction
+    score = image_score(model.anomaly_map(test, tmb, scores=test_scores))
     return [float(pred.double().sum()), float(gates.double().sum()), float(rec.double().sum()),
             *(float(s) for s in score)]
 
@@ -77,9 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("action", choices=["record", "compare"])
     p.add_argument("file", type=Path, help="the JSON file to write (record) or to compare with (compare)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    p.add_argument("--all", action="store_true",
+                   help="every registered variant (experiments too, when their plugin is installed)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (record and compare with the same)")
     p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for compare (default 0: identical)")
     args = p.parse_args(argv)
+    if args.all:
+        from fader_kit.variants import variant_names
+
+        args.variants = variant_names(aliases=False)
     got = fingerprints(args.variants, args.threads)
     if args.action == "record":
         args.file.write_text(json.dumps({"threads": args.threads, "fingerprints": got}, indent=1))

@@ -44,7 +44,7 @@ from fader_kit.engine.workbench import CategoryWorkbench, UnitKeys
 from fader_kit.fader import FaderModel, patch_errors, unmasked_patches
 from fader_kit.obfuscation import obfuscate
 from fader_kit.util.batching import device_batches
-from fader_kit.variants import canonical_name, resolve
+from fader_kit.variants import canonical_name, head_strategies, resolve
 
 TABLE = "head_probe"
 ORACLE = "EAR error (oracle)"
@@ -118,7 +118,7 @@ def probe_variant(bench: CategoryWorkbench, source: MaskSource, head: Head) -> t
     assert ev.diagnostics is not None and ev.diagnostics.head is not None  # a FADeR head, diagnosed
     d = ev.diagnostics.head
     return HeadProbeFacts(
-        target=own if cfg.experiment.gates != "score" else "none (masker score)",
+        target=own if head_strategies(cfg).gates.learned else "none (masker score)",
         rho_own=spearman(pred, targets[own]), rho_ear=spearman(pred, targets["ear"]),
         auroc_missed=d.auroc_unmasked_defect, gate_missed=d.gate_unmasked_defect,
         gate_normal_defective=d.gate_normal_defective, gate_normal_images=d.gate_normal_images,

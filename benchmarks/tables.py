@@ -14,11 +14,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fader_kit.config import FaderConfig
 from fader_kit.errors import ConfigError
-from fader_kit.variants import HEAD_VARIANTS, get_variant
+from fader_kit.variants import get_variant, is_core
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 FADER = "fader"  # FADeR as the paper configures it (an alias of the registry's "paper")
 CONTROL = "open_gates"  # FADeR's training with every skip kept open: what the head adds is measured against it
+
+
+#: the head variants of the fader_head and coverage tables, in the order they were added (the order their stored
+#: columns keep); named here, not read from the registry, so that defining the tables loads no plugin
+_ADDED = (
+    "paper", "calibrated", "ungated", "neighbours", "pseudo", "pseudo_calibrated", "open_gates", "focused",
+    "pseudo_focused", "procedural", "procedural_focused", "ear_target", "stats", "encoder", "stats_ear", "encoder_ear",
+    "stats_score_ear", "score_gates", "masked_gate_one", "score_gates_one", "score_gates_q95", "stats_ear_q95",
+    "stats_calibrated", "stats_ear_all", "stats_score", "encoder_calibrated", "encoder_ear_one", "backbone",
+    "backbone_ear", "score_gates_threshold", "score_gates_threshold_one", "stats_ear_one",
+)
 
 
 class Variant(BaseModel):
@@ -33,6 +44,8 @@ class Variant(BaseModel):
     @field_validator("head")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
+        if v is not None and v in _ADDED and not is_core(v):
+            return v  # a plugin's variant (the experiments): checked when its column runs, loading no plugin here
         if v is not None:
             get_variant(v)  # an unknown name fails when the table is defined, with the names
         return v
@@ -78,14 +91,17 @@ class TableSpec(BaseModel):
         for v in self.variants:
             if wanted is not None and v.head is not None and get_variant(v.head).name == wanted:
                 return v
+        hint = "" if wanted is not None else (
+            " (a head variant of an uninstalled plugin? `fader-kit variants --all` lists the installed ones; the "
+            "experiments come with the fader_kit_experiments plugin)")
         raise ConfigError(f"table {self.name} has no variant {name!r}; choose from "
-                          f"{', '.join(v.name for v in self.variants)}")
+                          f"{', '.join(v.name for v in self.variants)}{hint}")
 
 
 _PAIR = (Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR_EAR", head="paper"))
-#: FADeR's head variants beyond the paper (experiments and the control of fader_kit.variants), as table columns
-_HEAD_VARIANTS = tuple(Variant(name=name, title=get_variant(name).label, head=name)
-                       for name in HEAD_VARIANTS if name != "paper")
+#: FADeR's head variants beyond the paper (experiments and the control of fader_kit.variants), as table columns;
+#: titled as HeadVariant.label titles them, so that defining the tables loads no plugin
+_HEAD_VARIANTS = tuple(Variant(name=name, title=f"FADeR ({name})", head=name) for name in _ADDED if name != "paper")
 
 TABLES: dict[str, TableSpec] = {
     "table2": TableSpec(

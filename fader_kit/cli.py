@@ -1,4 +1,4 @@
-"""The ``fader-kit`` command: ``maskers``, ``plugins``, ``evaluate``, ``export``, and plugins' commands.
+"""The ``fader-kit`` command: ``maskers``, ``plugins``, ``variants``, ``evaluate``, ``export``, and plugins' commands.
 
 ``bench`` / ``report`` are declared by the ``fader_kit_bench`` package as entry points of the
 ``fader_kit.commands`` group: ``fader-kit --help`` lists them from the metadata, and only the command
@@ -75,6 +75,26 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_variants(args: argparse.Namespace) -> int:
+    """The named FADeR head variants: the core's, or (``--all``) every installed plugin's too."""
+    from .registry import default_registry
+    from .variants import DEFAULT_HEAD_VARIANT, core_heads, default_heads
+
+    heads = default_heads() if args.all else core_heads()
+    rows = [(v.name + (" (default)" if v.name == DEFAULT_HEAD_VARIANT else ""), v.kind, heads.origin[v.name],
+             v.description + (f" [aliases: {', '.join(v.aliases)}]" if v.aliases else "")) for v in heads.list()]
+    head = ("variant", "kind", "from", "description")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    for row in [head, *rows]:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:3], widths)) + f"  {row[3]}")
+    if not args.all:
+        print("\n`fader-kit variants --all` also lists the variants installed plugins add (the experiments)")
+    else:
+        for err in (e for e in default_registry().errors() if e.stage == "heads"):
+            print(err, file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import get_profile
     from .variants import resolve
@@ -145,7 +165,7 @@ def print_evaluation(result: "EvaluationResult") -> None:
             print(f"seed {row.seed}: {summary_line(row.diagnostics)}")
 
 
-CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export", "fit", "predict")
+CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export", "fit", "predict", "variants")
 
 
 COMMANDS_GROUP = "fader_kit.commands"
@@ -233,6 +253,10 @@ def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the installed plugins: distribution, hooks, maskers and problems")
     p.set_defaults(func=cmd_plugins)
 
+    p = sub.add_parser("variants", help="list the named FADeR head variants: kind, where from, what they change")
+    p.add_argument("--all", action="store_true", help="also the variants installed plugins add (the experiments)")
+    p.set_defaults(func=cmd_variants)
+
     add_export_command(sub)
 
     from .deploy_cli import add_deploy_commands
@@ -285,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # only; any other name loads every plugin, for the commands of the register_commands hook
         wanted: bool | str = False if first is None or first in CORE_COMMANDS else first
         args = build_parser(plugin_commands=wanted).parse_args(args_in)
-    if args.command not in ("maskers", "plugins"):
+    if args.command not in ("maskers", "plugins", "variants"):
         from .registry import default_registry
 
         for err in default_registry().errors():

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .config_legacy import LEGACY_OPTIONAL, from_legacy, is_legacy, to_legacy
 from .errors import ConfigError
 
 
@@ -101,9 +102,11 @@ class FaderConfig(_Frozen):
     """The FADeR head and how its prediction becomes skip-connection gates (Sec. 3).
 
     Holds the paper's choices, the alternatives its ablation (Table 3) compares, and the options
-    the default head variant (``pseudo_focused``) needs.  Purely experimental switches live in
-    :class:`HeadExperiment` and are set only through named variants (:mod:`fader_kit.variants`),
-    so this stays the configuration a user tunes.
+    the default head variant (``pseudo_focused``) needs.  What the head reads and how its l_hat
+    becomes gates are *strategies* named by :attr:`head_input` and :attr:`gates`, registered in
+    :mod:`fader_kit.head_registry` (a plugin may add its own, docs/writing-a-head.md).  A head
+    written with the old flat fields (``context``, ``score_input``, ``masked_gate``, ``gate_end``,
+    string ``head_input`` / ``gates``) loads as the same head (:mod:`fader_kit.config_legacy`).
     """
 
     patch_size: int = Field(8, ge=1, description="m: mosaic scale = FADeR patch size (Sec. 3.2)")
@@ -132,25 +135,36 @@ class FaderConfig(_Frozen):
     pseudo_anomalies: float = Field(
         0.0, ge=0, le=1, description="FADeR training: probability that a training image gets a foreign patch "
         "pasted in (not covered by M_B); the error target and the decoder's loss stay against the clean image")
+    pseudo_area: float = Field(
+        0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
+    pseudo_source: Literal["image", "procedural"] = Field(
+        "image", description="what is pasted: a colour-shifted square of another training image, or a procedurally "
+        "generated texture or shape (fader_kit.data.procedural)")
     focus: Literal["all", "unmasked"] = Field(
         "all", description="which patches teach and calibrate the head: every patch (paper) or only patches with no "
         "M_B pixel. A masked patch is already a flat mosaic cell (patch size = mosaic scale), so its error is the "
         "inpainting error and trivially the largest: with 'all' those pairs dominate Eq. 3 and the calibration "
         "quantile, and the head learns 'flat patch = high error' instead of 'this unmasked patch will not "
         "reconstruct'")
+    head_input: tuple[str, ...] = Field(
+        ("pixels",), min_length=1, description="what the head reads per patch: registered input strategies, their "
+        "tokens concatenated in this order (core: 'pixels', the paper's m x m patch; 'encoder', the frozen U-Net "
+        "encoder's feature at the patch); `fader-kit variants --all` lists the variants that use others")
+    gates: tuple[str, ...] = Field(
+        ("head",), min_length=1, description="how l_hat becomes skip gates: a registered gate strategy, then any "
+        "modifiers (core: 'head', the learned head through the normaliser and masking; 'open', the control that "
+        "keeps every gate at 1)")
 
     @model_validator(mode="before")
     @classmethod
-    def _no_experiment(cls, data: object) -> object:
-        """An experimental switch given to the public model gets a pointer to where it lives."""
-        if cls is FaderConfig and isinstance(data, dict):
-            given = sorted(set(data) & set(HeadExperiment.model_fields))
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)}: experimental head setting(s), not FaderConfig fields; choose a named "
-                    "variant (fader_kit.variants.resolve(config, name), see list_variants()) or build an "
-                    "ExperimentalFaderConfig")
-        return data
+    def _legacy(cls, data: object) -> object:
+        """A head written with the old flat fields becomes the same head in strategy names; a list of
+        names (as JSON writes it) is the tuple it was, strict validation included."""
+        if not isinstance(data, dict):
+            return data
+        if is_legacy(data):
+            return from_legacy(data)
+        return {k: tuple(v) if k in ("head_input", "gates") and isinstance(v, list) else v for k, v in data.items()}
 
     @model_validator(mode="after")
     def _vit(self) -> "FaderConfig":
@@ -158,16 +172,11 @@ class FaderConfig(_Frozen):
             raise ValueError(f"vit_dim {self.vit_dim} must be divisible by vit_heads {self.vit_heads}")
         return self
 
-    @property
-    def experiment(self) -> "HeadExperiment":
-        """The experimental settings in force: the paper's behaviour for a plain FaderConfig."""
-        return PAPER_EXPERIMENT
-
     def key_payload(self) -> dict[str, object]:
         """Exactly the settings that change a trained head (and its gates): what a cache key of the
         FADeR artifact must hold.  A field that the configured head never reads is left out, so
-        changing it reuses the artifact; a plain config and an :class:`ExperimentalFaderConfig` that
-        behave alike give equal payloads."""
+        changing it reuses the artifact.  A head the old flat fields could describe keeps their
+        payload byte for byte (:mod:`fader_kit.config_legacy`), so cache keys survive the rename."""
         out: dict[str, object] = {
             "patch_size": self.patch_size, "activation": self.activation, "head": self.head, "margin": self.margin,
             "masking": self.masking, "normaliser": self.normaliser, "theta": self.theta, "target": self.target,
@@ -181,100 +190,22 @@ class FaderConfig(_Frozen):
             out["hard_threshold"] = self.hard_threshold
         if self.normaliser == "calibrated":
             out.update(calibration_quantile=self.calibration_quantile, calibration_width=self.calibration_width)
-        exp = self.experiment
-        out.update(context=exp.context, gates=exp.gates)
-        # later switches enter the key only when set, so every earlier head keeps its key
-        for name in ("head_input", "score_input", "masked_gate", "gate_end"):
-            if getattr(exp, name) != HeadExperiment.model_fields[name].default:
-                out[name] = getattr(exp, name)
+        old = to_legacy(self.head_input, self.gates)
+        if old is None:
+            out.update(head_input=list(self.head_input), gates=list(self.gates))
+        else:
+            out.update(context=old["context"], gates=old["gates"])
+            # later switches entered the key only when set, so every earlier head kept its key
+            out.update({k: old[k] for k, default in LEGACY_OPTIONAL.items() if old[k] != default})
         if self.pseudo_anomalies > 0:
-            out.update(pseudo_area=exp.pseudo_area, pseudo_source=exp.pseudo_source)
+            out.update(pseudo_area=self.pseudo_area, pseudo_source=self.pseudo_source)
         return out
 
 
-class HeadExperiment(_Frozen):
-    """Switches beyond the paper that only named head variants set (:mod:`fader_kit.variants`).
-
-    Each default is the paper's behaviour.  They are kept out of :class:`FaderConfig` because no
-    table of the paper and no default needs them: they exist to measure an idea (a wider head input,
-    procedurally generated pseudo-anomalies) or to control for one (``gates="open"``).
-    """
-
-    context: Literal["token", "neighbours"] = Field(
-        "token", description="head input: the m x m patch alone (paper) or the 3m x 3m window around it")
-    pseudo_area: float = Field(
-        0.04, gt=0, lt=0.5, description="pseudo-anomalies: pasted area as a fraction of the image")
-    pseudo_source: Literal["image", "procedural"] = Field(
-        "image", description="what is pasted: a colour-shifted square of another training image, or a procedurally "
-        "generated texture or shape (fader_kit.data.procedural: noise, gratings, flat and smooth fills, edges) -- "
-        "content unlike the category's own, as DRAEM pastes foreign textures")
-    gates: Literal["head", "open", "score"] = Field(
-        "head", description="'open' is the control: the head and the decoder are trained exactly as with 'head' but "
-        "every gate is 1 (skips open) in training and at test, so what FADeR's decoder fine-tuning and BatchNorm "
-        "re-estimation give without any gating can be told from what the head gives. 'score': no learned head, "
-        "l_hat is the masker's own score map (max over each patch), put through the normaliser (calibrated on the "
-        "normal training images)")
-    head_input: Literal["pixels", "stats", "encoder", "backbone"] = Field(
-        "pixels", description="what the head reads per patch of I': its raw pixels (paper), seven statistics "
-        "(mean and std of R, G, B and the gradient energy), the frozen U-Net encoder's feature map at the patch "
-        "grid's resolution (pooled to the grid), or a frozen ImageNet CNN's features (fader_kit.backbones' offline "
-        "default, EfficientNet-Lite0: its stride-8 and stride-16 stages resized to the grid); every input but "
-        "'pixels' is standardised with the mean and std of the normal training patches")
-    score_input: bool = Field(
-        False, description="the head also reads the masker's continuous score at the patch (mean and max over the "
-        "patch), standardised on the normal training patches: what the binary mask throws away below its threshold")
-    masked_gate: Literal["head", "one"] = Field(
-        "head", description="'one': the gate is forced to 1 on every patch with an M_B pixel, so the skips keep "
-        "carrying the mosaic hint there and the gates only act on the patches the masker left")
-    gate_end: Literal["spread", "threshold"] = Field(
-        "spread", description="where the calibrated gates reach 0: at median + width * (quantile - median) of the "
-        "normal patches' l_hat ('spread'), or at the masker's own threshold ('threshold', for gates='score': the "
-        "gates close over the band of scores between the normal patches' quantile and the score at which the masker "
-        "would have masked the pixel)")
-
-
-#: The experimental settings of the paper's head (every default).
-PAPER_EXPERIMENT = HeadExperiment()
-
-
-class ExperimentalFaderConfig(FaderConfig):
-    """A :class:`FaderConfig` with a :class:`HeadExperiment`: what a named variant with an
-    experimental change resolves to.  It is a FaderConfig, so ``FaderModel``, ``train_fader``, the
-    cache keys, checkpoints and the ONNX export take it unchanged; it dumps flat (the experiment's
-    fields beside the head's), as every head configuration was saved before the split."""
-
-    # The FieldInfo of HeadExperiment is the default (description and bounds included); mypy reads the
-    # assignment of a FieldInfo to a typed field as a type error.
-    context: Literal["token", "neighbours"] = HeadExperiment.model_fields["context"]  # type: ignore[assignment]
-    pseudo_area: float = HeadExperiment.model_fields["pseudo_area"]  # type: ignore[assignment]
-    pseudo_source: Literal["image", "procedural"] = HeadExperiment.model_fields["pseudo_source"]  # type: ignore[assignment]
-    gates: Literal["head", "open", "score"] = HeadExperiment.model_fields["gates"]  # type: ignore[assignment]
-    head_input: Literal["pixels", "stats", "encoder", "backbone"] = HeadExperiment.model_fields["head_input"]  # type: ignore[assignment]
-    score_input: bool = HeadExperiment.model_fields["score_input"]  # type: ignore[assignment]
-    masked_gate: Literal["head", "one"] = HeadExperiment.model_fields["masked_gate"]  # type: ignore[assignment]
-    gate_end: Literal["spread", "threshold"] = HeadExperiment.model_fields["gate_end"]  # type: ignore[assignment]
-
-    @model_validator(mode="after")
-    def _gate_end_needs_calibration(self) -> "ExperimentalFaderConfig":
-        if self.gate_end == "threshold" and self.normaliser != "calibrated":
-            raise ValueError("gate_end='threshold' sets the end of the calibrated normaliser: it needs "
-                             "normaliser='calibrated'")
-        return self
-
-    @property
-    def experiment(self) -> HeadExperiment:
-        return HeadExperiment(**{k: getattr(self, k) for k in HeadExperiment.model_fields})
-
-
 def fader_config(data: dict[str, object]) -> FaderConfig:
-    """A head configuration from its fields (a dump, a checkpoint's, a variant's), as the plain
-    :class:`FaderConfig` unless an experimental field differs from the paper's: one configuration,
-    one object, whichever way it was written (a dump from before the split loads too)."""
-    public = {k: v for k, v in data.items() if k not in HeadExperiment.model_fields}
-    experiment = {k: v for k, v in data.items() if k in HeadExperiment.model_fields}
-    if HeadExperiment(**experiment) == PAPER_EXPERIMENT:
-        return FaderConfig(**public)
-    return ExperimentalFaderConfig(**data)
+    """A head configuration from its fields (a dump, a checkpoint's, a variant's), written either
+    way: in strategy names or with the old flat fields (see :mod:`fader_kit.config_legacy`)."""
+    return FaderConfig(**data)
 
 
 class Profile(_Frozen):

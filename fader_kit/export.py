@@ -67,9 +67,10 @@ class _FixedSkipSizes(FaderModel):
 
     def __init__(self, model: FaderModel, size: int, sizes: list[tuple[int, int]]) -> None:
         super().__init__(model.reconstructor, None, model.config, head=model.head, pretrained_backbone=False)
-        # the very modules that were saved: a backbone head's backbone is the model's, never one rebuilt
+        # the very modules that were saved: a network an input reads through is the model's, never one rebuilt
         # from pretrained weights (which the exporting machine may lack, or hold in another version)
-        self.head_backbone = model.head_backbone
+        for name, module in model.input_modules().items():
+            setattr(self, name, module)
         if model.calibration is not None:  # the calibrated normaliser's levels travel with the graph
             self.calibration.copy_(model.calibration)
         self.grid = (size // model.patch_size, size // model.patch_size)
@@ -124,12 +125,11 @@ class ScoringGraph(nn.Module):
 def unexportable_reason(model: FaderModel) -> str | None:
     """Why ``model``'s head cannot go into an ONNX graph, or None when it can.  Said before anything
     is traced, so the user learns the reason instead of reading a tracer's traceback."""
-    exp = model.config.experiment
-    if model.head is not None and (exp.score_input or exp.gates == "score"):
-        what = "its gates are the masker's score (gates='score')" if exp.gates == "score" else \
-            "it reads the masker's score at each patch (score_input)"
-        return (f"the head reads the masker's score map ({what}), and the graph carries the binary mask only; "
-                "fit or train a head that reads the image (e.g. the default pseudo_focused), or export --no-head")
+    if model.needs_scores:
+        cfg = model.config
+        return (f"the head reads the masker's score map (head_input {list(cfg.head_input)}, gates {list(cfg.gates)}), "
+                "and the graph carries the binary mask only; fit or train a head that reads the image (e.g. the "
+                "default pseudo_focused), or export --no-head")
     return None
 
 

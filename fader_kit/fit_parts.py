@@ -29,6 +29,7 @@ from .fader import FaderModel
 from .fusion import FusionScales
 from .interfaces import Masker
 from .score_kinds import ScoreKind, batched_maps, score_kind
+from .variants import head_strategies
 
 Log = Callable[[str], None]
 
@@ -85,11 +86,10 @@ def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_nam
     parts.seconds["ear"] = float(info["seconds"])
     log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
     if any(k.head for k in kinds):
-        exp = head.experiment
         # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
         # on what evaluate trains it on; only a head that reads them needs them
         scores = (pipeline.masker_score_maps(masker, images, batch_size=bs, device=device).half()
-                  if exp.score_input or exp.gates == "score" else None)
+                  if head_strategies(head).reads_scores else None)
         parts.fader, info = pipeline.fader_stage(unet, images, masks, head, profile.fader, seed=seed, device=device,
                                                  progress=progress, scores=scores, masker=lambda: masker,
                                                  masker_name=masker_name)

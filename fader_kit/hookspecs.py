@@ -66,3 +66,11 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
 
     Errors a user can fix should be raised as ``ValueError`` / ``FileNotFoundError``: the CLI
     prints them as one ``error:`` line."""
+
+
+@hookspec
+def register_heads(heads: Any) -> None:
+    """Register FADeR head strategies and named head variants: ``heads.input(HeadInputSubclass)``,
+    ``heads.gate(GateStrategySubclass)``, ``heads.variant(HeadVariant(...))``
+    (:class:`fader_kit.head_registry.HeadRegistrar`; docs/writing-a-head.md).  Strategies first: a
+    variant is checked against the strategies registered so far."""

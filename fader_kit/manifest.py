@@ -103,14 +103,12 @@ class DetectorSettings(BaseModel):
     @field_validator("fader_config")
     @classmethod
     def _head(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from .config import ExperimentalFaderConfig, HeadExperiment, fader_config
+        from .config import FaderConfig, fader_config
 
         try:
             cfg = fader_config(dict(v))
             # again without type coercion (a float where an int belongs is refused, not rounded)
-            data = v if isinstance(cfg, ExperimentalFaderConfig) else {
-                k: x for k, x in v.items() if k not in HeadExperiment.model_fields}
-            type(cfg).model_validate_json(canonical_json(data), strict=True)
+            FaderConfig.model_validate_json(canonical_json(v), strict=True)
         except ValidationError as exc:
             raise ValueError(first_error(exc, "")) from None
         except (TypeError, ValueError, UserError) as exc:

@@ -42,9 +42,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     p.add_argument("--fader-variant", type=variant_argument, default=DEFAULT_HEAD_VARIANT, metavar="NAME",
-                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False))} (default: "
+                   help=f"FADeR head variant: {', '.join(variant_names(aliases=False, core=True))} (default: "
                         f"{DEFAULT_HEAD_VARIANT}, chosen on the development grid); 'paper' (alias fader, ours) is "
-                        "FADeR exactly as the paper reads; 'open_gates' the control")
+                        "FADeR exactly as the paper reads; 'open_gates' the control; `fader-kit variants --all` "
+                        "lists the experiments an installed plugin adds")
     p.add_argument("--ear-masks", choices=("blobs", "masker"), default="blobs",
                    help="train the EAR U-Net on random blobs only (default: one U-Net per category serves every "
                         "masker, as in the paper) or on the masker's masks united with blobs")

@@ -31,6 +31,7 @@ from .metrics import aupro, f1_max, image_auroc, pixel_auroc
 from .training import paste_pseudo_anomalies, seeded_init, train_fader, train_reconstructor
 from .unet import EARUNet
 from .util.batching import device_batches
+from .variants import head_strategies
 
 
 class Metrics(BaseModel):
@@ -127,15 +128,16 @@ def ear_stage(
 
 
 def gate_threshold(head: FaderConfig, masker: Callable[[], Masker] | None, name: str) -> float | None:
-    """The fitted masker's threshold, for gates that reach 0 there (``gate_end="threshold"``); else None.
-    ``masker`` gives the fitted masker (called only for such gates; None: the masks come from no masker)."""
-    if head.experiment.gate_end != "threshold":
+    """The fitted masker's threshold, for a gate strategy that reads it (one that ends the gates there);
+    else None.  ``masker`` gives the fitted masker (called only for such gates; None: the masks come from
+    no masker)."""
+    if not head_strategies(head).reads_threshold:
         return None
     if masker is None:
-        raise ConfigError(f"mask source {name} is not a masker: gate_end='threshold' needs a masker's threshold")
+        raise ConfigError(f"mask source {name} is not a masker: gates {list(head.gates)} need a masker's threshold")
     threshold = masker().threshold
     if threshold is None:
-        raise ConfigError(f"masker {name} sets no threshold (it masks by its own rule): gate_end='threshold' "
+        raise ConfigError(f"masker {name} sets no threshold (it masks by its own rule): gates {list(head.gates)} "
                           "cannot be used with it")
     return float(threshold)
 

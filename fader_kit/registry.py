@@ -55,7 +55,7 @@ from .masker_entries import (  # noqa: F401  (the registry's public names, defin
 BUILTIN_PREFIXES = ("fader_kit_plugins", "fader_kit_bench", "fader_kit.")
 LOAD_ENV = "FADER_KIT_LOAD_PLUGINS"
 DISABLE_ENV = "FADER_KIT_DISABLE_PLUGINS"
-HOOKS = ("register_maskers", "register_commands")
+HOOKS = ("register_maskers", "register_commands", "register_heads")
 
 
 def _env_names(env: Mapping[str, str], key: str) -> list[str] | None:
@@ -238,7 +238,8 @@ class MaskerRegistry:
             pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
         except Exception as exc:
             info.status = "failed"
-            self._record(info.name, "register" if hook == "register_maskers" else "commands", f"{type(exc).__name__}: {exc}")
+            stage = {"register_maskers": "register", "register_heads": "heads"}.get(hook, "commands")
+            self._record(info.name, stage, f"{type(exc).__name__}: {exc}")
             return False
         if hook == "register_maskers" and not info.maskers:
             self._record(info.name, "empty", "register_maskers registered no masker")
@@ -350,6 +351,13 @@ class MaskerRegistry:
         self._load()
         for info in self.plugins():
             self._call(info, "register_commands", subparsers=subparsers)
+
+    def register_heads(self, registrar: Callable[[str], Any]) -> None:
+        """Let every plugin with a ``register_heads`` hook register head strategies and variants;
+        ``registrar(plugin_name)`` gives what its hook receives as ``heads``."""
+        self._load()
+        for info in self.plugins():
+            self._call(info, "register_heads", heads=registrar(info.name))
 
 
 _default: MaskerRegistry | None = None

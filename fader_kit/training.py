@@ -12,122 +12,18 @@ import time
 from typing import Callable, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .errors import UserError
 from .interfaces import Reconstructor, check_images
+from .losses import _gaussian_window, reconstruction_loss, ssim  # noqa: F401 (public here too)
 from .obfuscation import obfuscate
 from .ranking import patch_errors, ranking_loss, unmasked_patches
-from .scoring import msgms_loss
 from .trainable import GatedRun, TrainableFader
+from .training_masks import paste_pseudo_anomalies, random_blobs, training_masks  # noqa: F401 (public here too)
 
-
-
-# -- losses ---------------------------------------------------------------------------------------
-def _gaussian_window(size: int, sigma: float, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
-
-
-def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """Mean structural similarity (Gaussian window, data range 1), as in RIAD's loss.
-
-    The five local means (of a, b, a^2, b^2, ab) come from one grouped convolution over the five
-    stacked inputs: depthwise 11 x 11 convolutions are slow on CPU and one call with 5x the channels
-    costs about what one call with 1x does (a training step at batch 8 spends a third of the time in
-    SSIM otherwise).  Each output channel is computed as a convolution of its own, so the values are
-    those of five separate calls bit for bit; ``a`` enters through an identity product created before
-    ``a * a`` and ``a * b`` so that autograd also adds the three gradient contributions reaching
-    ``a`` in the order five separate calls would (``tests/test_training.py`` pins both)."""
-    c = a.shape[1]
-    w = _gaussian_window(window, sigma, 5 * c, a.device, a.dtype)
-    pad = window // 2
-    stacked = torch.cat([a * 1.0, b, a * a, b * b, a * b], dim=1)
-    mu_a, mu_b, e_aa, e_bb, e_ab = F.conv2d(stacked, w, padding=pad, groups=5 * c).split(c, dim=1)
-    saa = e_aa - mu_a**2
-    sbb = e_bb - mu_b**2
-    sab = e_ab - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
-    return s.mean()
-
-
-def reconstruction_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """RIAD's objective: L2 + (1 - SSIM) + MSGMS."""
-    return F.mse_loss(pred, target) + (1 - ssim(pred, target)) + msgms_loss(pred, target)
-
-
-# -- masks ----------------------------------------------------------------------------------------
-def random_blobs(n: int, size: tuple[int, int], coverage: float, generator: torch.Generator) -> Tensor:
-    """Smooth random blob masks ``[n, 1, H, W]`` (bool), each covering about ``coverage``.
-
-    Low-resolution noise upsampled bilinearly and thresholded at a per-image quantile gives
-    irregular, connected shapes -- closer to real defects than rectangles.
-    """
-    h, w = size
-    cells = int(torch.randint(3, 9, (1,), generator=generator))
-    noise = torch.rand(n, 1, cells, cells, generator=generator)
-    smooth = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)
-    frac = coverage * (0.5 + torch.rand(n, generator=generator))  # vary the amount per image
-    q = torch.stack([torch.quantile(smooth[i].flatten(), 1 - float(frac[i])) for i in range(n)])
-    return smooth > q.view(n, 1, 1, 1)
-
-
-def paste_pseudo_anomalies(
-    images: Tensor, probability: float, area: float, generator: torch.Generator, source: str = "image"
-) -> tuple[Tensor, Tensor]:
-    """Pseudo-anomalies for FADeR training: with ``probability`` per image, a square of ~``area`` of
-    the image pasted at a random place: cut from *another* image of the batch (rolled by one; the
-    image itself when the batch has one) and colour-shifted (``source="image"``), or a procedurally
-    generated texture or shape (``"procedural"``, :func:`fader_kit.data.procedural.general_images`).
-    Returns the pasted images and the pasted region ``[B, 1, H, W]`` (bool).  The region is
-    deliberately *not* added to M_B: the head must learn that an unseen pattern the binary mask
-    missed reconstructs badly."""
-    if source not in ("image", "procedural"):
-        raise ValueError(f"unknown pseudo-anomaly source {source!r}; use 'image' or 'procedural'")
-    b, c, h, w = images.shape
-    side_h = max(1, min(h - 1, round(h * area**0.5)))
-    side_w = max(1, min(w - 1, round(w * area**0.5)))
-    if source == "procedural":
-        from .data.procedural import general_images
-
-        side = max(side_h, side_w, 8)
-        donor_patches = general_images(b, side, generator)[:, :c, :side_h, :side_w].to(images)
-    out = images.clone()
-    region = torch.zeros(b, 1, h, w, dtype=torch.bool, device=images.device)
-    donors = torch.roll(torch.arange(b), 1) if b > 1 else torch.zeros(1, dtype=torch.long)
-    for i in range(b):
-        if float(torch.rand((), generator=generator)) >= probability:
-            continue
-        sy = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
-        sx = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
-        ty = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
-        tx = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
-        shift = (torch.rand(c, 1, 1, generator=generator) - 0.5).to(images) * 0.6
-        if source == "procedural":
-            patch, shift = donor_patches[i], torch.zeros_like(shift)
-        else:
-            patch = images[int(donors[i]), :, sy : sy + side_h, sx : sx + side_w]
-        out[i, :, ty : ty + side_h, tx : tx + side_w] = (patch + shift).clamp(0.0, 1.0)
-        region[i, :, ty : ty + side_h, tx : tx + side_w] = True
-    return out, region
-
-
-def training_masks(
-    masks: Tensor | None, idx: Tensor, shape: tuple[int, ...], config: TrainConfig, generator: torch.Generator
-) -> Tensor:
-    """M_B for a batch: the masker's masks for these images united with random blobs."""
-    b, _, h, w = shape
-    out = torch.zeros(b, 1, h, w, dtype=torch.bool)
-    if masks is not None:
-        out |= masks[idx].bool()
-    if config.random_blobs:
-        out |= random_blobs(b, (h, w), config.blob_coverage, generator)
-    return out
 
 
 # -- schedules ------------------------------------------------------------------------------------
@@ -330,89 +226,37 @@ def train_fader(
     reconstruction loss with the gates detached, so the decoder cannot push the head towards
     opening every skip; the encoder is frozen.
 
-    Beyond the paper (a :class:`FaderConfig` field, or a :class:`HeadExperiment` one for ``pseudo_source``
-    and ``gates``; paper behaviour by default):
-    ``target="ungated"`` takes l against the un-gated reconstruction of the same U-Net;
-    ``pseudo_anomalies > 0`` pastes foreign patches into the inputs (not into M_B) while l and the
-    decoder's loss stay against the clean image; ``normaliser="calibrated"`` ends by calibrating
-    the gates on the training images (:meth:`FaderModel.calibrate`); ``focus="unmasked"`` draws Eq. 3's
-    pairs (and the calibration) from patches without an M_B pixel only; ``gates="open"`` is the control
-    that trains the same way with every skip open.  ``scores`` (the masker's score maps of ``images``,
-    ``[N, 1, H, W]``) feed a head that reads them (``score_input``, ``gates="score"``); ``target="ear"``
-    takes l from a frozen eval-mode copy of the U-Net as it was passed in.  ``score_threshold`` (the fitted
-    masker's threshold) is where ``gate_end="threshold"`` gates reach 0.
+    Beyond the paper (:class:`~fader_kit.config.FaderConfig` fields; paper behaviour by default):
+    ``target="ungated"`` takes l against the un-gated reconstruction of the same U-Net, ``target="ear"``
+    from a frozen eval-mode copy of the U-Net as it was passed in; ``pseudo_anomalies > 0`` pastes
+    foreign patches into the inputs (not into M_B) while l and the decoder's loss stay against the clean
+    image; ``normaliser="calibrated"`` calibrates the gates on the training images at each epoch and at
+    the end (:meth:`FaderModel.calibrate`); ``focus="unmasked"`` draws Eq. 3's pairs (and the
+    calibration) from patches without an M_B pixel only.  ``scores`` (the masker's score maps of
+    ``images``, ``[N, 1, H, W]``) feed a head whose strategies read them (:attr:`FaderModel.needs_scores`);
+    ``score_threshold`` (the fitted masker's threshold) is passed to a gate strategy that ends there.
     """
-    if model.head is None:
-        raise ValueError("train_fader needs a FaderModel with a head")
-    _check_inputs(images, masks)
-    if model.needs_scores:
-        if scores is None:
-            from .errors import UserError
-
-            raise UserError("this FADeR head reads the masker's score map: pass scores= (the masker's score_map of "
-                            "the training images)")
-        if scores.shape[0] != images.shape[0] or scores.shape[-2:] != images.shape[-2:]:
-            raise ValueError(f"scores {list(scores.shape)} do not match images {list(images.shape)}")
-    else:
-        scores = None
+    scores = _score_input(model, images, masks, scores)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     rec = model.reconstructor
     encoder = rec.encoder_modules()
-    encoder_params = {id(p) for p in rec.encoder_parameters()}
     saved_grad = [(p, p.requires_grad) for p in rec.parameters()]  # restored afterwards, as the caller had it
-    reference = None
-    if model.config.target == "ear":  # plain EAR as it is now: frozen, eval mode
-        import copy
-
-        reference = copy.deepcopy(rec).to(device).eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
-    model.to(device).train()
-    for p in rec.encoder_parameters():
-        p.requires_grad_(False)
-    for module in encoder:  # frozen encoder: keep its BN statistics fixed too
-        module.eval()
-    decoder_params = [p for p in rec.decoder_parameters() if id(p) not in encoder_params]
-    groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
-    if config.decoder_lr_factor > 0:
-        groups.append({"params": decoder_params, "lr": config.lr * config.decoder_lr_factor})
-    opt = torch.optim.Adam(groups)
-    steps = math.ceil(images.shape[0] / config.batch_size)
-    sched = make_scheduler(opt, config, steps)
-    head_cfg = model.config
-    experiment = head_cfg.experiment  # the switches only named variants set (fader_kit.variants)
-    calibrated = head_cfg.normaliser == "calibrated"
+    reference = _ear_reference(rec, device) if model.config.target == "ear" else None
+    opt = _fader_optimizer(model, config, device)
+    sched = make_scheduler(opt, config, math.ceil(images.shape[0] / config.batch_size))
+    calibrated = model.config.normaliser == "calibrated"
     model.fit_input_norm(images, masks, scores, batch_size=config.batch_size)  # no-op for the paper's pixel head
+    data = (images, masks, scores)
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.epochs), desc="FADeR head", disable=not progress, leave=False)
     try:
         for epoch in bar:
-            t0, tot_rank, tot_rec = time.perf_counter(), 0.0, 0.0
+            t0 = time.perf_counter()
             if calibrated:  # the gates the decoder is fine-tuned with follow the current head
                 model.calibrate(images, masks, batch_size=config.batch_size, scores=scores, threshold=score_threshold)
-                model.train()
-                for module in encoder:
-                    module.eval()
-            for x, mb, *s in _training_batches(images, masks, config, gen, device, scores):
-                x_in = x
-                if head_cfg.pseudo_anomalies > 0:
-                    x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, experiment.pseudo_area, gen,
-                                                     experiment.pseudo_source)
-                out = model(x_in, mb, detach_gates=True, scores=s[0] if s else None)
-                target = error_target(model, x, out, reference)
-                valid = unmasked_patches(mb, model.patch_size) if head_cfg.focus == "unmasked" else None
-                l_rank = ranking_loss(out.predicted_error, target, model.config.margin, config.ranking_pairs, gen,
-                                      valid=valid)
-                l_rec = reconstruction_loss(out.reconstruction, x) if config.decoder_lr_factor > 0 else torch.zeros(())
-                opt.zero_grad(set_to_none=True)
-                loss = l_rank + l_rec
-                if loss.requires_grad:  # gates="score" with no decoder fine-tuning has nothing to learn
-                    loss.backward()
-                    opt.step()
-                sched.step()
-                tot_rank += float(l_rank.detach()) * x.shape[0]
-                tot_rec += float(l_rec.detach()) * x.shape[0]
+                _train_mode(model, encoder)
+            tot_rank, tot_rec = _fader_epoch(model, data, config, gen, device, reference, opt, sched)
             n = images.shape[0]
             row = {"epoch": epoch + 1, "ranking_loss": tot_rank / n, "reconstruction_loss": tot_rec / n,
                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
@@ -423,16 +267,101 @@ def train_fader(
         if calibrated:  # the head has stopped moving: its final calibration (M_B without blobs)
             model.calibrate(images, masks, batch_size=config.batch_size, scores=scores, threshold=score_threshold)
         if config.recalibrate_bn:
-            # the decoder moved and now sees gated skips: re-estimate its statistics (not the encoder's)
-            enc_bn = {id(bn) for bn in batchnorm_layers(encoder)}
-            layers = [bn for bn in batchnorm_layers([rec]) if id(bn) not in enc_bn]
-            recalibrate_batchnorm(model, layers, lambda x, mb, s=None: model(x, mb, scores=s),
-                                  _training_batches(images, masks, config, gen, device, scores))
+            _recalibrate_decoder(model, encoder, data, config, gen, device)
     finally:
         for p, flag in saved_grad:
             p.requires_grad_(flag)
         model.eval()
     return history
+
+
+def _train_mode(model: TrainableFader, encoder: list[nn.Module]) -> None:
+    """Train mode again after a calibration, the frozen encoder's BatchNorm statistics kept fixed."""
+    model.train()
+    for module in encoder:
+        module.eval()
+
+
+def _score_input(model: TrainableFader, images: Tensor, masks: Tensor | None, scores: Tensor | None) -> Tensor | None:
+    """The checked training inputs; ``scores`` for a head that reads them, else None."""
+    if model.head is None:
+        raise ValueError("train_fader needs a FaderModel with a head")
+    _check_inputs(images, masks)
+    if not model.needs_scores:
+        return None
+    if scores is None:
+        raise UserError("this FADeR head reads the masker's score map: pass scores= (the masker's score_map of "
+                        "the training images)")
+    if scores.shape[0] != images.shape[0] or scores.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"scores {list(scores.shape)} do not match images {list(images.shape)}")
+    return scores
+
+
+def _ear_reference(rec: Reconstructor, device: torch.device) -> nn.Module:
+    """Plain EAR as it is now (``target="ear"``): a frozen copy in eval mode."""
+    import copy
+
+    reference = copy.deepcopy(rec).to(device).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+def _fader_optimizer(model: TrainableFader, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Move ``model`` to ``device`` in train mode with its encoder frozen (weights and BatchNorm
+    statistics); Adam over the head at ``lr`` and the decoder at ``decoder_lr_factor * lr``."""
+    rec = model.reconstructor
+    encoder_params = {id(p) for p in rec.encoder_parameters()}
+    model.to(device).train()
+    for p in rec.encoder_parameters():
+        p.requires_grad_(False)
+    for module in rec.encoder_modules():  # frozen encoder: keep its BN statistics fixed too
+        module.eval()
+    assert model.head is not None
+    decoder_params = [p for p in rec.decoder_parameters() if id(p) not in encoder_params]
+    groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
+    if config.decoder_lr_factor > 0:
+        groups.append({"params": decoder_params, "lr": config.lr * config.decoder_lr_factor})
+    return torch.optim.Adam(groups)
+
+
+def _fader_epoch(model: TrainableFader, data: tuple[Tensor, Tensor | None, Tensor | None], config: TrainConfig,
+                 gen: torch.Generator, device: torch.device, reference: nn.Module | None,
+                 opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler) -> tuple[float, float]:
+    """One epoch of FADeR steps; returns the summed (over images) ranking and reconstruction losses."""
+    images, masks, scores = data
+    head_cfg = model.config
+    tot_rank, tot_rec = 0.0, 0.0
+    for x, mb, *s in _training_batches(images, masks, config, gen, device, scores):
+        x_in = x
+        if head_cfg.pseudo_anomalies > 0:
+            x_in, _ = paste_pseudo_anomalies(x, head_cfg.pseudo_anomalies, head_cfg.pseudo_area, gen,
+                                             head_cfg.pseudo_source)
+        out = model(x_in, mb, detach_gates=True, scores=s[0] if s else None)
+        target = error_target(model, x, out, reference)
+        valid = unmasked_patches(mb, model.patch_size) if head_cfg.focus == "unmasked" else None
+        l_rank = ranking_loss(out.predicted_error, target, head_cfg.margin, config.ranking_pairs, gen, valid=valid)
+        l_rec = reconstruction_loss(out.reconstruction, x) if config.decoder_lr_factor > 0 else torch.zeros(())
+        opt.zero_grad(set_to_none=True)
+        loss = l_rank + l_rec
+        if loss.requires_grad:  # gates that learn nothing, with no decoder fine-tuning, leave nothing to learn
+            loss.backward()
+            opt.step()
+        sched.step()
+        tot_rank += float(l_rank.detach()) * x.shape[0]
+        tot_rec += float(l_rec.detach()) * x.shape[0]
+    return tot_rank, tot_rec
+
+
+def _recalibrate_decoder(model: TrainableFader, encoder: list[nn.Module],
+                         data: tuple[Tensor, Tensor | None, Tensor | None], config: TrainConfig,
+                         gen: torch.Generator, device: torch.device) -> None:
+    """The decoder moved and now sees gated skips: re-estimate its BatchNorm statistics (not the encoder's)."""
+    images, masks, scores = data
+    enc_bn = {id(bn) for bn in batchnorm_layers(encoder)}
+    layers = [bn for bn in batchnorm_layers([model.reconstructor]) if id(bn) not in enc_bn]
+    recalibrate_batchnorm(model, layers, lambda x, mb, s=None: model(x, mb, scores=s),
+                          _training_batches(images, masks, config, gen, device, scores))
 
 
 def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fader_kit.config import ExperimentalFaderConfig, FaderConfig, UNetConfig
+from fader_kit.config import FaderConfig, UNetConfig
 from fader_kit.fader import (
     FaderHead, FaderModel, ViTHead, hard_mask, patch_errors, patchify, ranking_loss, soft_mask, theta, wrap_with_fader,
 )
@@ -228,15 +228,15 @@ def test_calibrated_model_needs_calibration_and_saves_it(tmp_path):
 
 
 def test_neighbour_context_tokens_hold_the_patch_at_their_centre():
-    from fader_kit.fader import context_tokens, token_dim
+    from fader_kit_experiments.inputs import context_tokens
 
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    plain, ctx = context_tokens(x, 4, "token"), context_tokens(x, 4, "neighbours")
-    assert ctx.shape == (2, 16, 3 * 12 * 12) == (2, 16, token_dim(ExperimentalFaderConfig(patch_size=4, context="neighbours")))
+    plain, ctx = patchify(x, 4), context_tokens(x, 4)
+    model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None,
+                            FaderConfig(patch_size=4, hidden=8, head_input=("neighbours",)))
+    assert ctx.shape == (2, 16, 3 * 12 * 12) == (2, 16, model.head.net[0].in_features)
     centre = ctx.reshape(2, 16, 3, 12, 12)[..., 4:8, 4:8].reshape(2, 16, -1)
     assert torch.equal(centre, plain)
-    model = wrap_with_fader(EARUNet(UNetConfig(widths=(4, 4, 8))), None,
-                            ExperimentalFaderConfig(patch_size=4, hidden=8, context="neighbours"))
     assert model(x, torch.zeros(2, 1, 16, 16, dtype=torch.bool)).predicted_error.shape == (2, 16)
 
 
@@ -344,7 +344,7 @@ def test_open_gates_control_reconstructs_exactly_like_plain_ear():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     mb = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
     mb[:, :, 8:16, 8:16] = True
-    model = wrap_with_fader(unet, None, ExperimentalFaderConfig(patch_size=8, hidden=8, gates="open")).eval()
+    model = wrap_with_fader(unet, None, FaderConfig(patch_size=8, hidden=8, gates=("open",))).eval()
     out = model(x, mb)
     assert torch.equal(out.soft_mask, torch.ones(2, 1, 4, 4))
     assert torch.allclose(out.reconstruction, model.without_head()(x, mb).reconstruction, atol=1e-6)

@@ -1,16 +1,16 @@
 """Round-3 head options: feature inputs, the masker's score as input, score gates, masked gate = 1,
-and the frozen-EAR target (smoke sizes)."""
+and the frozen-EAR target (smoke sizes).  All but the encoder input are strategies of the
+experiments plugin (fader_kit_experiments)."""
 import pytest
 import torch
 
-from fader_kit.config import ExperimentalFaderConfig, FaderConfig, TrainConfig, UNetConfig
+from fader_kit.config import FaderConfig, TrainConfig, UNetConfig
 from fader_kit.errors import UserError
-from fader_kit.fader import (
-    STATS_DIM, FaderModel, calibration_from, encoder_tokens, patch_statistics, score_tokens,
-)
+from fader_kit.fader import FaderModel, calibration_from, encoder_tokens
 from fader_kit.training import train_fader
 from fader_kit.unet import EARUNet
-from fader_kit.variants import resolve
+from fader_kit.variants import head_strategies, resolve
+from fader_kit_experiments.inputs import STATS_DIM, patch_statistics, score_tokens
 
 BASE = FaderConfig(patch_size=8, hidden=16)
 TRAIN = dict(epochs=1, batch_size=4, lr=1e-3, ranking_pairs=64)
@@ -71,7 +71,7 @@ def test_feature_heads_train_and_round_trip(variant, tmp_path):
 
 def test_backbone_tokens_read_the_pretrained_backbone_at_the_patch_grid():
     from fader_kit.backbones import create_feature_extractor
-    from fader_kit.fader import HEAD_BACKBONE_STAGES, backbone_tokens
+    from fader_kit_experiments.inputs import HEAD_BACKBONE_STAGES, backbone_tokens
 
     model = _model("backbone_ear")
     ref, source = create_feature_extractor("tf_efficientnet_lite0", HEAD_BACKBONE_STAGES)
@@ -111,13 +111,13 @@ def test_gates_can_end_at_the_masker_threshold():
     assert start == pytest.approx(0.9) and 0.9 < end < 0.9 + 1e-5
     x, mb, scores = _data()
     model = _model("score_gates_threshold")
-    assert model.config.experiment.gate_end == "threshold"
+    assert model.config.gates == ("score", "threshold_end") and model.strategies.reads_threshold
     with pytest.raises(UserError, match="threshold"):
         model.calibrate(x, mb, scores=scores)
     cal = model.calibrate(x, mb, scores=scores, threshold=5.0)
     assert cal[1] == 5.0 and cal[0] < 1.0
     with pytest.raises(ValueError, match="calibrated"):
-        ExperimentalFaderConfig(**{**resolve(BASE, "score_gates_threshold").model_dump(), "normaliser": "minmax"})
+        head_strategies(FaderConfig(**{**resolve(BASE, "score_gates_threshold").model_dump(), "normaliser": "minmax"}))
 
 
 def test_score_head_without_scores_is_a_user_error():
@@ -187,7 +187,7 @@ def test_gate_variants_round_trip(variant, tmp_path):
     train_fader(model, x, mb, TrainConfig(**TRAIN), scores=scores)
     out = model.anomaly_map(x, mb, scores=scores)
     loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
-    assert loaded.config == model.config and loaded.config.experiment.masked_gate == "one"
+    assert loaded.config == model.config and loaded.config.gates[-1] == "masked_one"
     assert torch.allclose(loaded.anomaly_map(x, mb, scores=scores), out, atol=1e-6)
 
 

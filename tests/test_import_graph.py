@@ -7,7 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"fader_kit": ROOT / "fader_kit", "fader_kit_plugins": ROOT / "plugins", "fader_kit_bench": ROOT / "benchmarks"}
+PACKAGES = {"fader_kit": ROOT / "fader_kit", "fader_kit_plugins": ROOT / "plugins", "fader_kit_bench": ROOT / "benchmarks",
+            "fader_kit_experiments": ROOT / "experiments"}
 
 
 def _modules() -> dict[str, Path]:

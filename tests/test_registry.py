@@ -183,7 +183,7 @@ def test_installed_builtin_patch_stats_is_found_through_its_entry_point():
     ("no_marker", "register", "register_maskers are not decorated with @hookimpl"),
     ("bad_wrapper", "register", "not a generator function"),
     ("registers_nothing", "empty", "register_maskers registered no masker"),
-    ("no_hooks", "load", "implements no fader-kit hook (register_maskers, register_commands with @hookimpl); "
+    ("no_hooks", "load", "implements no fader-kit hook (register_maskers, register_commands, register_heads with @hookimpl); "
                          "register_maskerz look(s) like a misspelled hook"),
     ("abstract", "register", "masker 'no_score': NoScore does not implement score_map"),
 ])

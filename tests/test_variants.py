@@ -10,9 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fader_kit.config import (
-    PROFILES, ExperimentalFaderConfig, FaderConfig, HeadExperiment, fader_config, get_profile,
-)
+from fader_kit.config import PROFILES, FaderConfig, fader_config, get_profile
+from fader_kit.config_legacy import LEGACY_FIELDS, to_legacy
 from fader_kit.errors import ConfigError
 from fader_kit.fader import FaderModel, wrap_with_fader
 from fader_kit.training import seeded_init
@@ -62,8 +61,11 @@ OLD_NAMES: dict[str, dict[str, object]] = {
 
 
 def effective(config: FaderConfig) -> dict[str, object]:
-    """Every setting the head runs with, flat, as the old 21-field FaderConfig held them."""
-    return {**config.model_dump(mode="json"), **config.experiment.model_dump(mode="json")}
+    """Every setting the head runs with, flat, as the old FaderConfig and its experiment fields held them."""
+    dump = {k: v for k, v in config.model_dump(mode="json").items() if k not in ("head_input", "gates")}
+    legacy = to_legacy(config.head_input, config.gates)
+    assert legacy is not None, "every head that existed before the strategies has an old spelling"
+    return {**dump, **legacy}
 
 
 def old_config(base: FaderConfig, changes: dict[str, object]) -> dict[str, object]:
@@ -77,13 +79,13 @@ def test_every_old_name_resolves_to_the_old_configuration(profile, name):
     cfg = resolve(base, name)
     assert effective(cfg) == old_config(base, OLD_NAMES[name])
     assert resolve(base, name) == cfg  # the registry agrees with itself through its public entry point
-    # experimental switches only where an old variant set one: the rest are plain FaderConfigs
-    assert isinstance(cfg, ExperimentalFaderConfig) == bool(set(OLD_NAMES[name]) & set(HeadExperiment.model_fields))
+    assert type(cfg) is FaderConfig  # one configuration model
+    assert fader_config(old_config(base, OLD_NAMES[name])) == cfg  # the old flat spelling loads as the same head
 
 
 def test_the_old_names_and_the_default_are_in_the_registry():
-    # every old name keeps its changes; later rounds only add names
-    assert {k: HEAD_VARIANTS[k] for k in OLD_HEAD_VARIANTS} == OLD_HEAD_VARIANTS
+    # every old name is still a head variant (its changes: the test above); later rounds only add names
+    assert set(OLD_HEAD_VARIANTS) <= set(HEAD_VARIANTS)
     assert DEFAULT_HEAD_VARIANT == "pseudo_focused"
 
 
@@ -122,7 +124,7 @@ def test_one_name_per_configuration():
 def test_unknown_name_lists_the_names_and_suggests_one():
     with pytest.raises(ConfigError, match=r"unknown FADeR variant 'pseudo_focussed'; did you mean 'pseudo_focused'\?"):
         get_variant("pseudo_focussed")
-    with pytest.raises(ConfigError, match="choose one of paper, vit, .*procedural_focused, .*; aliases: fader, ours"):
+    with pytest.raises(ConfigError, match=r"installed: paper, vit, .*procedural_focused, .*fader-kit variants --all"):
         resolve(FaderConfig(), "zzz")
 
 
@@ -136,21 +138,27 @@ def test_a_table_column_can_be_named_by_its_head():
         TABLES["table3"].variant("neighbours")
 
 
-def test_experimental_switches_are_not_public_fields():
-    assert not set(HeadExperiment.model_fields) & set(FaderConfig.model_fields)
-    with pytest.raises(ValueError, match="gates: experimental head setting"):
-        FaderConfig(gates="open")
-    assert FaderConfig().experiment == HeadExperiment()
-    assert ExperimentalFaderConfig(gates="open").experiment == HeadExperiment(gates="open")
+def test_one_configuration_model_with_strategy_names():
+    """No experiment field of its own: what the head reads and how it gates are lists of strategy names."""
+    assert not set(LEGACY_FIELDS) - {"head_input", "gates"} & set(FaderConfig.model_fields)
+    assert FaderConfig().head_input == ("pixels",) and FaderConfig().gates == ("head",)
+    assert FaderConfig(gates=["open"]).gates == ("open",)
+    import fader_kit.config as config_module
+
+    assert not hasattr(config_module, "HeadExperiment") and not hasattr(config_module, "ExperimentalFaderConfig")
 
 
-def test_fader_config_from_a_dump_is_canonical():
-    """A dump from before the split (21 fields, experimental ones at their defaults) loads as the
-    plain FaderConfig; one with an experimental setting as the experimental one."""
-    assert type(fader_config(dict(OLD_DEFAULTS))) is FaderConfig
+def test_fader_config_from_an_old_dump_is_the_same_head():
+    """A dump from before the strategies (the old fields at their defaults, or an experiment's) loads as
+    the head it described."""
     assert fader_config(dict(OLD_DEFAULTS)) == FaderConfig()
     cfg = fader_config({**OLD_DEFAULTS, "context": "neighbours"})
-    assert type(cfg) is ExperimentalFaderConfig and cfg.experiment.context == "neighbours"
+    assert cfg.head_input == ("neighbours",) and cfg.gates == ("head",)
+    cfg = fader_config({**OLD_DEFAULTS, "head_input": "stats", "score_input": True, "gates": "score",
+                        "normaliser": "calibrated", "gate_end": "threshold", "masked_gate": "one"})
+    assert cfg.head_input == ("stats", "score") and cfg.gates == ("score", "threshold_end", "masked_one")
+    with pytest.raises(ValueError, match="masked_gate"):
+        fader_config({**OLD_DEFAULTS, "masked_gate": "zero"})
 
 
 # -- the same numbers -----------------------------------------------------------------------------
@@ -193,7 +201,7 @@ def test_checkpoint_round_trips_experimental_variants(tmp_path, name):
         model.calibration.copy_(torch.tensor([0.0, 1.0]))
     json.dumps(model.checkpoint()["fader_config"])  # JSON-able: loads with weights_only=True
     loaded = FaderModel.load(model.save(tmp_path / "m.pt"))
-    assert loaded.config == cfg and type(loaded.config) is type(cfg)
+    assert loaded.config == cfg
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     mb = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
     with torch.no_grad():
@@ -211,19 +219,16 @@ RELEVANT = [
     (FaderConfig(head="vit"), "vit_heads", 8), (FaderConfig(masking="hard"), "hard_threshold", 0.3),
     (FaderConfig(normaliser="calibrated"), "calibration_quantile", 0.99),
     (FaderConfig(normaliser="calibrated"), "calibration_width", 3.0),
-    (ExperimentalFaderConfig(), "context", "neighbours"), (ExperimentalFaderConfig(), "gates", "open"),
-    (ExperimentalFaderConfig(pseudo_anomalies=1.0), "pseudo_area", 0.1),
-    (ExperimentalFaderConfig(pseudo_anomalies=1.0), "pseudo_source", "procedural"),
-    (ExperimentalFaderConfig(), "head_input", "stats"), (ExperimentalFaderConfig(), "score_input", True),
-    (ExperimentalFaderConfig(), "masked_gate", "one"),
-    (ExperimentalFaderConfig(normaliser="calibrated"), "gate_end", "threshold"),
+    (FaderConfig(), "gates", ("open",)), (FaderConfig(), "head_input", ("encoder",)),
+    (FaderConfig(pseudo_anomalies=1.0), "pseudo_area", 0.1),
+    (FaderConfig(pseudo_anomalies=1.0), "pseudo_source", "procedural"),
 ]
 #: (config, field, other value): the field is never read by that config
 IRRELEVANT = [
     (FaderConfig(), "vit_dim", 128), (FaderConfig(), "vit_depth", 3), (FaderConfig(), "vit_heads", 8),
     (FaderConfig(head="vit"), "hidden", 64), (FaderConfig(), "hard_threshold", 0.3),
     (FaderConfig(), "calibration_quantile", 0.99), (FaderConfig(), "calibration_width", 3.0),
-    (ExperimentalFaderConfig(), "pseudo_area", 0.1), (ExperimentalFaderConfig(), "pseudo_source", "procedural"),
+    (FaderConfig(), "pseudo_area", 0.1), (FaderConfig(), "pseudo_source", "procedural"),
 ]
 
 
@@ -237,12 +242,12 @@ def test_fader_key_payload_leaves_out_what_is_never_read(config, field, value):
     assert config.model_copy(update={field: value}).key_payload() == config.key_payload()
 
 
-def test_fader_key_payload_covers_every_field_and_ignores_the_class():
-    assert {f for _, f, _ in RELEVANT} == set(ExperimentalFaderConfig.model_fields)
+def test_fader_key_payload_covers_every_field_and_ignores_the_spelling():
+    assert {f for _, f, _ in RELEVANT} == set(FaderConfig.model_fields)
     base = get_profile("cpu").fader_head
-    for name in variant_names(aliases=False):  # a plain config and an experimental one that behave alike
+    for name in variant_names(aliases=False):  # the old flat spelling and the strategy names give one payload
         cfg = resolve(base, name)
-        assert ExperimentalFaderConfig(**effective(cfg)).key_payload() == cfg.key_payload()
+        assert fader_config(effective(cfg)).key_payload() == cfg.key_payload()
         json.dumps(cfg.key_payload())
 
 
