@@ -172,6 +172,9 @@ def test_a_fixed_masker_and_score_run_no_search(root: Path, tmp_path: Path, monk
     out = tmp_path / "m"
     assert fit_cli(root, out, "--score", "masker", "--masker", "seer") == 0
     assert not (out / "selection.json").exists() and Detector.load(out).settings.masker == "seer"
+    (out / "selection.json").write_text("{}")  # a table its digest list does not name is an extra file
+    with pytest.raises(ModelDirError, match="selection.json, which is not a file of this detector"):
+        Detector.load(out)
     assert fit_cli(root, tmp_path / "x", "--score", "masker", "--masker", "seer", "--budget", "5") == 2
     with pytest.raises(ConfigError, match="--candidates"):
         plan("seer", AUTO, ["patch_stats"])
