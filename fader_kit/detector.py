@@ -17,6 +17,7 @@ Folder layout (``FILES``)::
     masker.json          the masker's fitted state without its tensors
     masker.safetensors   the masker's tensors
     README.md            the model card
+    selection.json       optional: the candidates ``fit`` chose among (fader_kit.auto_select)
 """
 from __future__ import annotations
 
