@@ -25,17 +25,27 @@ def add_fit_command(sub: Any) -> None:
         "fit", help="train a detector on a folder of normal images and calibrate its thresholds",
         description="Train the masker and what --score needs (the EAR U-Net, the FADeR head) on the images under "
                     "--normal (recursively), holding out a seeded share to set the thresholds at --false-alarm-rate; "
-                    "write a self-contained detector folder (safetensors + JSON + model card) to --out.",
+                    "write a self-contained detector folder (safetensors + JSON + model card) to --out. By default "
+                    "(--score auto --masker auto) every masker x score candidate is fitted and the one that best "
+                    "separates the held-out images from the same images with synthetic defects (or, with "
+                    "--validation, the best on labelled images) is kept; the table of candidates is printed and "
+                    "saved with it.",
     )
     p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images (searched recursively)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="detector folder to write")
-    add_model_arguments(p)
-    from .score_kinds import DEFAULT_SCORE, SCORE_NAMES
+    add_model_arguments(p, masker_help="masker name, or auto (default): choose among --candidates")
+    from .score_kinds import SCORE_NAMES
 
-    p.add_argument("--score", choices=SCORE_NAMES, default=DEFAULT_SCORE,
-                   help="what the detector scores with: masker (the masker's own score map; no U-Net trained), ear "
-                        "(plain EAR), fader (EAR with the FADeR head; default), fused (plain EAR's map fused with the "
-                        "masker's, the mix chosen on pseudo-anomalies)")
+    p.add_argument("--score", choices=("auto", *SCORE_NAMES), default="auto",
+                   help="what the detector scores with: auto (default: choose among all below), masker (the masker's "
+                        "own score map; no U-Net trained), ear (plain EAR), fader (EAR with the FADeR head), fused "
+                        "(plain EAR's map fused with the masker's, the mix chosen on pseudo-anomalies)")
+    p.add_argument("--candidates", type=names_argument, default=None, metavar="M1,M2",
+                   help="with --masker auto: the maskers to choose among, any registered name (default: "
+                        "patch_stats,msflow,ami_net)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="with auto: stop fitting candidates (cheapest first) once this many seconds are spent; the "
+                        "ones skipped are named (default: no limit)")
     p.add_argument("--seed", type=int, default=0, help="training and hold-out seed (default: 0)")
     p.add_argument("--holdout", type=float, default=0.15,
                    help="normal images held out to calibrate: a share (default: 0.15, grown to what "
@@ -46,7 +56,7 @@ def add_fit_command(sub: Any) -> None:
                         "at least 1/rate - 1 held-out images)")
     p.add_argument("--validation", metavar="DIR", default=None,
                    help="labelled folder in the MVTec layout (test/good, test/<defect>, ground_truth/): adds the "
-                        "validation AUROC and the F1-optimal threshold")
+                        "validation AUROC and the F1-optimal threshold; with auto, the validation AUROC chooses")
     p.add_argument("--batch-size", type=int, default=16, help="prediction batch size stored with the detector")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the detector folder already at --out (only once the new one is complete)")
@@ -97,6 +107,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     profile = get_profile(args.profile)
     announce_fit_pace(args, profile, str(device))
+    if "auto" in (args.score, args.masker):
+        from .auto_select import fit_auto
+
+        detector, _ = fit_auto(
+            args.normal, masker=args.masker, score=args.score, candidates=args.candidates, budget_s=args.budget,
+            profile=profile, out=args.out, masker_options=masker_options(args), head_variant=args.fader_variant,
+            seed=args.seed, device=device, holdout=args.holdout, false_alarm_rate=args.false_alarm_rate,
+            validation=args.validation, ear_masks=args.ear_masks, batch_size=args.batch_size,
+            progress=not args.quiet, overwrite=args.overwrite)
+        return fit_done(detector, args.out)
+    if args.candidates or args.budget is not None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"arguments --candidates / --budget choose among candidates: they need --score auto or "
+                          f"--masker auto (got --score {args.score} --masker {args.masker})")
     detector = fit_detector(
         args.normal, masker=args.masker, profile=profile, out=args.out,
         masker_options=masker_options(args), head_variant=args.fader_variant, seed=args.seed, device=device,
@@ -104,9 +129,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         ear_masks=args.ear_masks, batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
         score=args.score,
     )
+    return fit_done(detector, args.out)
+
+
+def fit_done(detector: Any, out: str) -> int:
     print(detector.calibration.summary())
-    print(f"detector written to {args.out} (model card: {Path(args.out) / 'README.md'})")
+    print(f"detector written to {out} (model card: {Path(out) / 'README.md'})")
     return 0
+
+
+def names_argument(text: str) -> list[str]:
+    """``a,b,c`` as a list of names (blanks dropped)."""
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def announce_fit_pace(args: argparse.Namespace, profile: Any, device: str) -> None:
@@ -115,17 +149,20 @@ def announce_fit_pace(args: argparse.Namespace, profile: Any, device: str) -> No
     from .fitting import holdout_split
     from .imagefiles import normal_images
     from .pace import JobWork, announce
-    from .score_kinds import score_kind
+
+    from .auto_select import plan
 
     try:
         train, held = holdout_split(len(normal_images(args.normal)), args.holdout, args.seed)
-        kind = score_kind(getattr(args, "score", "fader"))
+        maskers, kinds = plan(args.masker, args.score, args.candidates)
     except Exception:  # the fit names the problem
         return
-    if not kind.unet:
-        return  # the masker alone: nothing long is trained
-    announce(JobWork(ear_trainings=1, fader_trainings=int(kind.head), scored_models=1, n_train=len(train),
-                     n_test=len(held)), profile, device)
+    if not any(k.unet for k in kinds):
+        return  # maskers alone: no U-Net is trained
+    ears = 1 if args.ear_masks == "blobs" else len(maskers)  # one U-Net on blobs serves every masker
+    n = len(maskers) * len(kinds)
+    announce(JobWork(ear_trainings=ears, fader_trainings=len(maskers) * any(k.head for k in kinds), scored_models=n,
+                     n_train=len(train), n_test=len(held) * (1 + 2 * 4 if n > 1 else 1)), profile, device)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ Folder layout (``FILES``)::
     masker.json          the masker's fitted state without its tensors
     masker.safetensors   the masker's tensors
     README.md            the model card
+    selection.json       optional: the candidates ``fit`` chose among (fader_kit.auto_select)
 """
 from __future__ import annotations
 
@@ -208,8 +209,9 @@ class Detector:
                            (where[i] % width, where[i] // width), sources[i]) for i in range(maps.shape[0])]
 
     # -- persistence ------------------------------------------------------------------------------
-    def save(self, folder: str | Path, *, card: str | None = None) -> Path:
-        """Write the detector folder; files are written atomically, ``detector.json`` last."""
+    def save(self, folder: str | Path, *, card: str | None = None, extras: dict[str, str] | None = None) -> Path:
+        """Write the detector folder; files are written atomically, ``detector.json`` last.  ``extras``:
+        text of optional files (:data:`~fader_kit.modeldir.OPTIONAL_FILES`, e.g. ``selection.json``)."""
         from .statefiles import save_state, save_tensors
         from .util.files import write_json_atomic, write_text_atomic
 
@@ -227,9 +229,15 @@ class Detector:
             from .modelcard import model_card
 
             write_text_atomic(folder / "README.md", model_card(self.manifest, self.calibration))
-        from .modeldir import MANIFEST, folder_files, manifest_digest
+        from .modeldir import MANIFEST, OPTIONAL_FILES, folder_files, manifest_digest
 
-        names = folder_files(self.model is not None)
+        extras = extras or {}
+        names = folder_files(self.model is not None, tuple(extras))  # an unknown name is a ValueError
+        for name in OPTIONAL_FILES:  # a stale optional file of an earlier detector in the folder is not kept
+            if name in extras:
+                write_text_atomic(folder / name, extras[name])
+            else:
+                (folder / name).unlink(missing_ok=True)
         # every file is digested as it lies on disk; detector.json last, with the digest of its own content
         sums = {name: sha256_of(folder / name) for name in names if name != MANIFEST}
         self.manifest = self.manifest.model_copy(update={"format_version": FORMAT_VERSION, "sha256": sums})

@@ -30,6 +30,7 @@ from .fusion import FusionScales
 from .interfaces import Masker
 from .score_kinds import ScoreKind, batched_maps, score_kind
 from .variants import head_strategies
+from .unet import EARUNet
 
 Log = Callable[[str], None]
 
@@ -66,12 +67,14 @@ def kinds_of(names: Iterable[str]) -> list[ScoreKind]:
 
 def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_name: str, *, profile: Profile,
                 head: FaderConfig, ear_masks: str, seed: int, device: torch.device, progress: bool = False,
-                log: Log = print) -> FitParts:
+                log: Log = print, unet: EARUNet | None = None) -> FitParts:
     """Train, on the normal ``images`` with the *fitted* ``masker``, what the score kinds ``names``
     need: nothing for the masker alone; the EAR U-Net (:func:`~fader_kit.pipeline.ear_stage`, as
     ``evaluate`` trains it) for every other kind; the FADeR head on a copy of it
     (:func:`~fader_kit.pipeline.fader_stage`) for ``fader``; the fusion (:func:`fit_fusion_for`) for
-    ``fused``."""
+    ``fused``.  ``unet``: an EAR U-Net already trained on these images by
+    :func:`~fader_kit.pipeline.ear_stage` (with ``ear_masks="blobs"`` one serves every masker), used
+    instead of training one; it is not changed (the head trains on a copy)."""
     from . import pipeline
 
     kinds = kinds_of(names)
@@ -81,10 +84,11 @@ def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_nam
         return parts
     bs = profile.eval_batch_size
     masks = pipeline.compute_masks(masker, images, batch_size=bs, device=device, progress=progress)
-    unet, info = pipeline.ear_stage(images, lambda: masks, profile, ear_masks=ear_masks, seed=seed, device=device,
-                                    progress=progress)
-    parts.seconds["ear"] = float(info["seconds"])
-    log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
+    if unet is None:
+        unet, info = pipeline.ear_stage(images, lambda: masks, profile, ear_masks=ear_masks, seed=seed, device=device,
+                                        progress=progress)
+        parts.seconds["ear"] = float(info["seconds"])
+        log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
     if any(k.head for k in kinds):
         # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
         # on what evaluate trains it on; only a head that reads them needs them

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from .errors import ConfigError
 from .imagefiles import load_array, normal_images, to_tensor
 from .score_kinds import DEFAULT_SCORE, score_kind
 from .util.sampling import seeded_split
+from .util.timing import Stopwatch
 from .variants import resolve as resolve_variant
 
 MIN_NORMAL_IMAGES = 10
@@ -137,6 +139,55 @@ def check_fit_out(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+@dataclass
+class FitData:
+    """The normal images of a fit, split into those that train and those held out to calibrate (and,
+    with ``fit --score auto``, to choose), and the labelled validation images when given."""
+
+    folder: Path
+    paths: list[Path]
+    train_idx: list[int]
+    hold_idx: list[int]
+    train: Tensor
+    held: Tensor
+    validation: tuple[Tensor, Tensor, Tensor | None, str] | None = None
+
+    def summary(self, device: torch.device, masker_info: dict[str, Any], started: float) -> TrainingSummary:
+        """The manifest's training summary (its ``seconds`` are added once the fit is done)."""
+        return TrainingSummary(
+            normal_folder=str(self.folder), n_images=len(self.paths), n_train=len(self.train_idx),
+            n_holdout=len(self.hold_idx), holdout_files=[str(self.paths[i].relative_to(self.folder)) for i in self.hold_idx],
+            device=str(device), seconds={}, masker_info=masker_info, created_at=iso_time(started))
+
+
+def load_fit_data(normal: str | Path, *, holdout: float, rate: float, seed: int, size: int,
+                  validation: str | Path | None, progress: bool, log: Log, check: Callable[[], object] = lambda: None,
+                  ) -> FitData:
+    """The normal images under ``normal`` read at ``size`` px and split (the hold-out notes logged
+    first, so the user can stop and give more images), then the ``validation`` folder's images.
+    ``check`` runs after the folder is listed and before any image is read (e.g. the masker name)."""
+    folder = Path(normal)
+    paths = normal_images(folder)
+    for note in holdout_plan(len(paths), holdout, rate, str(folder))[1]:
+        log(note)
+    split = holdout_split(len(paths), holdout, seed, str(folder), rate)
+    check()
+    train, held = read_split(folder, paths, split, size, progress, log)
+    v = None if validation is None else (*read_validation(Path(validation), size, progress), str(validation))
+    return FitData(folder, paths, split[0], split[1], train, held, v)
+
+
+def fit_settings(profile: Profile, head: Any, *, masker: str, options: dict[str, Any], head_variant: str, seed: int,
+                 ear_masks: str, holdout: float, false_alarm_rate: float, batch_size: int, score: str
+                 ) -> DetectorSettings:
+    """The detector's settings as a fit records them."""
+    return DetectorSettings(
+        profile=profile.name, image_size=profile.image_size, masker=masker, masker_options=options,
+        fader_variant=head_variant, fader_config=head.model_dump(mode="json"),
+        unet_config=profile.unet.model_dump(mode="json"), seed=seed, ear_masks=ear_masks, holdout=holdout,
+        false_alarm_rate=false_alarm_rate, batch_size=batch_size, score=score)
+
+
 def fit_detector(
     normal: str | Path, *, masker: str, profile: Profile, out: str | Path | None = None,
     masker_options: dict[str, Any] | None = None, head_variant: str, seed: int = 0, device: torch.device | str = "cpu",
@@ -148,10 +199,10 @@ def fit_detector(
     (:mod:`fader_kit.score_kinds`: ``masker``, ``ear``, ``fader`` or ``fused``; only what it needs is
     trained); saved to ``out`` when given (checked before any training; written beside it and renamed
     into place at the end, so a failed fit never leaves half a detector; an existing detector folder is
-    replaced only with ``overwrite``)."""
+    replaced only with ``overwrite``).  :func:`fader_kit.auto_select.fit_auto` chooses the masker and
+    the kind instead."""
     from .fit_parts import candidate_detectors, train_parts
     from .registry import default_registry
-    from .util.timing import Stopwatch
 
     kind = score_kind(score)
     check_rate(false_alarm_rate)
@@ -159,43 +210,37 @@ def fit_detector(
         out = check_fit_out(out, overwrite)
     watch = Stopwatch()
     device = torch.device(device)
-    folder = Path(normal)
-    paths = normal_images(folder)
-    for note in holdout_plan(len(paths), holdout, false_alarm_rate, str(folder))[1]:
-        log(note)  # before any training: the user can stop and give more images
-    train_idx, hold_idx = holdout_split(len(paths), holdout, seed, str(folder), false_alarm_rate)
     registry = default_registry()
-    registry.get(masker)  # an unknown name fails now, before any work
     options = {k: v for k, v in (masker_options or {}).items() if k != "device"}
     head = resolve_variant(profile.fader_head, head_variant)
-    size = profile.image_size
     t_start = time.time()
-    with watch("read"):
-        train, held = read_split(folder, paths, (train_idx, hold_idx), size, progress, log)
+    with watch("read"):  # an unknown masker name fails before any image is read
+        data = load_fit_data(normal, holdout=holdout, rate=false_alarm_rate, seed=seed, size=profile.image_size,
+                             validation=validation, progress=progress, log=log, check=lambda: registry.get(masker))
     with watch("masker"):
-        m = fitted_masker(registry, masker, options, train, seed=seed, device=device, progress=progress)
+        m = fitted_masker(registry, masker, options, data.train, seed=seed, device=device, progress=progress)
     log(f"masker {masker} (weights: {m.info.weights}) fitted in {watch.seconds['masker']:.1f}s")
-    parts = train_parts([kind.name], train, m, masker, profile=profile, head=head, ear_masks=ear_masks, seed=seed,
+    parts = train_parts([kind.name], data.train, m, masker, profile=profile, head=head, ear_masks=ear_masks, seed=seed,
                         device=device, progress=progress, log=log)
     watch.seconds.update(parts.seconds)
-    settings = DetectorSettings(
-        profile=profile.name, image_size=size, masker=masker, masker_options=options, fader_variant=head_variant,
-        fader_config=head.model_dump(mode="json"), unet_config=profile.unet.model_dump(mode="json"), seed=seed,
-        ear_masks=ear_masks, holdout=holdout, false_alarm_rate=false_alarm_rate, batch_size=batch_size, score=kind.name,
-    )
+    settings = fit_settings(profile, head, masker=masker, options=options, head_variant=head_variant, seed=seed,
+                            ear_masks=ear_masks, holdout=holdout, false_alarm_rate=false_alarm_rate,
+                            batch_size=batch_size, score=kind.name)
+    summary = data.summary(device, m.info.model_dump(mode="json"), t_start)
     with watch("calibrate"):
-        v = None if validation is None else (*read_validation(Path(validation), size, progress), str(validation))
-        summary = TrainingSummary(
-            normal_folder=str(folder), n_images=len(paths), n_train=len(train_idx), n_holdout=len(hold_idx),
-            holdout_files=[str(paths[i].relative_to(folder)) for i in hold_idx], device=str(device), seconds={},
-            masker_info=m.info.model_dump(mode="json"), created_at=iso_time(t_start))
-        detector = candidate_detectors(parts, [kind.name], held, fit_manifest(settings, summary), rate=false_alarm_rate,
-                                       device=device, batch_size=profile.eval_batch_size, validation=v)[kind.name]
-    seconds = {k: round(x, 3) for k, x in watch.seconds.items()}
-    detector.manifest = detector.manifest.model_copy(update={"training": summary.model_copy(update={"seconds": seconds})})
+        detector = candidate_detectors(parts, [kind.name], data.held, fit_manifest(settings, summary),
+                                       rate=false_alarm_rate, device=device, batch_size=profile.eval_batch_size,
+                                       validation=data.validation)[kind.name]
+    with_seconds(detector, watch.seconds)
     if out is not None:
         save_fit(detector, out, overwrite)
     return detector
+
+
+def with_seconds(detector: Detector, seconds: dict[str, float]) -> None:
+    """Record the fit's step times (rounded) in the detector's manifest."""
+    training = detector.manifest.training.model_copy(update={"seconds": {k: round(x, 3) for k, x in seconds.items()}})
+    detector.manifest = detector.manifest.model_copy(update={"training": training})
 
 
 def read_split(folder: Path, paths: list[Path], split: tuple[list[int], list[int]], size: int, progress: bool,
@@ -223,13 +268,14 @@ def fitted_masker(registry: Any, name: str, options: dict[str, Any], images: Ten
     return m
 
 
-def save_fit(detector: Detector, out: Path, overwrite: bool) -> None:
+def save_fit(detector: Detector, out: Path, overwrite: bool, *, card: str | None = None,
+             extras: dict[str, str] | None = None) -> None:
     """Write the fitted detector to ``out``: beside it first, renamed into place once complete."""
     from .util.files import atomic_folder
 
     check_fit_out(out, overwrite)  # again: something may have appeared there during the training
     with atomic_folder(out) as partial:
-        detector.save(partial)
+        detector.save(partial, card=card, extras=extras)
 
 
 def fit_manifest(settings: DetectorSettings, summary: TrainingSummary) -> Manifest:

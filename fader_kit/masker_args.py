@@ -33,11 +33,13 @@ def masker_options(args: argparse.Namespace, device: str | None = None) -> dict[
     return opts
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """What trains a model, as ``evaluate`` and ``fit`` take it (one default each, stated once)."""
+def add_model_arguments(p: argparse.ArgumentParser, masker_help: str | None = None) -> None:
+    """What trains a model, as ``evaluate`` and ``fit`` take it (one default each, stated once);
+    ``masker_help``: a command whose ``--masker`` defaults to ``auto`` (fit) says so."""
     from .variants import DEFAULT_HEAD_VARIANT, variant_argument, variant_names
 
-    p.add_argument("--masker", default="patch_stats", help="masker name (default: patch_stats)")
+    p.add_argument("--masker", default="auto" if masker_help else "patch_stats",
+                   help=masker_help or "masker name (default: patch_stats)")
     add_masker_arguments(p)
     p.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")

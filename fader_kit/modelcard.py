@@ -9,7 +9,9 @@ if TYPE_CHECKING:
     from .manifest import Manifest
 
 
-def model_card(manifest: "Manifest", calibration: "Calibration") -> str:
+def model_card(manifest: "Manifest", calibration: "Calibration", selection: str | None = None) -> str:
+    """The card's Markdown; ``selection``: the table of the candidates ``fit --score auto`` compared
+    (:meth:`fader_kit.auto_select.SearchReport.text`), given its own section."""
     s, t, c = manifest.settings, manifest.training, calibration
     seconds = ", ".join(f"{k} {v:.1f}s" for k, v in t.seconds.items())
     options = ", ".join(f"{k}={v}" for k, v in s.masker_options.items()) or "defaults"
@@ -44,6 +46,9 @@ def model_card(manifest: "Manifest", calibration: "Calibration") -> str:
                      f"{v.image_auroc:.3f}" + (f", pixel AUROC {v.pixel_auroc:.3f}" if v.pixel_auroc is not None else "")
                      + f"; F1-optimal threshold {v.f1_threshold:.6g} (F1 {v.f1:.3f})")
     lines += [f"- warning: {w}" for w in c.warnings]
+    if selection is not None:
+        lines += ["", "## Detector selection", "", f"`fit` compared these candidates and kept `{s.masker}/{s.score}` "
+                  "(`selection.json` holds the same table):", "", selection]
     lines += ["", "## Versions", *[f"- {k}: {v}" for k, v in manifest.environment.items()],
               f"- detector format: {manifest.format} version {manifest.format_version}", ""]
     return "\n".join(lines)

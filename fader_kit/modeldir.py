@@ -22,7 +22,8 @@ hold is checked by the pydantic models that read them (:mod:`fader_kit.detector`
 :mod:`fader_kit.calibration`) and by :func:`check_safetensors` for tensor files.
 
 Format versions: 3 adds the detector's score kind (``settings.score``) and the fused score's scales
-(in ``calibration.json``); a masker-only detector ships no ``model.safetensors``, and its digest list
+(in ``calibration.json``), and may add the files of :data:`OPTIONAL_FILES` (``selection.json``),
+digested like every other file when the digest list names them; a masker-only detector ships no ``model.safetensors``, and its digest list
 must then not name one (:func:`folder_files`): the set is still fixed by this code, per kind, so a
 model file in a masker-only folder is refused like any other extra file.  2 digests every file;
 1, written before, digests the two tensor files only.  Version 1 and 2 folders still load, with
@@ -47,10 +48,14 @@ MODEL = "model.safetensors"
 MASKER_JSON = "masker.json"
 MASKER_TENSORS = "masker.safetensors"
 CARD = "README.md"
+SELECTION = "selection.json"
 #: Every file of a detector folder, in the order they are checked.
 #: The ``format`` field of ``detector.json``: what marks a folder as a detector folder.
 FORMAT = "fader-kit/detector"
 FILES: tuple[str, ...] = (MANIFEST, CALIBRATION, MODEL, MASKER_JSON, MASKER_TENSORS, CARD)
+#: Files a folder of format version 3 may add, each digested like the others when it is there:
+#: ``selection.json``, the table of every candidate ``fit --score auto`` compared.
+OPTIONAL_FILES: tuple[str, ...] = (SELECTION,)
 #: The files digested by format version 1 (folders written before every file was).
 LEGACY_DIGESTS: tuple[str, ...] = (MODEL, MASKER_TENSORS)
 
@@ -58,6 +63,7 @@ _MiB = 1 << 20
 #: The most bytes each file may hold: far above what fit writes (a 256 px paper-profile detector:
 #: ~80 MB of weights, a calibration of 100 000 held-out images: ~3 MB), far below what hurts a machine.
 MAX_BYTES: dict[str, int] = {MANIFEST: 64 * _MiB, CALIBRATION: 64 * _MiB, MASKER_JSON: 64 * _MiB, CARD: 4 * _MiB,
+             SELECTION: 16 * _MiB,
                              MODEL: 2048 * _MiB, MASKER_TENSORS: 4096 * _MiB}
 _HEX = frozenset("0123456789abcdef")
 
@@ -204,14 +210,23 @@ def read_manifest_file(folder: Path) -> dict[str, Any]:
     return raw
 
 
-def folder_files(model: bool = True) -> tuple[str, ...]:
+def folder_files(model: bool = True, optional: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The files of a detector folder: :data:`FILES`, less ``model.safetensors`` for a detector that
-    ships no U-Net (``model=False``: the masker alone, format version 3)."""
-    return FILES if model else tuple(name for name in FILES if name != MODEL)
+    ships no U-Net (``model=False``: the masker alone, format version 3), plus the ``optional``
+    files of :data:`OPTIONAL_FILES` it holds (format version 3)."""
+    unknown = [name for name in optional if name not in OPTIONAL_FILES]
+    if unknown:
+        raise ValueError(f"{unknown} are not optional files of a detector folder ({', '.join(OPTIONAL_FILES)})")
+    return (*(FILES if model else tuple(name for name in FILES if name != MODEL)), *optional)
 
 
-def expected_digests(version: int, model: bool = True) -> tuple[str, ...]:
-    return folder_files(model) if version >= 2 else LEGACY_DIGESTS
+def optional_in(sums: dict[str, Any], version: int) -> tuple[str, ...]:
+    """The optional files a digest list names (only format version 3 and later may have them)."""
+    return tuple(name for name in OPTIONAL_FILES if name in sums) if version >= 3 else ()
+
+
+def expected_digests(version: int, model: bool = True, optional: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return folder_files(model, optional) if version >= 2 else LEGACY_DIGESTS
 
 
 def check_digest_list(raw: dict[str, Any], folder: Path, version: int, model: bool = True) -> dict[str, str]:
@@ -221,11 +236,11 @@ def check_digest_list(raw: dict[str, Any], folder: Path, version: int, model: bo
     sums = raw.get("sha256")
     if not isinstance(sums, dict):
         raise ModelDirError(f"{path}: field sha256 must map each file of the folder to its digest")
-    expected = expected_digests(version, model)
+    expected = expected_digests(version, model, optional_in(sums, version))
     for name in sums:
-        if name not in FILES:
+        if name not in FILES + OPTIONAL_FILES:
             raise ModelDirError(f"{path} lists a digest for {shown(name)}, which is not a file of a detector folder "
-                                f"(those are: {', '.join(FILES)})")
+                                f"(those are: {', '.join(FILES + OPTIONAL_FILES)})")
         if name not in expected:
             raise ModelDirError(f"{path} lists a digest for {name}, which format version {version} does not digest "
                                 f"for this detector (it digests: {', '.join(expected)})")
@@ -247,7 +262,7 @@ def check_no_extra_entries(folder: Path, files: tuple[str, ...] = FILES) -> None
         raise ModelDirError(f"model folder {folder} cannot be listed ({exc.strerror or exc})") from None
     for name in names:
         if name not in files and not name.startswith("."):
-            what = "a file of this detector" if name in FILES else "a file of a detector folder"
+            what = "a file of this detector" if name in FILES + OPTIONAL_FILES else "a file of a detector folder"
             raise ModelDirError(f"detector folder {folder} holds {folder / name}, which is not {what}: move it out "
                                 f"(this folder holds exactly {', '.join(files)})")
 
@@ -261,7 +276,7 @@ def read_folder(folder: Path, raw: dict[str, Any], version: int, *, verify: bool
     if verify and MANIFEST in sums and manifest_digest(raw) != sums[MANIFEST]:
         raise ModelDirError(f"{folder / MANIFEST} was changed after fitting: its content does not match the SHA-256 checksum "
                             "it carries (refit, or restore the folder as fit wrote it)")
-    files = folder_files(model)
+    files = folder_files(model, optional_in(sums, version))
     check_no_extra_entries(folder, files)
     out: dict[str, bytes] = {}
     for name in files[1:]:

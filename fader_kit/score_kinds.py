@@ -11,7 +11,7 @@ kind      ships                       anomaly map
 masker    the fitted masker only      the masker's own score map (no U-Net trained or saved)
 ear       masker + EAR U-Net          plain EAR: MSGMS map of the reconstruction of the image
                                       with the masker's mask obfuscated (the paper's baseline)
-fader     masker + EAR + FADeR head   the same with the FADeR head's gates (the default)
+fader     masker + EAR + FADeR head   the same with the FADeR head's gates (the paper's)
 fused     masker + EAR U-Net          plain EAR's map fused with the masker's score map
                                       (:func:`fader_kit.fusion.fuse_maps`; the ``pseudo`` rule's
                                       weight and both scales are stored in the calibration)
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 ScoreName = Literal["masker", "ear", "fader", "fused"]
 #: Every kind, in the order a user reads them (simplest first).
 SCORE_NAMES: tuple[ScoreName, ...] = get_args(ScoreName)
-#: What ``fit`` ships without ``--score``.
+#: What :func:`~fader_kit.fitting.fit_detector` scores with unless told (``fader-kit fit`` chooses:
+#: :mod:`fader_kit.auto_select`).
 DEFAULT_SCORE: ScoreName = "fader"
 #: What every detector folder before score kinds (format versions 1 and 2) scores with.
 LEGACY_SCORE: ScoreName = "fader"

@@ -256,7 +256,8 @@ def test_cli_fit_prints_thresholds_and_writes_the_folder(data: Path, tmp_path: P
                                                          capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr("fader_kit.config.get_profile", lambda name: TINY)
     out = tmp_path / "m"
-    assert main(["fit", "--normal", str(data / "normal"), "--out", str(out), "--quiet", "--false-alarm-rate", "0.2"]) == 0
+    assert main(["fit", "--normal", str(data / "normal"), "--out", str(out), "--quiet", "--false-alarm-rate", "0.2",
+                 "--score", "fader", "--masker", "patch_stats"]) == 0
     text = capsys.readouterr().out
     assert "rests on 5 held-out normal images" in text and "detector written to" in text
     assert sorted(p.name for p in out.iterdir()) == sorted(

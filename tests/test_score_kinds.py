@@ -201,7 +201,7 @@ def test_cli_fit_and_predict_with_a_score_kind(parts_root: Path, folders: dict[s
     monkeypatch.setattr(pipeline, "ear_stage", lambda *a, **k: pytest.fail("a U-Net was trained"))
     out = tmp_path / "m"
     assert main(["fit", "--normal", str(parts_root / "normal"), "--out", str(out), "--quiet", "--score", "masker",
-                 "--false-alarm-rate", "0.2"]) == 0
+                 "--masker", "patch_stats", "--false-alarm-rate", "0.2"]) == 0
     assert "score `masker`" in (out / "README.md").read_text()
     for folder in (out, folders["fused"]):
         assert main(["predict", str(folder), str(parts_root / "defect.png"), "--out", str(tmp_path / folder.name),
