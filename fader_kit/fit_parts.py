@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -28,6 +29,7 @@ from .detector import Detector, Manifest
 from .fader import FaderModel
 from .fusion import FusionScales
 from .interfaces import Masker
+from .pseudo_defects import HEAD_SOURCE_KINDS
 from .score_kinds import ScoreKind, batched_maps, score_kind
 
 Log = Callable[[str], None]
@@ -63,14 +65,26 @@ def kinds_of(names: Iterable[str]) -> list[ScoreKind]:
     return kinds
 
 
+def trained_on(kind: ScoreKind, head: FaderConfig) -> tuple[str, ...]:
+    """The pseudo-defect kinds (:mod:`fader_kit.pseudo_defects`) that ``kind``'s learned parts trained
+    on, so a selection does not judge it on them: the FADeR head's pseudo-anomaly source for ``fader``;
+    the pasted squares the fusion's mix is chosen on for ``fused``; none for the masker alone and plain
+    EAR (trained to reconstruct, never shown a defect)."""
+    if kind.head:
+        return HEAD_SOURCE_KINDS[head.experiment.pseudo_source]
+    return HEAD_SOURCE_KINDS["image"] if kind.fused else ()
+
+
 def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_name: str, *, profile: Profile,
                 head: FaderConfig, ear_masks: str, seed: int, device: torch.device, progress: bool = False,
-                log: Log = print) -> FitParts:
+                log: Log = print, ear_cache: Path | None = None) -> FitParts:
     """Train, on the normal ``images`` with the *fitted* ``masker``, what the score kinds ``names``
     need: nothing for the masker alone; the EAR U-Net (:func:`~fader_kit.pipeline.ear_stage`, as
     ``evaluate`` trains it) for every other kind; the FADeR head on a copy of it
     (:func:`~fader_kit.pipeline.fader_stage`) for ``fader``; the fusion (:func:`fit_fusion_for`) for
-    ``fused``."""
+    ``fused``.  ``ear_cache``: a file the EAR U-Net is loaded from when it exists (else trained and
+    saved there): with ``ear_masks="blobs"`` the U-Net does not depend on the masker, so maskers
+    compared on the same images share one (``seconds`` then has no ``"ear"``)."""
     from . import pipeline
 
     kinds = kinds_of(names)
@@ -81,9 +95,12 @@ def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_nam
     bs = profile.eval_batch_size
     masks = pipeline.compute_masks(masker, images, batch_size=bs, device=device, progress=progress)
     unet, info = pipeline.ear_stage(images, lambda: masks, profile, ear_masks=ear_masks, seed=seed, device=device,
-                                    progress=progress)
-    parts.seconds["ear"] = float(info["seconds"])
-    log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
+                                    progress=progress, cache=ear_cache)
+    if info["reused"]:
+        log(f"EAR U-Net loaded from {ear_cache}")
+    else:
+        parts.seconds["ear"] = float(info["seconds"])
+        log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
     if any(k.head for k in kinds):
         exp = head.experiment
         # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
