@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.category:
             raise SystemExit("argument --category: give at least one category (or --summary-only)")
         run(args)
-    text = summary(read_rows(Path(args.out) / "rows.jsonl"))
+    text = summary(read_rows(Path(args.out) / "rows.jsonl"), [f"{m}:{k}" for m in args.maskers for k in SCORE_NAMES])
     (Path(args.out) / "summary.md").write_text(text + "\n")
     print(text)
 

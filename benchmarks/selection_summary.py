@@ -24,12 +24,13 @@ Row = dict[str, Any]
 Cell = tuple[str, int]
 
 
-def cells(rows: Sequence[Row]) -> tuple[dict[Cell, list[Row]], list[Cell]]:
-    """(complete cells: every candidate of the study measured; the incomplete ones)."""
+def cells(rows: Sequence[Row], expected: Sequence[str] | None = None) -> tuple[dict[Cell, list[Row]], list[Cell]]:
+    """(complete cells: every ``expected`` candidate measured, default every candidate in ``rows``;
+    the incomplete ones)."""
     groups: dict[Cell, list[Row]] = {}
     for r in rows:
         groups.setdefault((r["category"], int(r["seed"])), []).append(r)
-    names = {r["candidate"] for r in rows}
+    names = set(expected) if expected is not None else {r["candidate"] for r in rows}
     complete = {g: rs for g, rs in groups.items() if {r["candidate"] for r in rs} == names}
     return complete, [g for g in groups if g not in complete]
 
@@ -137,9 +138,9 @@ def setting(rows: Sequence[Row], partial: list[Cell]) -> str:
     return text
 
 
-def summary(rows: Sequence[Row]) -> str:
-    """Markdown: setting, targets, per category, per cell, per candidate."""
-    done, partial = cells(rows)
+def summary(rows: Sequence[Row], expected: Sequence[str] | None = None) -> str:
+    """Markdown: setting, targets, per category, per cell (complete ones, see :func:`cells`), per candidate."""
+    done, partial = cells(rows, expected)
     stats = category_stats(done)
     return "\n\n".join([setting(rows, partial), targets(stats), category_table(stats), cell_table(done),
                         candidate_table(rows)])

@@ -34,6 +34,7 @@ def test_cells_regret_and_targets() -> None:
     assert "MISSED: worst cell regret 0.100" in text
     assert "by more than 0.01 in: a" in text  # 0.80 < 0.90 - 0.01
     assert "b seed 1" in summary(ROWS)
+    assert cells(ROWS, ["m:masker", "m:ear", "m:fused", "n:masker"])[0] == {}  # no cell has n's row yet
 
 
 def test_rows_survive_a_torn_last_line(tmp_path: Path) -> None:
