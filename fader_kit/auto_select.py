@@ -30,9 +30,9 @@ from torch import Tensor
 from .config import FaderConfig, Profile
 from .detector import Detector, DetectorSettings
 from .errors import ConfigError
+from .fit_parts import trained_on
 from .fitting import (FitData, check_fit_out, fit_manifest, fit_settings, fitted_masker, load_fit_data, save_fit,
                       with_seconds)
-from .pseudo_defects import HEAD_SOURCE_KINDS
 from .score_kinds import SCORE_NAMES, ScoreKind, batched_maps, score_kind
 from .selection import BUDGET_ORDER, Candidate, Selection, fit_within_budget, select
 
@@ -46,15 +46,6 @@ Log = Callable[[str], None]
 
 def candidate_name(masker: str, kind: str) -> str:
     return f"{masker}/{kind}"
-
-
-def trained_on(kind: ScoreKind, head: FaderConfig) -> tuple[str, ...]:
-    """The pseudo-defect kinds a candidate of ``kind`` learned from: the FADeR head's pseudo-anomaly
-    source (when it pastes any), and for the fused score the pasted image patches its mix was chosen
-    on (:func:`fader_kit.pipeline.pseudo_anomaly_maps`); a masker alone and plain EAR none."""
-    if kind.head and head.pseudo_anomalies > 0:
-        return HEAD_SOURCE_KINDS[head.experiment.pseudo_source]
-    return HEAD_SOURCE_KINDS["image"] if kind.fused else ()
 
 
 def plan(masker: str, score: str, candidates: list[str] | None) -> tuple[list[str], list[ScoreKind]]:

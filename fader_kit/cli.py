@@ -112,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_category(
         args.data, args.category, args.masker, profile, out=Path(args.out), head=head, device=device,
         seeds=parse_seeds(args.seeds), masker_options=options, registry=registry, ear_masks=args.ear_masks,
-        fused=args.fused, progress=not args.quiet,
+        fused=args.fused, progress=not args.quiet, select=args.select,
     )
     print_evaluation(result)
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
@@ -163,6 +163,9 @@ def print_evaluation(result: "EvaluationResult") -> None:
     for row in result.per_seed:
         if row.diagnostics is not None:
             print(f"seed {row.seed}: {summary_line(row.diagnostics)}")
+    for row in result.per_seed:
+        if row.selection is not None:
+            print(f"seed {row.seed}: {row.selection.line()}")
 
 
 CORE_COMMANDS = ("maskers", "evaluate", "plugins", "export", "fit", "predict", "variants")
@@ -248,6 +251,10 @@ def build_parser(plugin_commands: bool | str = True) -> argparse.ArgumentParser:
                         "interval of FADeR - EAR over them (default: 0)")
     p.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
     add_fused_argument(p)
+    p.add_argument("--select", action="store_true",
+                   help="also refit every score kind (masker, ear, fader, fused) on 4/5 of the normal images, choose "
+                        "one by pseudo-defects on the held-out 1/5 (no test label) and record its test AUROC and "
+                        "regret in metrics.json (per seed: 'selection'); trains everything a second time")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plugins", help="list the installed plugins: distribution, hooks, maskers and problems")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -28,6 +29,7 @@ from .detector import Detector, Manifest
 from .fader import FaderModel
 from .fusion import FusionScales
 from .interfaces import Masker
+from .pseudo_defects import HEAD_SOURCE_KINDS
 from .score_kinds import ScoreKind, batched_maps, score_kind
 from .variants import head_strategies
 from .unet import EARUNet
@@ -65,16 +67,28 @@ def kinds_of(names: Iterable[str]) -> list[ScoreKind]:
     return kinds
 
 
+def trained_on(kind: ScoreKind, head: FaderConfig) -> tuple[str, ...]:
+    """The pseudo-defect kinds (:mod:`fader_kit.pseudo_defects`) that ``kind``'s learned parts trained
+    on, so a selection does not judge it on them: the FADeR head's pseudo-anomaly source for ``fader``;
+    the pasted squares the fusion's mix is chosen on for ``fused``; none for the masker alone and plain
+    EAR (trained to reconstruct, never shown a defect)."""
+    if kind.head and head.pseudo_anomalies > 0:
+        return HEAD_SOURCE_KINDS[head.pseudo_source]
+    return HEAD_SOURCE_KINDS["image"] if kind.fused else ()
+
+
 def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_name: str, *, profile: Profile,
                 head: FaderConfig, ear_masks: str, seed: int, device: torch.device, progress: bool = False,
-                log: Log = print, unet: EARUNet | None = None) -> FitParts:
+                log: Log = print, unet: EARUNet | None = None, ear_cache: Path | None = None) -> FitParts:
     """Train, on the normal ``images`` with the *fitted* ``masker``, what the score kinds ``names``
     need: nothing for the masker alone; the EAR U-Net (:func:`~fader_kit.pipeline.ear_stage`, as
     ``evaluate`` trains it) for every other kind; the FADeR head on a copy of it
     (:func:`~fader_kit.pipeline.fader_stage`) for ``fader``; the fusion (:func:`fit_fusion_for`) for
     ``fused``.  ``unet``: an EAR U-Net already trained on these images by
     :func:`~fader_kit.pipeline.ear_stage` (with ``ear_masks="blobs"`` one serves every masker), used
-    instead of training one; it is not changed (the head trains on a copy)."""
+    instead of training one; it is not changed (the head trains on a copy).  ``ear_cache``: a file the
+    EAR U-Net is loaded from when it exists (else trained and saved there), for maskers compared on
+    the same images in separate runs (``seconds`` then has no ``"ear"``)."""
     from . import pipeline
 
     kinds = kinds_of(names)
@@ -86,9 +100,12 @@ def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_nam
     masks = pipeline.compute_masks(masker, images, batch_size=bs, device=device, progress=progress)
     if unet is None:
         unet, info = pipeline.ear_stage(images, lambda: masks, profile, ear_masks=ear_masks, seed=seed, device=device,
-                                        progress=progress)
-        parts.seconds["ear"] = float(info["seconds"])
-        log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
+                                        progress=progress, cache=ear_cache)
+        if info["reused"]:
+            log(f"EAR U-Net loaded from {ear_cache}")
+        else:
+            parts.seconds["ear"] = float(info["seconds"])
+            log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
     if any(k.head for k in kinds):
         # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
         # on what evaluate trains it on; only a head that reads them needs them

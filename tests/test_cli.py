@@ -12,7 +12,7 @@ from fader_kit.data import generate_synthetic
 def evaluated(tmp_path_factory, smoke_ears):
     out = tmp_path_factory.mktemp("eval")
     smoke_ears(out)
-    code = main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet"])
+    code = main(["evaluate", "--category", "washer", "--profile", "smoke", "--out", str(out), "--quiet", "--select"])
     return code, out
 
 
@@ -31,6 +31,14 @@ def test_evaluate_writes_metrics_for_ear_and_fader(evaluated, capsys):
     assert metrics["masker"]["name"] == "patch_stats" and metrics["profile"] == "smoke"
     assert (out / "fader.pt").is_file() and len(list((out / "cache" / "maskers").glob("patch_stats-*.pt"))) == 1
     assert len(list((out / "cache" / "ear").glob("ear-*.pt"))) == 1
+    # --select: the four score kinds, chosen by their selection score, judged by their test AUROC
+    sel = metrics["per_seed"][0]["selection"]
+    cands = {c["name"]: c for c in sel["candidates"]}
+    assert list(cands) == ["masker", "ear", "fader", "fused"]
+    assert sel["chosen"] == max(cands, key=lambda k: cands[k]["selection_score"])
+    assert "cutpaste" not in cands["ear"]["pseudo_auroc"] and set(cands["ear"]["pseudo_auroc"]) == {"blob", "deform", "scratch"}
+    best = max(c["test_image_auroc"] for c in cands.values())
+    assert abs(sel["regret"] - (best - cands[sel["chosen"]]["test_image_auroc"])) < 1e-12
 
 
 def test_rerun_reuses_the_trained_ear_unet(evaluated, capsys):

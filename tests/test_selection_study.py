@@ -1,39 +1,40 @@
-"""The selection study's summary: options, Spearman and regret per (category, seed), resumable rows."""
+"""The selection study's summary: per-cell choice and regret, incomplete cells left out, the target
+checks, resumable rows."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
-from fader_kit_bench.selection_study import evaluate_option, options, read_rows, summary
-
-
-def _row(category: str, masker: str, test: float, blob: float, scratch: float) -> dict:
-    return {"category": category, "seed": 0, "masker": masker, "test_auroc": test,
-            "pseudo": {"blob@0.1": blob, "scratch@0.1": scratch}, "fit_s": 1.0, "images_per_s": 10.0}
+from fader_kit_bench.selection_study import read_rows
+from fader_kit_bench.selection_summary import category_stats, cells, summary, targets
 
 
-ROWS = [
-    _row("a", "m1", 0.70, 0.60, 0.90), _row("a", "m2", 0.90, 0.80, 0.70), _row("a", "m3", 0.80, 0.70, 0.80),
-    _row("b", "m1", 0.95, 0.90, 0.50), _row("b", "m2", 0.85, 0.60, 0.60),
+def _row(category: str, seed: int, masker: str, kind: str, score: float, test: float) -> dict:
+    return {"category": category, "seed": seed, "masker": masker, "kind": kind, "candidate": f"{masker}:{kind}",
+            "selection_score": score, "test_auroc": test, "test_pixel_auroc": 0.9, "pseudo": {"blob": score},
+            "fit_s": 1.0, "images_per_s": 10.0, "load": 1.0, "cpu": "cpu", "threads": 1, "size": 0.08, "copies": 3}
+
+
+ROWS = [  # category a: the selector picks m:fused (0.80) while m:ear is best (0.90): regret 0.10
+    _row("a", 0, "m", "masker", 0.60, 0.70), _row("a", 0, "m", "ear", 0.70, 0.90), _row("a", 0, "m", "fused", 0.80, 0.80),
+    _row("b", 0, "m", "masker", 0.90, 0.95), _row("b", 0, "m", "ear", 0.60, 0.85), _row("b", 0, "m", "fused", 0.70, 0.90),
+    _row("b", 1, "m", "masker", 0.90, 0.95),  # seed 1 stopped after one candidate: left out
 ]
 
 
-def test_options_are_each_kind_and_all_kinds_per_size() -> None:
-    assert options(ROWS) == {"blob@0.1": ["blob@0.1"], "scratch@0.1": ["scratch@0.1"],
-                             "all@0.1": ["blob@0.1", "scratch@0.1"]}
-
-
-def test_spearman_and_regret_by_hand() -> None:
-    groups = {("a", 0): ROWS[:3], ("b", 0): ROWS[3:]}
-    blob = evaluate_option(groups, ["blob@0.1"])
-    assert blob[("a", 0)] == (pytest.approx(1.0), 0.0)  # blob ranks a's maskers as the test does
-    scratch = evaluate_option(groups, ["scratch@0.1"])
-    assert scratch[("a", 0)] == (pytest.approx(-1.0), pytest.approx(0.2))  # picks m1: 0.90 - 0.70
-    assert scratch[("b", 0)][1] == pytest.approx(0.10)  # picks m2 (0.6 > 0.5): 0.95 - 0.85
-    text = summary(ROWS, dev=["a"])
-    assert "| blob@0.1 | 1.00 (n=1) | 0.000 / 0.000 |" in text
+def test_cells_regret_and_targets() -> None:
+    done, partial = cells(ROWS)
+    assert sorted(done) == [("a", 0), ("b", 0)] and partial == [("b", 1)]
+    stats = category_stats(done)
+    assert abs(stats["a"]["regret_mean"] - 0.10) < 1e-9 and stats["a"]["picks_best"] == 0.0
+    assert stats["b"]["regret_mean"] == 0.0 and stats["b"]["picks_best"] == 1.0
+    assert abs(stats["a"]["baseline"] - 0.90) < 1e-9  # the better of ear and the masker alone
+    text = targets(stats)
+    assert "MISSED: mean regret over categories 0.050" in text  # (0.10 + 0) / 2
+    assert "MISSED: worst cell regret 0.100" in text
+    assert "by more than 0.01 in: a" in text  # 0.80 < 0.90 - 0.01
+    assert "b seed 1" in summary(ROWS)
+    assert cells(ROWS, ["m:masker", "m:ear", "m:fused", "n:masker"])[0] == {}  # no cell has n's row yet
 
 
 def test_rows_survive_a_torn_last_line(tmp_path: Path) -> None:

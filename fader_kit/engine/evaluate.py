@@ -6,6 +6,9 @@ under ``out``: ``results.sqlite`` and ``details/`` (the rows), ``cache/`` (the s
 keys as ``fader-kit bench``, so either command reuses the other's work), ``fader.pt`` (the FADeR
 model of the first seed; ``fader-seed<N>.pt`` for each further seed), and finally
 ``metrics.json`` -- written last and atomically, so its presence means the run completed.
+With ``select``, each seed's row also carries the ``selection`` section
+(:mod:`fader_kit.engine.selection_run`): every score kind of the masker fitted again on four fifths
+of the normal images, chosen on the held-out fifth with pseudo-defects, against its test AUROC.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from ..stats import Comparison, SeedSummary
 from ..util.files import write_json_atomic
 from .aggregate import EAR, comparisons, mean_metrics
 from .runner import Grid, GridRunner, Head
+from .selection_report import SelectionReport
 from .sources import MaskerSource
 from .store import ResultRow, ResultStore
 from .unit_kinds import ModelFacts
@@ -45,6 +49,9 @@ class SeedResult(BaseModel):
     ear_fused: Metrics | None = Field(None, description="EAR's map fused with the masker's score map")
     fader_fused: Metrics | None = Field(None, description="FADeR's map fused with the masker's score map")
     diagnostics: Diagnostics | None = Field(None, description="FADeR's head and the masks on the test set")
+    selection: SelectionReport | None = Field(
+        None, description="with --select: the score kinds refitted on 4/5 of the normal images, their selection "
+                          "scores (pseudo-defects on the held-out 1/5), the one chosen, its test AUROC, the regret")
     timings: dict[str, float] = Field(default_factory=dict)
 
 
@@ -98,12 +105,13 @@ def evaluate_category(
     data: str, category: str, masker: str, profile: Profile, *, out: Path, head: Head | None = None,
     masker_options: dict[str, Any] | None = None, registry: MaskerRegistry | None = None,
     device: torch.device | str = "cpu", seeds: tuple[int, ...] = (0,), ear_masks: EarMasks = "blobs",
-    fused: Fused = False, progress: bool = True, log: Log = print,
+    fused: Fused = False, progress: bool = True, log: Log = print, select: bool = False,
 ) -> EvaluationResult:
     """Per seed: fit the masker, train (or reuse) the EAR U-Net, train the FADeR ``head`` (a resolved
     variant: its name and configuration; default the profile's head as ``paper``), measure both (and,
     with ``fused``, each fused with the masker's score map); then the mean, spread and paired
-    bootstrap interval of FADeR - EAR over the seeds."""
+    bootstrap interval of FADeR - EAR over the seeds.  ``select``: per seed, the selection section
+    (:func:`fader_kit.engine.selection_run.measure_selection`; it trains every score kind again)."""
     out = Path(out)
     t_all = time.perf_counter()
     store = ResultStore(out)  # a results folder that is a file fails here, before any work
@@ -120,6 +128,14 @@ def evaluate_category(
     rows = {(r.unit.variant, r.unit.seed): r for r in (store.get(u.unit) for u in units) if r is not None}
     per_seed = [_seed_result(out, seed, rows[(EAR, seed)], rows[(head.name, seed)], first=seed == seeds[0])
                 for seed in seeds]
+    if select:
+        from ..registry import default_registry
+        from .selection_run import measure_selection
+
+        for row in per_seed:
+            row.selection = measure_selection(
+                str(data), category, masker, profile, head.config, registry=registry or default_registry(),
+                seed=row.seed, device=torch.device(device), masker_options=masker_options, ear_masks=ear_masks, log=log)
     result = _summarise(rows, per_seed, store, head, data=str(data), category=category, profile=profile,
                         device=str(device), ear_masks=ear_masks)
     result.timings["total"] = time.perf_counter() - t_all
