@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,9 +18,24 @@ from .errors import ConfigError
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: fields added after results were first stored: they enter :meth:`digest` only when set away from
+    #: their default, so every configuration that existed before keeps its digest (and its rows theirs)
+    _DIGEST_LATER: ClassVar[tuple[str, ...]] = ()
+
+    def digest_payload(self) -> dict[str, object]:
+        """The fields :meth:`digest` hashes, nested configurations by their own payload."""
+        out: dict[str, object] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if name in self._DIGEST_LATER and value == field.default:
+                continue
+            out[name] = value.digest_payload() if isinstance(value, _Frozen) else \
+                self.__pydantic_serializer__.to_python(self, mode="json", include={name})[name]
+        return out
+
     def digest(self) -> str:
         """Stable short hash of every field: the cache key of whatever this config produces."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        text = json.dumps(self.digest_payload(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,6 +123,8 @@ class FaderConfig(_Frozen):
     written with the old flat fields (``context``, ``score_input``, ``masked_gate``, ``gate_end``,
     string ``head_input`` / ``gates``) loads as the same head (:mod:`fader_kit.config_legacy`).
     """
+
+    _DIGEST_LATER: ClassVar[tuple[str, ...]] = ("head_input", "gates", "pseudo_area", "pseudo_source")
 
     patch_size: int = Field(8, ge=1, description="m: mosaic scale = FADeR patch size (Sec. 3.2)")
     hidden: int = Field(128, ge=1, description="width of the MLP head's hidden layer (head='mlp')")

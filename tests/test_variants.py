@@ -347,3 +347,15 @@ def test_experimental_variants_export_to_onnx(tmp_path, name):
     model = seeded_init(lambda: wrap_with_fader(EARUNet(prof.unet), None, resolve(prof.fader_head, name)), 0).eval()
     report = export_model(model, tmp_path / "m.onnx", prof.image_size)
     assert report.max_abs_diff_map is not None and report.max_abs_diff_map <= 1e-4
+
+
+def test_profiles_keep_their_digests_when_later_head_fields_stay_at_default():
+    """Rows store the profile's digest: fields added to the head configuration later (strategies,
+    pseudo-anomaly area and source) enter it only when set, so every profile keeps the digest its
+    earlier rows recorded; setting one changes it."""
+    from fader_kit.config import FaderConfig, get_profile
+
+    assert {n: get_profile(n).digest() for n in ("smoke", "cpu", "paper")} == {
+        "smoke": "0e1e11d2b7ee7c22", "cpu": "909589b58f997470", "paper": "12df4dd868304b31"}
+    assert "gates" not in FaderConfig().digest_payload()
+    assert FaderConfig(gates=("open",)).digest() != FaderConfig().digest()
