@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fader_kit.cli import main
+from fader_kit.cli.main import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -3,7 +3,7 @@
 The two commands are declared as entry points of the ``fader_kit.commands`` group (``bench`` ->
 :func:`add_bench_command`, ``report`` -> :func:`add_report_command`): ``fader-kit --help`` lists them
 from the package metadata without importing this module, and ``fader-kit bench`` imports it alone.
-Errors a user can fix are reported by ``fader_kit.cli`` as one ``error:`` line.
+Errors a user can fix are reported by ``fader_kit.cli.main`` as one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fader_kit.cli import masker_options, parse_seeds
+    from fader_kit.cli.main import masker_options, parse_seeds
 
     if args.table == "speed":
         return _speed(args)
@@ -62,7 +62,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _speed(args: argparse.Namespace) -> int:
     import torch
 
-    from fader_kit.cli import masker_options, parse_seeds
+    from fader_kit.cli.main import masker_options, parse_seeds
 
     from .speed import SpeedConfig, run_speed
 
@@ -91,8 +91,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_bench_command(sub: argparse._SubParsersAction) -> None:
     """Register ``bench`` on the ``fader-kit`` parser (entry point ``bench`` of ``fader_kit.commands``)."""
-    from fader_kit.cli import add_masker_arguments
-    from fader_kit.masker_args import add_fused_argument
+    from fader_kit.cli.main import add_masker_arguments
+    from fader_kit.cli.masker_args import add_fused_argument
 
     tables = ", ".join(TABLES)
     p = sub.add_parser(

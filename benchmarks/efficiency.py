@@ -15,10 +15,10 @@ import torch
 from pydantic import BaseModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from fader_kit.config import get_profile
-from fader_kit.obfuscation import obfuscate
-from fader_kit.training import reconstruction_loss, seeded_init
-from fader_kit.unet import EARUNet
+from fader_kit.model.config import get_profile
+from fader_kit.model.obfuscation import obfuscate
+from fader_kit.model.training import reconstruction_loss, seeded_init
+from fader_kit.model.unet import EARUNet
 from fader_kit.util.timing import time_call
 
 

@@ -12,12 +12,12 @@ import json
 
 import torch
 
-from fader_kit.config import FaderConfig, UNetConfig
-from fader_kit.devices import resolve_device
-from fader_kit.fader import wrap_with_fader
-from fader_kit.obfuscation import obfuscate
-from fader_kit.training import seeded_init
-from fader_kit.unet import EARUNet
+from fader_kit.model.config import FaderConfig, UNetConfig
+from fader_kit.util.devices import resolve_device
+from fader_kit.model.fader import wrap_with_fader
+from fader_kit.model.obfuscation import obfuscate
+from fader_kit.model.training import seeded_init
+from fader_kit.model.unet import EARUNet
 
 from .timing import interleaved_medians
 
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--profile", default=None, help="U-Net widths and head of this profile (default: the paper's)")
-    p.add_argument("--variant", default="paper", help="head variant (fader_kit.variants)")
+    p.add_argument("--variant", default="paper", help="head variant (fader_kit.model.variants)")
     args = p.parse_args(argv)
-    from fader_kit.config import get_profile
-    from fader_kit.variants import resolve
+    from fader_kit.model.config import get_profile
+    from fader_kit.model.variants import resolve
 
     prof = get_profile(args.profile) if args.profile else None
     head = resolve(prof.fader_head if prof else FaderConfig(), args.variant)

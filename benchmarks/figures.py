@@ -19,8 +19,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fader_kit.data import CategorySplit  # noqa: E402
-from fader_kit.fader import FaderModel  # noqa: E402
-from fader_kit.scoring import anomaly_map  # noqa: E402
+from fader_kit.model.fader import FaderModel  # noqa: E402
+from fader_kit.model.scoring import anomaly_map  # noqa: E402
 
 
 def choose_images(split: CategorySplit, n: int) -> list[int]:

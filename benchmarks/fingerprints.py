@@ -28,12 +28,12 @@ DEFAULT_VARIANTS = ("paper", "pseudo_focused", "open_gates", "neighbours")
 def tiny_training(name: str, seed: int = 0) -> list[float]:
     """Sums of the head's l_hat, its gates, the reconstruction, then the 3 test images' scores,
     after one epoch of FADeR training on 6 random 64 px images (smoke U-Net, one thread's order)."""
-    from fader_kit.config import get_profile
-    from fader_kit.fader import wrap_with_fader
-    from fader_kit.scoring import image_score
-    from fader_kit.training import seeded_init, train_fader
-    from fader_kit.unet import EARUNet
-    from fader_kit.variants import resolve
+    from fader_kit.model.config import get_profile
+    from fader_kit.model.fader import wrap_with_fader
+    from fader_kit.model.scoring import image_score
+    from fader_kit.model.training import seeded_init, train_fader
+    from fader_kit.model.unet import EARUNet
+    from fader_kit.model.variants import resolve
 
     prof = get_profile("smoke")
     g = torch.Generator().manual_seed(seed)
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for compare (default 0: identical)")
     args = p.parse_args(argv)
     if args.all:
-        from fader_kit.variants import variant_names
+        from fader_kit.model.variants import variant_names
 
         args.variants = variant_names(aliases=False)
     got = fingerprints(args.variants, args.threads)

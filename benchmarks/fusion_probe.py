@@ -2,7 +2,7 @@
 
 For one (data, category, masker) and seeds, with the workbench's cached EAR U-Nets and masks (a bench
 ``--out`` folder), this scores plain EAR (and optionally head variants, trained again), the masker alone,
-and the fused maps of each rule of :func:`fader_kit.fusion.fit_fusion` (``sum``, ``max``, ``select``),
+and the fused maps of each rule of :func:`fader_kit.model.fusion.fit_fusion` (``sum``, ``max``, ``select``),
 every rule fitted on the normal *training* images only (``pseudo``: and on the same images with a
 pseudo-anomaly pasted in, masked and scored by the fitted masker).  Each fused row is compared, paired over seeds
 and test images, with the better of its two maps alone (the one with the higher mean image AUROC).
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from fader_kit.config import get_profile
-from fader_kit.devices import resolve_device
+from fader_kit.model.config import get_profile
+from fader_kit.util.devices import resolve_device
 from fader_kit.engine import keys
 from fader_kit.engine.aggregate import mean_over_seeds, over_seeds
 from fader_kit.engine.jobs import Head, JobKind, PlannedUnit, RowFacts, UnitContext, register_job_kind
@@ -32,11 +32,11 @@ from fader_kit.engine.runner import Grid, run_grid
 from fader_kit.engine.sources import MaskSource, mask_source
 from fader_kit.engine.store import DetailStore, ResultRow, ResultStore
 from fader_kit.engine.workbench import CategoryWorkbench, UnitKeys
-from fader_kit.fader import FaderModel
-from fader_kit.fusion import fit_fusion, fuse_maps
-from fader_kit.pipeline import anomaly_maps, fader_stage, metrics_from_maps, pseudo_anomaly_maps
-from fader_kit.stats import ScoreDetail, paired_bootstrap
-from fader_kit.variants import resolve
+from fader_kit.model.fader import FaderModel
+from fader_kit.model.fusion import fit_fusion, fuse_maps
+from fader_kit.model.pipeline import anomaly_maps, fader_stage, metrics_from_maps, pseudo_anomaly_maps
+from fader_kit.engine.stats import ScoreDetail, paired_bootstrap
+from fader_kit.model.variants import resolve
 
 RULES = ("sum", "max", "select", "pseudo")
 TABLE = "fusion_probe"

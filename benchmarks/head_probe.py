@@ -9,7 +9,7 @@ it (the same workbench, cache and EAR U-Net), this reports:
 - ``rho_ear``: the same against the error plain EAR makes (eval mode): the error the gates exist to
   prevent;
 - ``auroc_missed``: the AUROC of l_hat for the defect patches the mask missed against normal patches
-  (:mod:`fader_kit.diagnostics`), and the mean gates there;
+  (:mod:`fader_kit.model.diagnostics`), and the mean gates there;
 - the detector's image / pixel AUROC of that one run (one seed: direction only).
 
 A reference row ``EAR error (oracle)`` scores the true EAR patch error itself.
@@ -32,19 +32,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fader_kit.config import get_profile
-from fader_kit.devices import resolve_device
-from fader_kit.diagnostics import head_diagnostics
+from fader_kit.model.config import get_profile
+from fader_kit.util.devices import resolve_device
+from fader_kit.model.diagnostics import head_diagnostics
 from fader_kit.engine import keys
 from fader_kit.engine.jobs import Head, JobKind, PlannedUnit, RowFacts, UnitContext, register_job_kind
 from fader_kit.engine.runner import Grid, run_grid
 from fader_kit.engine.sources import MaskSource, mask_source
 from fader_kit.engine.store import ResultRow, ResultStore
 from fader_kit.engine.workbench import CategoryWorkbench, UnitKeys
-from fader_kit.fader import FaderModel, patch_errors, unmasked_patches
-from fader_kit.obfuscation import obfuscate
+from fader_kit.model.fader import FaderModel, patch_errors, unmasked_patches
+from fader_kit.model.obfuscation import obfuscate
 from fader_kit.util.batching import device_batches
-from fader_kit.variants import canonical_name, head_strategies, resolve
+from fader_kit.model.variants import canonical_name, head_strategies, resolve
 
 TABLE = "head_probe"
 ORACLE = "EAR error (oracle)"

@@ -4,7 +4,7 @@
     python -m fader_kit_bench.main_job [--threads N] [--fresh-data] [--out DIR]
 
 Prints the expected duration before the work starts (and a line when this machine is far slower
-than the reference: :mod:`fader_kit.pace`), then the wall time, the CPU time of the process (all
+than the reference: :mod:`fader_kit.engine.pace`), then the wall time, the CPU time of the process (all
 its threads), the thread count, the load average before and after (a busy machine makes the wall
 time say little), and the rows, so that a change that should not move the numbers can be diffed
 digit for digit against an earlier run.

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from fader_kit.engine.store import ResultRow
 from fader_kit.engine.unit_kinds import MaskerFacts
-from fader_kit.stats import SeedSummary
+from fader_kit.engine.stats import SeedSummary
 
 
 class TrainedMaskerFacts(MaskerFacts):

@@ -1,10 +1,10 @@
-"""Time the EAR training step that ``fader_kit.pace`` compares with its reference.
+"""Time the EAR training step that ``fader_kit.engine.pace`` compares with its reference.
 
     python -m fader_kit_bench.pace [--profile cpu] [--repeats 5] [--threads N]
 
-Prints, per repeat, the seconds per step (``fader_kit.pace.time_ear_steps``), the load average and
+Prints, per repeat, the seconds per step (``fader_kit.engine.pace.time_ear_steps``), the load average and
 the CPUs other processes kept busy meanwhile, then the best and the median step and the main
-job's expected duration at the best.  The reference (``fader_kit.pace.REFERENCE``) is the best of
+job's expected duration at the best.  The reference (``fader_kit.engine.pace.REFERENCE``) is the best of
 such runs on an idle machine: a step on a busy one says more about the others than about the CPU.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     prepare_environment()
     threads = apply_torch_threads(args.threads)
-    from fader_kit.config import get_profile
+    from fader_kit.model.config import get_profile
     from fader_kit.util.timing import minutes
-    from fader_kit.pace import JobWork, busy_seconds, cpu_model, estimate_seconds, others_cpus, time_ear_steps
+    from fader_kit.engine.pace import JobWork, busy_seconds, cpu_model, estimate_seconds, others_cpus, time_ear_steps
 
     profile = get_profile(args.profile)
     print(f"CPU {cpu_model()}, {os.cpu_count()} CPUs, {threads} torch threads, {profile.name} profile "

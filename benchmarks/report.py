@@ -13,12 +13,12 @@ import csv
 import statistics
 from pathlib import Path
 
-from fader_kit.diagnostics import Diagnostics
+from fader_kit.model.diagnostics import Diagnostics
 from fader_kit.engine.aggregate import ComparisonLine, mean_over_seeds
 from fader_kit.engine.keys import safe_name
 from fader_kit.engine.store import DetailStore, ResultRow, ResultStore
 from fader_kit.engine.unit_kinds import ModelFacts
-from fader_kit.stats import Comparison
+from fader_kit.engine.stats import Comparison
 
 from .report_cells import DASH, GroupKey, GroupReport, category_label, group_rows
 from .report_group import group_table
@@ -41,7 +41,7 @@ def comparison_lines(comps: list[ComparisonLine]) -> list[str]:
         return []
     md = ["", "Seeds and intervals: mean ± spread (sample sd) over seeds; Δ = after - EAR with its paired bootstrap "
           "95 % interval (test images resampled, same U-Net and masks); a gain or loss only where the interval "
-          "excludes 0. `+masker`: that model's map fused with the masker's score map (fader_kit.fusion).", "",
+          "excludes 0. `+masker`: that model's map fused with the masker's score map (fader_kit.model.fusion).", "",
           "| Masker | Variant | Category | Seeds | masker alone (img / pix) | EAR (img / pix) | after (img / pix) "
           "| Δ image [95 % CI] | Δ pixel [95 % CI] | Δ vs the better of EAR and the masker alone (img; pix) |",
           "|---|---|---|---|---|---|---|---|---|---|"]
@@ -144,8 +144,8 @@ def write_raw_csv(rows: list[ResultRow], path: Path) -> Path:
 
 def diagnostics_lines(rows: list[ResultRow]) -> list[str]:
     """Head diagnostics per (masker, variant, category), mean over seeds, with the one-line verdict
-    of :func:`fader_kit.diagnostics.summary_line` (rows without a head: the masks' coverage only)."""
-    from fader_kit.diagnostics import summary_line
+    of :func:`fader_kit.model.diagnostics.summary_line` (rows without a head: the masks' coverage only)."""
+    from fader_kit.model.diagnostics import summary_line
 
     acc: dict[tuple[str, str, str], list[Diagnostics]] = {}
     for r in rows:
@@ -167,7 +167,7 @@ def diagnostics_lines(rows: list[ResultRow]) -> list[str]:
 
 def _mean_diagnostics(ds: list["Diagnostics"]) -> "Diagnostics":
     """Field-wise mean over seeds (None where no seed has the value); the verdict is recomputed."""
-    from fader_kit.diagnostics import found_missed_defects
+    from fader_kit.model.diagnostics import found_missed_defects
 
     def avg(dicts: list[dict]) -> dict:
         keys = dicts[0].keys()

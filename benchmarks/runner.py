@@ -13,15 +13,15 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fader_kit.config import get_profile
+from fader_kit.model.config import get_profile
 from fader_kit.data import SyntheticConfig, list_categories
-from fader_kit.devices import resolve_device
+from fader_kit.util.devices import resolve_device
 from fader_kit.engine.runner import Grid, GridRunner, Head, PlannedUnit, RunSummary
 from fader_kit.engine.sources import mask_source, parse_gt_masker
 from fader_kit.engine.workbench import CategoryWorkbench, Evaluation
 from fader_kit.errors import ConfigError
-from fader_kit.fusion_rules import Fused
-from fader_kit.registry import MaskerRegistry, UnknownMaskerError, default_registry
+from fader_kit.model.fusion_rules import Fused
+from fader_kit.maskers.registry import MaskerRegistry, UnknownMaskerError, default_registry
 
 from .tables import TableSpec, get_table
 

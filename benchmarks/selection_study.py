@@ -1,15 +1,15 @@
 """Does the selector pick the detector the test set would?  Every masker x score kind is a candidate.
 
-For every category and seed the normal training images are split (:func:`fader_kit.selection.holdout_split`,
+For every category and seed the normal training images are split (:func:`fader_kit.deploy.selection.holdout_split`,
 a fifth held out).  Per masker (``--maskers``) the masker is fitted on the rest and the parts of
-every score kind (:mod:`fader_kit.score_kinds`: ``masker``, ``ear``, ``fader``, ``fused``) are
-trained once (:func:`fader_kit.fit_parts.train_parts`; with ``--ear-masks blobs`` the EAR U-Net does
+every score kind (:mod:`fader_kit.deploy.score_kinds`: ``masker``, ``ear``, ``fader``, ``fused``) are
+trained once (:func:`fader_kit.deploy.fit_parts.train_parts`; with ``--ear-masks blobs`` the EAR U-Net does
 not depend on the masker, so one is trained per category and seed and shared).  Each of the
 maskers x kinds candidates is then measured
 
 - on the held-out normal images against the same images with pseudo-defects
-  (:mod:`fader_kit.pseudo_defects`, ``--size``, ``--copies`` per image) of every kind that no
-  candidate trained on (:func:`fader_kit.fit_parts.trained_on`): ``pseudo`` per kind, and their
+  (:mod:`fader_kit.data.pseudo_defects`, ``--size``, ``--copies`` per image) of every kind that no
+  candidate trained on (:func:`fader_kit.deploy.fit_parts.trained_on`): ``pseudo`` per kind, and their
   mean, the ``selection_score`` (:func:`fader_kit.engine.selection_run.score_candidates`, as
   ``fader-kit evaluate --select`` measures it);
 - on the test set: image AUROC of the map's maximum, pixel AUROC, images per second;
@@ -38,18 +38,18 @@ from typing import Any, Sequence
 
 import torch
 
-from fader_kit.config import get_profile
+from fader_kit.model.config import get_profile
 from fader_kit.data import load_category
-from fader_kit.devices import resolve_device
+from fader_kit.util.devices import resolve_device
 from fader_kit.engine.selection_run import score_candidates, selection_kinds
-from fader_kit.fit_parts import FitParts, train_parts
-from fader_kit.pace import cpu_model
-from fader_kit.pipeline import fit_masker
-from fader_kit.pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
-from fader_kit.registry import create_masker
-from fader_kit.score_kinds import SCORE_NAMES, ScoreKind, score_kind
-from fader_kit.selection import holdout_split
-from fader_kit.variants import DEFAULT_HEAD_VARIANT, resolve
+from fader_kit.deploy.fit_parts import FitParts, train_parts
+from fader_kit.engine.pace import cpu_model
+from fader_kit.model.pipeline import fit_masker
+from fader_kit.data.pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
+from fader_kit.maskers.registry import create_masker
+from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, score_kind
+from fader_kit.deploy.selection import holdout_split
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT, resolve
 
 DEFAULT_MASKERS = ("patch_stats", "msflow", "ami_net")
 

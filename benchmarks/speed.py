@@ -6,7 +6,7 @@ FADeR are timed interleaved in the same run by :func:`fader_kit_bench.fader_over
 so FADeR's overhead is a ratio of two numbers measured under the same load.  The EAR U-Net is the
 paper's (the ``paper`` profile's widths and head), whatever profile the tables use.
 
-On a CPU device the same two models are also exported to ONNX (:mod:`fader_kit.export`, needs the
+On a CPU device the same two models are also exported to ONNX (:mod:`fader_kit.model.onnx_export`, needs the
 ``[export]`` extra) and timed with onnxruntime beside torch running the very same computation --
 reconstruction, MSGMS anomaly map and image score, the exported graph -- all four interleaved,
 with onnxruntime given as many threads as torch; FADeR's overhead is reported under both.
@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.flop_counter import FlopCounterMode
 
-from fader_kit.config import get_profile
-from fader_kit.devices import resolve_device
-from fader_kit.fader import FaderModel, wrap_with_fader
-from fader_kit.interfaces import Masker
-from fader_kit.registry import MaskerRegistry, default_registry
-from fader_kit.training import seeded_init
-from fader_kit.unet import EARUNet
+from fader_kit.model.config import get_profile
+from fader_kit.util.devices import resolve_device
+from fader_kit.model.fader import FaderModel, wrap_with_fader
+from fader_kit.maskers.interfaces import Masker
+from fader_kit.maskers.registry import MaskerRegistry, default_registry
+from fader_kit.model.training import seeded_init
+from fader_kit.model.unet import EARUNet
 
 from .efficiency import Efficiency, measure_efficiency
 from .fader_overhead import measure_overhead
@@ -174,7 +174,7 @@ def measure_models(cfg: SpeedConfig, device: torch.device) -> tuple[list[SpeedRe
 def measure_onnx(cfg: SpeedConfig, fader: FaderModel) -> tuple[list[SpeedRecord], dict[str, dict[str, float]]]:
     """The exported graph (reconstruction + MSGMS map + score) of EAR and FADeR_EAR, in torch and in
     onnxruntime (CPU, as many threads as torch), all four interleaved per batch size."""
-    from fader_kit.export import ExportError, ScoringGraph, export_model, onnx_session, run_onnx
+    from fader_kit.model.onnx_export import ExportError, ScoringGraph, export_model, onnx_session, run_onnx
 
     models = {"ear": fader.without_head(), "fader": fader}
     names = {"ear": "EAR U-Net + MSGMS map", "fader": "FADeR_EAR + MSGMS map"}

@@ -1,6 +1,6 @@
 """What each of the paper's tables measures: its maskers and its variants of the FADeR model.
 
-A table's column names a head variant of :mod:`fader_kit.variants` (or ``None`` for plain EAR);
+A table's column names a head variant of :mod:`fader_kit.model.variants` (or ``None`` for plain EAR);
 the head configuration comes from that one registry.  Every variant of a table is evaluated on
 the same EAR U-Net and the same binary masks, so the columns of a table differ only in what the
 column says.  A column keeps the name its results are stored under (table2's ``fader``, table3's
@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fader_kit.config import FaderConfig
+from fader_kit.model.config import FaderConfig
 from fader_kit.errors import ConfigError
-from fader_kit.variants import get_variant, is_core
+from fader_kit.model.variants import get_variant, is_core
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 FADER = "fader"  # FADeR as the paper configures it (an alias of the registry's "paper")
@@ -39,7 +39,7 @@ class Variant(BaseModel):
 
     name: str = Field(description="the column's name, as results are stored and reported")
     title: str
-    head: str | None = Field(default=None, description="the head variant's name or alias (fader_kit.variants)")
+    head: str | None = Field(default=None, description="the head variant's name or alias (fader_kit.model.variants)")
 
     @field_validator("head")
     @classmethod
@@ -99,7 +99,7 @@ class TableSpec(BaseModel):
 
 
 _PAIR = (Variant(name=EAR, title="EAR"), Variant(name=FADER, title="FADeR_EAR", head="paper"))
-#: FADeR's head variants beyond the paper (experiments and the control of fader_kit.variants), as table columns;
+#: FADeR's head variants beyond the paper (experiments and the control of fader_kit.model.variants), as table columns;
 #: titled as HeadVariant.label titles them, so that defining the tables loads no plugin
 _HEAD_VARIANTS = tuple(Variant(name=name, title=f"FADeR ({name})", head=name) for name in _ADDED if name != "paper")
 

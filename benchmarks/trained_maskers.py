@@ -52,17 +52,17 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from fader_kit.config import get_profile
+from fader_kit.model.config import get_profile
 from fader_kit.data import list_categories
-from fader_kit.devices import resolve_device
+from fader_kit.util.devices import resolve_device
 from fader_kit.engine.aggregate import over_seeds
 from fader_kit.engine.runner import Grid, GridRunner, Head, PlannedUnit, run_grid
 from fader_kit.engine.sources import parse_spec
 from fader_kit.engine.store import DB_NAME, ResultStore
 from fader_kit.engine.workbench import CategoryWorkbench
 from fader_kit.errors import ConfigError
-from fader_kit.metrics import image_auroc, pixel_auroc
-from fader_kit.stats import SeedSummary
+from fader_kit.model.metrics import image_auroc, pixel_auroc
+from fader_kit.engine.stats import SeedSummary
 from fader_kit.util.batching import map_batches
 
 from .masker_rows import MaskerRow, MaskerSummary

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fader_kit.config import FaderConfig
+from fader_kit.model.config import FaderConfig
 from fader_kit.errors import UserError
-from fader_kit.gates import GateStrategy, HeadGates
-from fader_kit.head_inputs import HeadHost
+from fader_kit.model.gates import GateStrategy, HeadGates
+from fader_kit.model.head_inputs import HeadHost
 
 
 class ScoreGates(HeadGates):

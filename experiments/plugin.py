@@ -1,8 +1,8 @@
 """The plugin module of the ``fader_kit`` entry point ``experiments``: registers the strategies, then the variants."""
 from __future__ import annotations
 
-from fader_kit.head_registry import HeadRegistrar
-from fader_kit.hookspecs import hookimpl
+from fader_kit.model.head_registry import HeadRegistrar
+from fader_kit.maskers.hookspecs import hookimpl
 
 from .gates import GATES
 from .inputs import INPUTS

@@ -1,7 +1,7 @@
 """The 28 head variants of docs/results/fader-head.md that the core does not carry, in the order they were added."""
 from __future__ import annotations
 
-from fader_kit.head_registry import HeadVariant
+from fader_kit.model.head_registry import HeadVariant
 
 VARIANTS: tuple[HeadVariant, ...] = (
     HeadVariant(name="calibrated", kind="experiment",

@@ -9,25 +9,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .version import __version__
+from fader_kit.version import __version__
 
 #: public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    **{n: ("config", n) for n in ("PROFILES", "FaderConfig", "Profile", "TrainConfig", "UNetConfig", "get_profile")},
-    **{n: ("fader", n) for n in ("FaderHead", "FaderModel", "FaderOutput", "ViTHead", "ranking_loss", "soft_mask",
+    **{n: ("model.config", n) for n in ("PROFILES", "FaderConfig", "Profile", "TrainConfig", "UNetConfig", "get_profile")},
+    **{n: ("model.fader", n) for n in ("FaderHead", "FaderModel", "FaderOutput", "ViTHead", "ranking_loss", "soft_mask",
                                  "wrap_with_fader")},
-    **{n: ("interfaces", n) for n in ("Masker", "MaskerInfo", "Reconstructor")},
-    **{n: ("metrics", n) for n in ("aupro", "auroc", "f1_max", "image_auroc", "pixel_auroc")},
-    **{n: ("obfuscation", n) for n in ("mosaic", "obfuscate")},
-    **{n: ("registry", n) for n in ("MaskerRegistry", "create_masker", "list_maskers", "plugin_errors")},
-    **{n: ("scoring", n) for n in ("image_score", "mean_smooth", "msgms_map")},
-    **{n: ("training", n) for n in ("train_fader", "train_reconstructor")},
-    "EARUNet": ("unet", "EARUNet"),
-    **{n: ("variants", n) for n in ("HeadVariant", "get_variant", "list_variants")},
-    "resolve_variant": ("variants", "resolve"),
+    **{n: ("maskers.interfaces", n) for n in ("Masker", "MaskerInfo", "Reconstructor")},
+    **{n: ("model.metrics", n) for n in ("aupro", "auroc", "f1_max", "image_auroc", "pixel_auroc")},
+    **{n: ("model.obfuscation", n) for n in ("mosaic", "obfuscate")},
+    **{n: ("maskers.registry", n) for n in ("MaskerRegistry", "create_masker", "list_maskers", "plugin_errors")},
+    **{n: ("model.scoring", n) for n in ("image_score", "mean_smooth", "msgms_map")},
+    **{n: ("model.training", n) for n in ("train_fader", "train_reconstructor")},
+    "EARUNet": ("model.unet", "EARUNet"),
+    **{n: ("model.variants", n) for n in ("HeadVariant", "get_variant", "list_variants")},
+    "resolve_variant": ("model.variants", "resolve"),
     **{n: ("errors", n) for n in ("UserError", "ConfigError")},
-    **{n: ("detector", n) for n in ("Detector", "Prediction")},
-    "Calibration": ("calibration", "Calibration"),
+    **{n: ("deploy.detector", n) for n in ("Detector", "Prediction")},
+    "Calibration": ("deploy.thresholds", "Calibration"),
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -48,17 +48,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
-    from .calibration import Calibration
-    from .config import PROFILES, FaderConfig, Profile, TrainConfig, UNetConfig, get_profile
-    from .detector import Detector, Prediction
-    from .errors import ConfigError, UserError
-    from .fader import FaderHead, FaderModel, FaderOutput, ViTHead, ranking_loss, soft_mask, wrap_with_fader
-    from .interfaces import Masker, MaskerInfo, Reconstructor
-    from .metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc
-    from .obfuscation import mosaic, obfuscate
-    from .registry import MaskerRegistry, create_masker, list_maskers, plugin_errors
-    from .scoring import image_score, mean_smooth, msgms_map
-    from .training import train_fader, train_reconstructor
-    from .unet import EARUNet
-    from .variants import HeadVariant, get_variant, list_variants
-    from .variants import resolve as resolve_variant
+    from fader_kit.deploy.thresholds import Calibration
+    from fader_kit.model.config import PROFILES, FaderConfig, Profile, TrainConfig, UNetConfig, get_profile
+    from fader_kit.deploy.detector import Detector, Prediction
+    from fader_kit.errors import ConfigError, UserError
+    from fader_kit.model.fader import FaderHead, FaderModel, FaderOutput, ViTHead, ranking_loss, soft_mask, wrap_with_fader
+    from fader_kit.maskers.interfaces import Masker, MaskerInfo, Reconstructor
+    from fader_kit.model.metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc
+    from fader_kit.model.obfuscation import mosaic, obfuscate
+    from fader_kit.maskers.registry import MaskerRegistry, create_masker, list_maskers, plugin_errors
+    from fader_kit.model.scoring import image_score, mean_smooth, msgms_map
+    from fader_kit.model.training import train_fader, train_reconstructor
+    from fader_kit.model.unet import EARUNet
+    from fader_kit.model.variants import HeadVariant, get_variant, list_variants
+    from fader_kit.model.variants import resolve as resolve_variant

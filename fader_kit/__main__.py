@@ -1,3 +1,3 @@
-from .cli import main
+from fader_kit.cli.main import main
 
 raise SystemExit(main())

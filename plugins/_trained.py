@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from fader_kit.data import DataError
 from fader_kit.errors import ConfigError
 from fader_kit.util.quantiles import quantiles
-from fader_kit.interfaces import Masker, MaskerInfo, check_images
-from fader_kit.registry import masker_config
+from fader_kit.maskers.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.maskers.registry import masker_config
 
 C = TypeVar("C", bound="TrainedMaskerConfig")
 
@@ -54,7 +54,7 @@ class TrainedMaskerConfig(BaseModel):
 
 
 class BackboneOptions(BaseModel):
-    """Mixin: a timm backbone and where its weights come from (fader_kit.backbones rules)."""
+    """Mixin: a timm backbone and where its weights come from (fader_kit.maskers.backbones rules)."""
 
     backbone: str = Field("tf_efficientnet_lite0", description="timm model name of the frozen feature extractor")
     weights: str | None = Field(None, description="checkpoint file/folder for the backbone; None = package/hub")
@@ -67,7 +67,7 @@ class BackboneOptions(BaseModel):
 
 
 def parse_config(cls: type[C], masker: str, options: dict[str, Any]) -> C:
-    """Build ``cls`` from factory options: one :class:`~fader_kit.registry.MaskerOptionError` naming
+    """Build ``cls`` from factory options: one :class:`~fader_kit.maskers.registry.MaskerOptionError` naming
     the masker, the option and the accepted ones (the registry's rule for every masker)."""
     return masker_config(cls, masker, options)
 

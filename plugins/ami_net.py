@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from fader_kit.backbones import create_feature_extractor
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import MaskerInfo
+from fader_kit.maskers.backbones import create_feature_extractor
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import MaskerInfo
 
 from .ami_net_scoring import AMINetScorer, outlier_token_mask, robust_outlier_mask  # noqa: F401 (re-exported)
 from ._trained import (

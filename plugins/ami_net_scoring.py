@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fader_kit.backbones import resize_features
+from fader_kit.maskers.backbones import resize_features
 
 from ._trained import gaussian_blur
 

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import Masker, MaskerInfo, check_images
-from fader_kit.registry import masker_config
-from fader_kit.weights import load_timm_model
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.maskers.registry import masker_config
+from fader_kit.maskers.weights import load_timm_model
 
 DINO_MODEL = "vit_small_patch16_224.dino"
 PLAIN_MODEL = "vit_base_patch16_224.augreg_in21k"
@@ -138,7 +138,7 @@ def cls_patch_attention(model: nn.Module, pixels: Tensor) -> Tensor:
 class AttentionMasker(Masker):
     """Zero-shot masker from a timm ViT's last-layer CLS attention (see the module docstring).
 
-    Build it from a config (the model is loaded through :func:`fader_kit.weights.load_timm_model`)
+    Build it from a config (the model is loaded through :func:`fader_kit.maskers.weights.load_timm_model`)
     or pass ``model=`` (any timm ``VisionTransformer``; then ``weights_source`` labels it).
     """
 

@@ -47,9 +47,9 @@ from torch import Tensor, nn
 
 from fader_kit.errors import ConfigError, UserError
 from fader_kit.util.files import torch_save_atomic, write_text_atomic
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import MaskerInfo
-from fader_kit.weights import MissingWeightsError, find_local_weights, read_checkpoint
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import MaskerInfo
+from fader_kit.maskers.weights import MissingWeightsError, find_local_weights, read_checkpoint
 
 from ._trained import TrainedMasker, TrainedMaskerConfig, batches, progress_bar, trained_factory
 

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from fader_kit.backbones import create_feature_extractor
+from fader_kit.maskers.backbones import create_feature_extractor
 from fader_kit.errors import ConfigError
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import MaskerInfo
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import MaskerInfo
 
 from ._trained import (
     BackboneOptions,

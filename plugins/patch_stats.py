@@ -21,9 +21,9 @@ from torch import Tensor
 
 from fader_kit.data import DataError
 from fader_kit.errors import ConfigError
-from fader_kit.hookspecs import hookimpl
+from fader_kit.maskers.hookspecs import hookimpl
 from fader_kit.util.quantiles import quantiles
-from fader_kit.interfaces import Masker, MaskerInfo, check_images, check_tensor, check_threshold
+from fader_kit.maskers.interfaces import Masker, MaskerInfo, check_images, check_tensor, check_threshold
 
 
 class PatchStatsConfig(BaseModel):

@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from fader_kit.hookspecs import hookimpl
+from fader_kit.maskers.hookspecs import hookimpl
 from fader_kit.util.quantiles import quantiles
-from fader_kit.interfaces import Masker, MaskerInfo, check_images
-from fader_kit.registry import masker_config
-from fader_kit.weights import load_open_clip_model
+from fader_kit.maskers.interfaces import Masker, MaskerInfo, check_images
+from fader_kit.maskers.registry import masker_config
+from fader_kit.maskers.weights import load_open_clip_model
 
 ARCHITECTURE = "ViT-B-16-plus-240"
 PRETRAINED = "laion400m_e31"
@@ -406,7 +406,7 @@ def encode_text_trimmed(model: nn.Module, tokens: Tensor) -> Tensor:
 
 
 def build_winclip(config: WinClipConfig) -> WinClipMasker:
-    """Load open_clip (weights rules of :mod:`fader_kit.weights`), embed the prompts, drop the text tower."""
+    """Load open_clip (weights rules of :mod:`fader_kit.maskers.weights`), embed the prompts, drop the text tower."""
     import open_clip
 
     model, source = load_open_clip_model(

@@ -28,7 +28,7 @@ def smoke_ears(tmp_path_factory: pytest.TempPathFactory):
     import shutil
     from pathlib import Path
 
-    from fader_kit.config import get_profile
+    from fader_kit.model.config import get_profile
     from fader_kit.engine.artifacts import WorkCache
     from fader_kit.engine.sources import MaskerSource
     from fader_kit.engine.workbench import CategoryWorkbench, WorkbenchSettings

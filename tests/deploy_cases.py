@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fader_kit.config import FaderConfig, Profile, TrainConfig, UNetConfig
+from fader_kit.model.config import FaderConfig, Profile, TrainConfig, UNetConfig
 
 TINY = Profile(
     name="tiny", image_size=32, unet=UNetConfig(widths=(4, 8, 8, 8, 8)),

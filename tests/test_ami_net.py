@@ -5,8 +5,8 @@ import pytest
 import torch
 from masker_cases import stripes_with_defects
 
-from fader_kit.metrics import pixel_auroc
-from fader_kit.registry import create_masker
+from fader_kit.model.metrics import pixel_auroc
+from fader_kit.maskers.registry import create_masker
 from fader_kit_plugins.ami_net import centre_distance, outlier_token_mask, sincos_positions
 
 OPTIONS = dict(

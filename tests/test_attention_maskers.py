@@ -11,8 +11,8 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from fader_kit.registry import MaskerRegistry
-from fader_kit.weights import RANDOM_INIT, MissingWeightsError
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.maskers.weights import RANDOM_INIT, MissingWeightsError
 from fader_kit_plugins.attention import (
     AttentionMasker,
     AttentionMaskerConfig,

@@ -11,17 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-import fader_kit.registry as registry_module
-from fader_kit.auto_select import AUTO, fit_auto, plan, read_report, trained_on
-from fader_kit.cli import main
-from fader_kit.detector import Detector
+import fader_kit.maskers.registry as registry_module
+from fader_kit.deploy.auto_select import AUTO, fit_auto, plan, read_report, trained_on
+from fader_kit.cli.main import main
+from fader_kit.deploy.detector import Detector
 from fader_kit.errors import ConfigError, ModelDirError
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import Masker
-from fader_kit.registry import MaskerRegistry
-from fader_kit.score_kinds import SCORE_NAMES, score_kind
-from fader_kit.variants import DEFAULT_HEAD_VARIANT
-from fader_kit.variants import resolve as resolve_variant
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import Masker
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.deploy.score_kinds import SCORE_NAMES, score_kind
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
+from fader_kit.model.variants import resolve as resolve_variant
 from deploy_cases import TINY, part, write_parts
 
 
@@ -47,7 +47,7 @@ class Blind(Masker):
 class _Plugin:
     @hookimpl
     def register_maskers(self, register):  # type: ignore[no-untyped-def]
-        from fader_kit.registry import MaskerRegistry as Builtins
+        from fader_kit.maskers.registry import MaskerRegistry as Builtins
 
         patch_stats = next(e for e in Builtins().list() if e.name == "patch_stats")
         register("patch_stats", patch_stats.factory, weights="none")
@@ -59,7 +59,7 @@ class _Plugin:
 def fake_maskers(monkeypatch: pytest.MonkeyPatch) -> None:
     reg = MaskerRegistry(entry_points=[], extra_plugins=[_Plugin()])
     monkeypatch.setattr(registry_module, "default_registry", lambda refresh=False: reg)
-    monkeypatch.setattr("fader_kit.config.get_profile", lambda name: TINY)
+    monkeypatch.setattr("fader_kit.model.config.get_profile", lambda name: TINY)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_fit_chooses_by_default(root: Path, tmp_path: Path, monkeypatch: pytest.
         seen.update(kw)
         raise ConfigError("stop here")
 
-    monkeypatch.setattr("fader_kit.auto_select.fit_auto", fake)
+    monkeypatch.setattr("fader_kit.deploy.auto_select.fit_auto", fake)
     assert fit_cli(root, tmp_path / "m") == 2
     assert seen["masker"] == AUTO and seen["score"] == AUTO and seen["candidates"] is None and seen["budget_s"] is None
     maskers, kinds = plan(AUTO, AUTO, None)
@@ -150,7 +150,7 @@ def test_the_budget_skips_candidates_and_says_so(root: Path, tmp_path: Path, cap
 
 
 def test_every_kind_of_one_masker_with_one_unet(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fader_kit.pipeline as pipeline
+    import fader_kit.model.pipeline as pipeline
 
     trainings = []
     real = pipeline.ear_stage
@@ -168,7 +168,7 @@ def test_every_kind_of_one_masker_with_one_unet(root: Path, tmp_path: Path, monk
 
 
 def test_a_fixed_masker_and_score_run_no_search(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fader_kit.auto_select.fit_auto", lambda *a, **k: pytest.fail("a search ran"))
+    monkeypatch.setattr("fader_kit.deploy.auto_select.fit_auto", lambda *a, **k: pytest.fail("a search ran"))
     out = tmp_path / "m"
     assert fit_cli(root, out, "--score", "masker", "--masker", "seer") == 0
     assert not (out / "selection.json").exists() and Detector.load(out).settings.masker == "seer"

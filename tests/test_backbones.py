@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fader_kit.backbones import (
+from fader_kit.maskers.backbones import (
     LITE0_SOURCE,
     FeatureExtractor,
     convert_lite0_package_state,
@@ -23,7 +23,7 @@ from fader_kit.backbones import (
     load_backbone,
     resize_features,
 )
-from fader_kit.weights import MissingWeightsError, read_checkpoint
+from fader_kit.maskers.weights import MissingWeightsError, read_checkpoint
 
 # (repeats, kernel, stride, expand, in, out) of EfficientNet-Lite0, from the TF lite builder.
 LITE0_ARCH = [

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from fader_kit_bench.speed import SpeedConfig, count_parameters, flops_per_image, measure_masker, run_speed
-from fader_kit.cli import main
-from fader_kit.hookspecs import hookimpl
-from fader_kit.registry import MaskerRegistry
-from fader_kit.weights import MissingWeightsError
+from fader_kit.cli.main import main
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.maskers.weights import MissingWeightsError
 
 import torch
 
@@ -65,7 +65,7 @@ class _Broken:
 
 
 def test_speed_measures_models_and_maskers_and_records_failures(tmp_path):
-    from fader_kit.registry import default_registry
+    from fader_kit.maskers.registry import default_registry
 
     patch_stats = next(e for e in default_registry().list() if e.name == "patch_stats")
 
@@ -113,7 +113,7 @@ def test_speed_measures_models_and_maskers_and_records_failures(tmp_path):
 
 
 def test_speed_fits_with_one_epoch_only_where_the_registration_says_so(tmp_path):
-    from fader_kit.interfaces import Masker
+    from fader_kit.maskers.interfaces import Masker
 
     seen = []
 

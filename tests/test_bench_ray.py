@@ -182,7 +182,7 @@ def test_without_ray_the_executor_is_one_clear_error(monkeypatch, tmp_path, caps
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
     with pytest.raises(RayNotInstalledError, match=r"Ray is not installed; install the extra: pip install 'fader-kit\[ray\]'"):
         import_ray()
-    from fader_kit.cli import main
+    from fader_kit.cli.main import main
 
     code = main(["bench", "table3", "--executor", "ray", "--out", str(tmp_path), "--no-report"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -205,7 +205,7 @@ def test_task_device_follows_the_gpus_each_task_reserves():
 
 def test_cli_passes_the_ray_options_and_refuses_them_without_ray(monkeypatch, tmp_path, capsys):
     import fader_kit_bench.runner as ray_executor
-    from fader_kit.cli import main
+    from fader_kit.cli.main import main
     from fader_kit.engine.runner import RunSummary
 
     seen = {}

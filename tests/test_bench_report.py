@@ -7,7 +7,7 @@ import pytest
 
 from fader_kit_bench.report import build_report
 from fader_kit.engine.store import ResultRow, ResultStore, UnitId
-from fader_kit.cli import main
+from fader_kit.cli.main import main
 
 
 def row(table, data, masker, variant, category, image=None, pixel=None, *, status="ok", reason=None,

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import fader_kit.pipeline as stages_mod  # the training stages the workbench runs (train_ear, train_fader_on)
+import fader_kit.model.pipeline as stages_mod  # the training stages the workbench runs (train_ear, train_fader_on)
 from fader_kit.engine import keys
 from fader_kit.engine.store import ResultStore
 from fader_kit_bench.runner import BenchConfig, masker_options_for, run_table, table_runner
-from fader_kit.config import get_profile
+from fader_kit.model.config import get_profile
 from fader_kit.data import SyntheticConfig
 from fader_kit.errors import ConfigError
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import Masker, MaskerInfo
-from fader_kit.registry import MaskerRegistry
-from fader_kit.weights import MissingWeightsError
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import Masker, MaskerInfo
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.maskers.weights import MissingWeightsError
 
 TINY = SyntheticConfig(n_train=6, n_test_good=2, n_per_defect=1, defect_kinds=("scratch", "hole"))
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from fader_kit.cli import main, parse_options
+from fader_kit.cli.main import main, parse_options
 from fader_kit.data import generate_synthetic
 
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fader_kit.calibration import (PixelQuantiles, calibrate, calibration_from, f1_threshold, false_alarm_rate,
+from fader_kit.deploy.thresholds import (PixelQuantiles, calibrate, calibration_from, f1_threshold, false_alarm_rate,
                                    order_threshold)
-from fader_kit.cli import main
-from fader_kit.detector import Detector, make_decision
+from fader_kit.cli.main import main
+from fader_kit.deploy.detector import Detector, make_decision
 from fader_kit.errors import ConfigError, ModelDirError
-from fader_kit.fitting import fit_detector, holdout_split
-from fader_kit.variants import DEFAULT_HEAD_VARIANT
+from fader_kit.deploy.fit import fit_detector, holdout_split
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
 
 from deploy_cases import TINY, part
 
@@ -254,7 +254,7 @@ def test_predict_time_false_alarm_rate_rederives_the_threshold(model_dir: Path, 
 
 def test_cli_fit_prints_thresholds_and_writes_the_folder(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr("fader_kit.config.get_profile", lambda name: TINY)
+    monkeypatch.setattr("fader_kit.model.config.get_profile", lambda name: TINY)
     out = tmp_path / "m"
     assert main(["fit", "--normal", str(data / "normal"), "--out", str(out), "--quiet", "--false-alarm-rate", "0.2",
                  "--score", "fader", "--masker", "patch_stats"]) == 0
@@ -268,9 +268,9 @@ def test_cli_fit_prints_thresholds_and_writes_the_folder(data: Path, tmp_path: P
 def test_export_refuses_a_masker_without_a_module_by_name(model_dir: Path) -> None:
     from types import SimpleNamespace
 
-    from fader_kit.deploy_export import detector_graph
-    from fader_kit.export import ExportError
-    from fader_kit.interfaces import Masker
+    from fader_kit.deploy.export import detector_graph
+    from fader_kit.model.onnx_export import ExportError
+    from fader_kit.maskers.interfaces import Masker
 
     class Opaque(Masker):
         def score_map(self, images):
@@ -284,7 +284,7 @@ def test_export_refuses_a_masker_without_a_module_by_name(model_dir: Path) -> No
 
 
 def test_state_files_round_trip_nested_state_and_refuse_objects(tmp_path: Path) -> None:
-    from fader_kit.statefiles import load_state, save_state
+    from fader_kit.deploy.statefiles import load_state, save_state
 
     state = {"threshold": 0.5, "grid": (4, 4), "modules": {"net": {"w": torch.arange(6.0).reshape(2, 3)}},
              "extra": [torch.ones(2), {"k": None, "inf": float("inf")}]}

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fader_kit.detector import Detector
-from fader_kit.fitting import fit_detector
+from fader_kit.deploy.detector import Detector
+from fader_kit.deploy.fit import fit_detector
 from deploy_cases import TINY, write_parts
 
 
@@ -35,8 +35,8 @@ def backbone_dir(normal: Path) -> Path:
 
 def _no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """No pretrained backbone on this machine: neither the package nor the hub."""
-    import fader_kit.backbones as backbones
-    from fader_kit.weights import MissingWeightsError
+    import fader_kit.maskers.backbones as backbones
+    from fader_kit.maskers.weights import MissingWeightsError
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise MissingWeightsError("no weights on this machine (test)")
@@ -60,8 +60,8 @@ def test_a_backbone_detector_loads_without_the_weights_package(backbone_dir: Pat
 
 def test_the_graph_holds_the_saved_backbone_not_a_fresh_one(backbone_dir: Path, normal: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from fader_kit.deploy_export import detector_graph
-    from fader_kit.imagefiles import load_array, to_tensor
+    from fader_kit.deploy.export import detector_graph
+    from fader_kit.deploy.imagefiles import load_array, to_tensor
 
     det = Detector.load(backbone_dir)
     with torch.no_grad():  # weights that differ from ImageNet's: a fresh backbone would not have them
@@ -80,8 +80,8 @@ def test_the_graph_holds_the_saved_backbone_not_a_fresh_one(backbone_dir: Path, 
 def test_export_checks_map_and_score_on_held_out_images_of_the_fit(backbone_dir: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
-    import fader_kit.deploy_export as deploy_export
-    from fader_kit.export import ExportError
+    import fader_kit.deploy.export as deploy_export
+    from fader_kit.model.onnx_export import ExportError
 
     _no_weights(monkeypatch)  # export needs nothing but the folder
     report = deploy_export.export_detector(backbone_dir, tmp_path / "d.onnx")
@@ -110,9 +110,9 @@ def test_export_checks_map_and_score_on_held_out_images_of_the_fit(backbone_dir:
 
 def test_export_without_the_fit_images_asks_for_some(backbone_dir: Path, normal: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from fader_kit.cli import main
-    from fader_kit.deploy_export import export_detector
-    from fader_kit.export import ExportError
+    from fader_kit.cli.main import main
+    from fader_kit.deploy.export import export_detector
+    from fader_kit.model.onnx_export import ExportError
 
     moved = tmp_path / "moved"
     shutil.copytree(backbone_dir, moved)
@@ -129,8 +129,8 @@ def test_export_without_the_fit_images_asks_for_some(backbone_dir: Path, normal:
 def test_a_head_reading_the_masker_score_is_refused_before_tracing(normal: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
-    import fader_kit.deploy_export as deploy_export
-    from fader_kit.export import ExportError, export_model
+    import fader_kit.deploy.export as deploy_export
+    from fader_kit.model.onnx_export import ExportError, export_model
 
     out = tmp_path / "sg"
     det = fit_detector(normal, masker="patch_stats", profile=TINY, out=out, head_variant="score_gates", seed=0,
@@ -151,7 +151,7 @@ def test_an_onnx_graph_with_a_nan_threshold_in_its_metadata_is_refused(backbone_
     onnx = pytest.importorskip("onnx")
     import json
 
-    from fader_kit.deploy_export import CALIBRATION_KEY, OnnxScorer, export_detector
+    from fader_kit.deploy.export import CALIBRATION_KEY, OnnxScorer, export_detector
     from fader_kit.errors import ModelDirError
 
     path = tmp_path / "d.onnx"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fader_kit.diagnostics import Diagnostics, found_missed_defects, head_diagnostics, mask_diagnostics, summary_line
+from fader_kit.model.diagnostics import Diagnostics, found_missed_defects, head_diagnostics, mask_diagnostics, summary_line
 
 
 def _case():

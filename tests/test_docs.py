@@ -135,7 +135,7 @@ def _commands(code: str) -> list[list[str]]:
 
 
 def _run_cli(argv: list[str]) -> tuple[int, str]:
-    from fader_kit.cli import main
+    from fader_kit.cli.main import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
@@ -147,7 +147,7 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 def _check_fader_kit(argv: list[str], where: str) -> None:
-    from fader_kit.cli import build_parser
+    from fader_kit.cli.main import build_parser
 
     if "--help" in argv or "-h" in argv or argv == ["--version"] or tuple(argv) in CHEAP:
         code, _ = _run_cli(argv)

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from fader_kit.metrics import pixel_auroc
-from fader_kit.registry import create_masker
-from fader_kit.weights import MissingWeightsError
+from fader_kit.model.metrics import pixel_auroc
+from fader_kit.maskers.registry import create_masker
+from fader_kit.maskers.weights import MissingWeightsError
 from masker_cases import stripes_with_defects
 
 from fader_kit_plugins.dsr import (

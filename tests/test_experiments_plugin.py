@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from fader_kit.config import FaderConfig, get_profile
+from fader_kit.model.config import FaderConfig, get_profile
 from fader_kit.errors import ConfigError
-from fader_kit.registry import MaskerRegistry, default_registry
-from fader_kit.variants import core_heads, default_heads, get_variant, is_core, list_variants, resolve, variant_names
+from fader_kit.maskers.registry import MaskerRegistry, default_registry
+from fader_kit.model.variants import core_heads, default_heads, get_variant, is_core, list_variants, resolve, variant_names
 
 CORE = ["paper", "vit", "hard", "bilinear", "sigmoid", "open_gates", "pseudo_focused", "encoder_ear"]
 
@@ -45,8 +45,8 @@ def test_experiment_variants_resolve_to_their_strategies():
 
 def test_the_core_needs_no_plugin(monkeypatch):
     """Without the plugin the core heads work, and an experiment's name says where to look."""
-    import fader_kit.registry as registry
-    import fader_kit.variants as variants
+    import fader_kit.maskers.registry as registry
+    import fader_kit.model.variants as variants
 
     monkeypatch.setattr(registry, "default_registry",
                         lambda: MaskerRegistry(env={"FADER_KIT_DISABLE_PLUGINS": "experiments"}))
@@ -104,7 +104,7 @@ def test_a_head_the_old_fields_cannot_spell_gets_a_key_of_its_own():
 
 
 def test_the_variants_command_and_the_help_list_the_core(capsys):
-    from fader_kit.cli import build_parser, main
+    from fader_kit.cli.main import build_parser, main
 
     assert main(["variants"]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if line and not line.startswith("`")]
@@ -120,7 +120,7 @@ def test_the_variants_command_and_the_help_list_the_core(capsys):
 
 def _old_dump(cfg: FaderConfig) -> dict:
     """``cfg`` written as fader-kit wrote heads before the strategies: the flat experiment fields."""
-    from fader_kit.config_legacy import to_legacy
+    from fader_kit.model.config_legacy import to_legacy
 
     old = to_legacy(cfg.head_input, cfg.gates)
     assert old is not None
@@ -131,8 +131,8 @@ def _old_dump(cfg: FaderConfig) -> dict:
 def test_a_checkpoint_with_the_old_flat_fields_loads_as_the_same_head(tmp_path, name):
     import torch
 
-    from fader_kit.fader import FaderModel, wrap_with_fader
-    from fader_kit.unet import EARUNet
+    from fader_kit.model.fader import FaderModel, wrap_with_fader
+    from fader_kit.model.unet import EARUNet
     from fader_kit.util.files import torch_save_atomic
 
     prof = get_profile("smoke")
@@ -159,8 +159,8 @@ def test_a_checkpoint_with_the_old_flat_fields_loads_as_the_same_head(tmp_path, 
 def test_a_detector_folder_head_validates_strictly_either_way(name):
     """A detector folder's head configuration (checked without type coercion) may be written with the old
     flat fields (folders of formats 1 to 3) or with the strategy names."""
-    from fader_kit.detector import DetectorSettings
-    from fader_kit.modeldir import canonical_json
+    from fader_kit.deploy.detector import DetectorSettings
+    from fader_kit.deploy.modeldir import canonical_json
 
     cfg = resolve(get_profile("smoke").fader_head, name)
     for dump in (_old_dump(cfg), cfg.model_dump(mode="json")):

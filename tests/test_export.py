@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fader_kit import EARUNet, FaderConfig, FaderModel, get_profile, wrap_with_fader
-from fader_kit.cli import main
+from fader_kit.cli.main import main
 
 ort = pytest.importorskip("onnxruntime", reason="needs the [export] extra")
 pytest.importorskip("onnx", reason="needs the [export] extra")
@@ -88,7 +88,7 @@ def test_onnxruntime_matches_torch_on_the_anomaly_map_and_score(run_dir, exporte
     FaderConfig(patch_size=8, hidden=16, theta="bilinear", masking="hard"),
 ])
 def test_ablation_heads_and_gates_export_too(tmp_path, head):
-    from fader_kit.export import export_model
+    from fader_kit.model.onnx_export import export_model
 
     model = smoke_model(head, seed=1)
     report = export_model(model, tmp_path / "m.onnx", SIZE)
@@ -98,8 +98,8 @@ def test_ablation_heads_and_gates_export_too(tmp_path, head):
 def test_calibrated_gates_export_with_their_calibration(tmp_path):
     """The default head of `fader-kit evaluate` (pseudo_focused) uses the calibrated normaliser: its
     levels are a buffer of the model and must reach the graph (else every gate is NaN)."""
-    from fader_kit.variants import resolve as fader_variant
-    from fader_kit.export import export_model
+    from fader_kit.model.variants import resolve as fader_variant
+    from fader_kit.model.onnx_export import export_model
 
     model = smoke_model(fader_variant(get_profile("smoke").fader_head, "pseudo_focused"), seed=2)
     images, mask = inputs(2, 3)

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from fader_kit.config import FaderConfig, UNetConfig
-from fader_kit.fader import (
+from fader_kit.model.config import FaderConfig, UNetConfig
+from fader_kit.model.fader import (
     FaderHead, FaderModel, ViTHead, hard_mask, patch_errors, patchify, ranking_loss, soft_mask, theta, wrap_with_fader,
 )
-from fader_kit.interfaces import Reconstructor
-from fader_kit.unet import EARUNet
+from fader_kit.maskers.interfaces import Reconstructor
+from fader_kit.model.unet import EARUNet
 
 
 def test_patchify_orders_tokens_row_major():
@@ -168,8 +168,8 @@ class _TwoPartReconstructor(Reconstructor):
 
 
 def test_custom_reconstructor_encoder_is_frozen_and_callers_freezing_is_kept():
-    from fader_kit.config import TrainConfig
-    from fader_kit.training import train_fader
+    from fader_kit.model.config import TrainConfig
+    from fader_kit.model.training import train_fader
 
     rec = _TwoPartReconstructor()
     rec.out.weight.requires_grad_(False)  # the caller froze the output layer: it must stay frozen
@@ -195,7 +195,7 @@ def test_reconstructor_without_encoder_modules_gets_a_clear_error():
 
 # -- head variants beyond the paper ---------------------------------------------------------------
 def test_calibrated_gates_stay_open_on_normal_levels_and_close_above():
-    from fader_kit.fader import calibration_from
+    from fader_kit.model.fader import calibration_from
 
     normal = torch.linspace(0.0, 1.0, 1001)[None]  # predictions of normal patches
     cal = calibration_from(normal, quantile=0.9, width=2.0)
@@ -241,7 +241,7 @@ def test_neighbour_context_tokens_hold_the_patch_at_their_centre():
 
 
 def test_pseudo_anomalies_change_only_the_pasted_area():
-    from fader_kit.training import paste_pseudo_anomalies
+    from fader_kit.model.training import paste_pseudo_anomalies
 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     out, region = paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator().manual_seed(0))
@@ -255,7 +255,7 @@ def test_pseudo_anomalies_change_only_the_pasted_area():
 def test_procedural_pseudo_anomalies_paste_content_foreign_to_the_batch():
     """On a batch of flat grey images, a square of another image would be flat too (shifted in colour);
     the procedural source pastes textured content, seeded, and only inside the region."""
-    from fader_kit.training import paste_pseudo_anomalies
+    from fader_kit.model.training import paste_pseudo_anomalies
 
     x = torch.full((3, 3, 64, 64), 0.5)
     out, region = paste_pseudo_anomalies(x, 1.0, 0.04, torch.Generator().manual_seed(0), source="procedural")
@@ -271,7 +271,7 @@ def test_procedural_pseudo_anomalies_paste_content_foreign_to_the_batch():
 
 
 def test_target_switch_takes_the_error_of_the_ungated_reconstruction():
-    from fader_kit.training import error_target
+    from fader_kit.model.training import error_target
 
     torch.manual_seed(0)
     base = EARUNet(UNetConfig(widths=(4, 4, 8))).eval()
@@ -287,7 +287,7 @@ def test_target_switch_takes_the_error_of_the_ungated_reconstruction():
 
 
 def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skips_open():
-    from fader_kit.config import TrainConfig
+    from fader_kit.model.config import TrainConfig
 
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     cfg = FaderConfig(patch_size=8, hidden=8, normaliser="calibrated", pseudo_anomalies=1.0, target="ungated")
@@ -299,9 +299,9 @@ def test_train_fader_with_pseudo_anomalies_ends_calibrated_and_keeps_normal_skip
 
 
 def test_named_head_variants_and_the_evaluate_argument():
-    from fader_kit.cli import build_parser
-    from fader_kit.variants import HEAD_VARIANTS
-    from fader_kit.variants import resolve as fader_variant
+    from fader_kit.cli.main import build_parser
+    from fader_kit.model.variants import HEAD_VARIANTS
+    from fader_kit.model.variants import resolve as fader_variant
 
     base = FaderConfig(hidden=16)
     assert fader_variant(base, "paper") == base  # the paper's head, unchanged
@@ -310,7 +310,7 @@ def test_named_head_variants_and_the_evaluate_argument():
     with pytest.raises(ValueError, match="unknown FADeR variant 'nope'"):
         fader_variant(base, "nope")
     parser = build_parser()
-    from fader_kit.variants import DEFAULT_HEAD_VARIANT
+    from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
 
     assert DEFAULT_HEAD_VARIANT in HEAD_VARIANTS and DEFAULT_HEAD_VARIANT != "open_gates"  # the control is no head
     assert parser.parse_args(["evaluate", "--category", "washer"]).fader_variant == DEFAULT_HEAD_VARIANT
@@ -321,7 +321,7 @@ def test_named_head_variants_and_the_evaluate_argument():
 
 
 def test_ranking_loss_over_valid_patches_only():
-    from fader_kit.fader import unmasked_patches
+    from fader_kit.model.fader import unmasked_patches
 
     pred = torch.tensor([[0.5, 0.1, 0.3]])
     target = torch.tensor([[3.0, 1.0, 2.0]])
@@ -355,7 +355,7 @@ def test_open_gates_control_reconstructs_exactly_like_plain_ear():
 def test_focused_calibration_ignores_masked_patches():
     """A masked patch is a flat mosaic cell the head scores high; with focus='unmasked' it does not
     move the calibration, so the level is set by the patches the gates must judge."""
-    from fader_kit.fader import calibration_from, unmasked_patches
+    from fader_kit.model.fader import calibration_from, unmasked_patches
 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     mb = torch.zeros(4, 1, 32, 32, dtype=torch.bool)
@@ -377,9 +377,9 @@ def test_focused_calibration_ignores_masked_patches():
 
 
 def test_fit_without_masks_uses_the_wrapped_maskers_masks_and_a_misplaced_config_is_named(monkeypatch):
-    from fader_kit.config import TrainConfig
-    from fader_kit.interfaces import Masker, MaskerInfo
-    import fader_kit.training as training
+    from fader_kit.model.config import TrainConfig
+    from fader_kit.maskers.interfaces import Masker, MaskerInfo
+    import fader_kit.model.training as training
 
     class Corner(Masker):
         info = MaskerInfo(name="corner", weights="none")

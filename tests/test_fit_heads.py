@@ -13,10 +13,10 @@ import pytest
 from deploy_cases import TINY, part, write_parts
 from PIL import Image
 
-from fader_kit.detector import Detector
-from fader_kit.fitting import fit_detector
-from fader_kit.pipeline import gate_threshold
-from fader_kit.variants import resolve
+from fader_kit.deploy.detector import Detector
+from fader_kit.deploy.fit import fit_detector
+from fader_kit.model.pipeline import gate_threshold
+from fader_kit.model.variants import resolve
 
 
 @pytest.fixture(scope="module")

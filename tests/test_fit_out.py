@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from deploy_cases import TINY, write_parts
 
-import fader_kit.pipeline as pipeline
-from fader_kit.cli import main
-from fader_kit.detector import Detector
+import fader_kit.model.pipeline as pipeline
+from fader_kit.cli.main import main
+from fader_kit.deploy.detector import Detector
 from fader_kit.errors import ConfigError
-from fader_kit.fitting import fit_detector
+from fader_kit.deploy.fit import fit_detector
 
 
 @pytest.fixture()

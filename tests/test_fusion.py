@@ -1,9 +1,9 @@
-"""The fused score (fader_kit.fusion): each map on its normal-image scale, then added."""
+"""The fused score (fader_kit.model.fusion): each map on its normal-image scale, then added."""
 import pytest
 import torch
 
-from fader_kit.fusion import MapScale, fit_fusion, fuse_maps
-from fader_kit.metrics import image_auroc
+from fader_kit.model.fusion import MapScale, fit_fusion, fuse_maps
+from fader_kit.model.metrics import image_auroc
 
 
 def test_map_scale_puts_the_normal_median_at_0_and_the_quantile_at_1():
@@ -43,7 +43,7 @@ def test_fusion_puts_maps_of_different_units_on_one_scale():
 def test_fusion_rules_max_and_select():
     import torch
 
-    from fader_kit.fusion import fit_fusion, fuse_maps
+    from fader_kit.model.fusion import fit_fusion, fuse_maps
 
     g = torch.Generator().manual_seed(0)
     quiet = torch.rand(8, 1, 16, 16, generator=g)           # normal images: no spikes

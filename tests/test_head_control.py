@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from fader_kit.cli import main
+from fader_kit.cli.main import main
 from fader_kit_bench.report import build_report
 from fader_kit.engine.store import ResultStore
 

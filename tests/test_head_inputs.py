@@ -4,12 +4,12 @@ experiments plugin (fader_kit_experiments)."""
 import pytest
 import torch
 
-from fader_kit.config import FaderConfig, TrainConfig, UNetConfig
+from fader_kit.model.config import FaderConfig, TrainConfig, UNetConfig
 from fader_kit.errors import UserError
-from fader_kit.fader import FaderModel, calibration_from, encoder_tokens
-from fader_kit.training import train_fader
-from fader_kit.unet import EARUNet
-from fader_kit.variants import head_strategies, resolve
+from fader_kit.model.fader import FaderModel, calibration_from, encoder_tokens
+from fader_kit.model.training import train_fader
+from fader_kit.model.unet import EARUNet
+from fader_kit.model.variants import head_strategies, resolve
 from fader_kit_experiments.inputs import STATS_DIM, patch_statistics, score_tokens
 
 BASE = FaderConfig(patch_size=8, hidden=16)
@@ -70,7 +70,7 @@ def test_feature_heads_train_and_round_trip(variant, tmp_path):
 
 
 def test_backbone_tokens_read_the_pretrained_backbone_at_the_patch_grid():
-    from fader_kit.backbones import create_feature_extractor
+    from fader_kit.maskers.backbones import create_feature_extractor
     from fader_kit_experiments.inputs import HEAD_BACKBONE_STAGES, backbone_tokens
 
     model = _model("backbone_ear")
@@ -89,7 +89,7 @@ def test_backbone_tokens_read_the_pretrained_backbone_at_the_patch_grid():
 
 def test_a_saved_backbone_head_loads_without_the_weights_package(tmp_path, monkeypatch):
     """The checkpoint holds the backbone's weights: loading it neither needs nor reads the package."""
-    import fader_kit.backbones as backbones
+    import fader_kit.maskers.backbones as backbones
 
     x, mb, _ = _data()
     model = _model("backbone_ear")
@@ -161,9 +161,9 @@ def test_score_gates_train_the_decoder_only(tmp_path):
 
 
 def test_ear_target_is_the_frozen_eval_error():
-    from fader_kit.config import TrainConfig
-    from fader_kit.fader import patch_errors
-    from fader_kit.training import error_target
+    from fader_kit.model.config import TrainConfig
+    from fader_kit.model.fader import patch_errors
+    from fader_kit.model.training import error_target
 
     x, mb, _ = _data()
     model = _model("ear_target")
@@ -193,7 +193,7 @@ def test_gate_variants_round_trip(variant, tmp_path):
 
 def test_the_workbench_passes_the_masker_scores(tmp_path):
     """A head that reads the masker's score map trains and scores through the benchmark grid."""
-    from fader_kit.cli import main
+    from fader_kit.cli.main import main
     from fader_kit.engine.store import ResultStore
 
     assert main(["bench", "fader_head", "--data", "synthetic", "--profile", "smoke", "--categories", "washer",
@@ -213,9 +213,9 @@ def test_the_workbench_passes_the_masker_scores(tmp_path):
 
 
 def test_the_fusion_rule_is_in_the_row_key_unless_it_is_the_earlier_sum():
-    from fader_kit.config import get_profile
+    from fader_kit.model.config import get_profile
     from fader_kit.engine.keys import digest, work_key
-    from fader_kit.fusion import DEFAULT_FUSION_RULE
+    from fader_kit.model.fusion import DEFAULT_FUSION_RULE
 
     common = dict(ear="e", masker="m", fader=None, profile=get_profile("smoke"), seed=0)
     plain = {"ear": "e", "masker": "m", "seed": 0, "image_size": 64, "fader": None, "fader_train": None}

@@ -12,11 +12,11 @@ from PIL import Image
 
 from fader_kit.data import DataError
 from fader_kit.data.imageio import MAX_PIXELS, read_image
-from fader_kit.detector import Detector
+from fader_kit.deploy.detector import Detector
 from fader_kit.errors import ConfigError
-from fader_kit.fitting import fit_detector
-from fader_kit.imagefiles import pil_array
-from fader_kit.variants import DEFAULT_HEAD_VARIANT
+from fader_kit.deploy.fit import fit_detector
+from fader_kit.deploy.imagefiles import pil_array
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
 from deploy_cases import TINY, write_parts
 
 

@@ -13,7 +13,7 @@ OTHERS = ("fader_kit_plugins", "fader_kit_bench")
 
 def test_importing_fader_kit_and_its_cli_loads_no_plugin_or_benchmark_package():
     code = (
-        "import sys, fader_kit, fader_kit.cli, fader_kit.registry, fader_kit.export\n"
+        "import sys, fader_kit, fader_kit.cli.main, fader_kit.maskers.registry, fader_kit.model.onnx_export\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OTHERS!r}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -34,7 +34,7 @@ def test_no_module_of_fader_kit_names_them_in_an_import():
 def _imported_by(argv: list[str]) -> tuple[str, list[str]]:
     """Run ``fader-kit ARGV`` in a fresh interpreter: its output and which heavy packages it imported."""
     code = (
-        "import contextlib, io, sys\nfrom fader_kit.cli import main\nout = io.StringIO()\n"
+        "import contextlib, io, sys\nfrom fader_kit.cli.main import main\nout = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
         "print(out.getvalue())\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules if m.split('.')[0] in {(*OTHERS, 'torch')!r}}}))\n"

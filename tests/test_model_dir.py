@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fader_kit.cli import main
-from fader_kit.detector import Detector
+from fader_kit.cli.main import main
+from fader_kit.deploy.detector import Detector
 from fader_kit.errors import ModelDirError, UserError
-from fader_kit.fitting import fit_detector
-from fader_kit.modeldir import FILES, manifest_digest
-from fader_kit.variants import DEFAULT_HEAD_VARIANT
+from fader_kit.deploy.fit import fit_detector
+from fader_kit.deploy.modeldir import FILES, manifest_digest
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
 from deploy_cases import TINY, part, write_parts
 
 JSON_FILES = ("detector.json", "calibration.json", "masker.json")

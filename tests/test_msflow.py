@@ -8,8 +8,8 @@ import torch
 from masker_cases import stripes_with_defects
 from torch import nn
 
-from fader_kit.metrics import pixel_auroc
-from fader_kit.registry import create_masker
+from fader_kit.model.metrics import pixel_auroc
+from fader_kit.maskers.registry import create_masker
 from fader_kit_plugins.msflow import (
     AffineCouplingBlock,
     FusionFlow,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fader_kit.obfuscation import mosaic, obfuscate
+from fader_kit.model.obfuscation import mosaic, obfuscate
 
 
 def _tiny() -> torch.Tensor:

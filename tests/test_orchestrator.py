@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fader_kit.cli import main, parse_seeds
+from fader_kit.cli.main import main, parse_seeds
 from fader_kit.engine.store import ResultStore
 
 

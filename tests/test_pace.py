@@ -1,4 +1,4 @@
-"""The estimate before a long job (fader_kit.pace): its arithmetic, the slow-machine rule and its
+"""The estimate before a long job (fader_kit.engine.pace): its arithmetic, the slow-machine rule and its
 reasons, with injected timings (nothing here asserts against the real clock)."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fader_kit.config import get_profile
+from fader_kit.model.config import get_profile
 from fader_kit.engine.runner import Grid, GridRunner, Head
 from fader_kit.engine.sources import MaskerSource
-from fader_kit.pace import (
+from fader_kit.engine.pace import (
     REFERENCE, JobWork, MachineState, PaceReport, Reference, announce, busy_seconds, cpu_model, estimate_seconds, is_long,
     measure, others_cpus, reference_step, slow_reasons, time_ear_steps,
 )

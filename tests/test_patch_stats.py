@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fader_kit.registry import create_masker
+from fader_kit.maskers.registry import create_masker
 from fader_kit_plugins.patch_stats import PatchStatsConfig, PatchStatsMasker
 
 

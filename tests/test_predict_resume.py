@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fader_kit.calibration import PixelQuantiles, calibration_from
-from fader_kit.detector import make_decision
+from fader_kit.deploy.thresholds import PixelQuantiles, calibration_from
+from fader_kit.deploy.detector import make_decision
 from fader_kit.errors import ConfigError
-from fader_kit.predicting import (COLUMNS, CSV_NAME, LOCK_NAME, RUN_NAME, RunLock, detector_identity, escape_cell,
+from fader_kit.deploy.predict import (COLUMNS, CSV_NAME, LOCK_NAME, RUN_NAME, RunLock, detector_identity, escape_cell,
                                   predict_files, run_identity, unescape_cell)
 from fader_kit.util.files import write_text_atomic
 
@@ -153,7 +153,7 @@ def test_out_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_formula_cells_are_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fader_kit.predicting as predicting
+    import fader_kit.deploy.predict as predicting
 
     for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
         assert escape_cell(text) == "'" + text and unescape_cell(escape_cell(text)) == text

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fader_kit.cli import main
-from fader_kit.fitting import fit_detector
-from fader_kit.quantize import score_parity
-from fader_kit.variants import DEFAULT_HEAD_VARIANT
+from fader_kit.cli.main import main
+from fader_kit.deploy.fit import fit_detector
+from fader_kit.deploy.quantize import score_parity
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
 
 from deploy_cases import TINY, write_parts
 
@@ -64,7 +64,7 @@ def test_int8_applies_to_detector_folders_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize("maps, expected", [("none", 0), ("all", 12)])
 def test_overlays_are_drawn_only_where_asked(fitted: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             maps: str, expected: int) -> None:
-    import fader_kit.predicting as predicting
+    import fader_kit.deploy.predict as predicting
 
     calls: list[int] = []
     real = predicting.overlay
@@ -76,7 +76,7 @@ def test_overlays_are_drawn_only_where_asked(fitted: tuple[Path, Path], tmp_path
 
 def test_the_benchmark_reports_machine_engines_and_parity(fitted: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime")
-    from fader_kit.deploy_speed import main as speed
+    from fader_kit.deploy.speed import main as speed
 
     model, _ = fitted
     assert speed([str(model), "--images", "6", "--threads", "1", "--workers", "1", "--engine", "torch,onnx"]) == 0
@@ -89,8 +89,8 @@ def test_the_benchmark_reports_machine_engines_and_parity(fitted: tuple[Path, Pa
 def test_the_folded_detector_scores_as_the_loaded_one(fitted: tuple[Path, Path]) -> None:
     import torch
 
-    from fader_kit.detector import Detector
-    from fader_kit.inference import inference_detector
+    from fader_kit.deploy.detector import Detector
+    from fader_kit.deploy.inference import inference_detector
 
     det = Detector.load(fitted[0])
     fast = inference_detector(det)

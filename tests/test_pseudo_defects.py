@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fader_kit.errors import ConfigError
-from fader_kit.pseudo_defects import DEFAULT_KINDS, HEAD_SOURCE_KINDS, KINDS, cutpaste, make_defects, perlin_noise
+from fader_kit.data.pseudo_defects import DEFAULT_KINDS, HEAD_SOURCE_KINDS, KINDS, cutpaste, make_defects, perlin_noise
 
 
 def _images(n: int = 3, size: int = 32) -> torch.Tensor:

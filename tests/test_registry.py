@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-from fader_kit.interfaces import Masker, MaskerInfo
-from fader_kit.registry import (
+from fader_kit.maskers.interfaces import Masker, MaskerInfo
+from fader_kit.maskers.registry import (
     DISABLE_ENV,
     LOAD_ENV,
     MaskerOptionError,
@@ -26,8 +26,8 @@ from fader_kit.registry import (
 PLUGIN = textwrap.dedent(
     """
     import torch
-    from fader_kit.hookspecs import hookimpl
-    from fader_kit.interfaces import Masker, MaskerInfo
+    from fader_kit.maskers.hookspecs import hookimpl
+    from fader_kit.maskers.interfaces import Masker, MaskerInfo
 
     class Corner(Masker):
         def __init__(self, size=4, **_):
@@ -52,8 +52,8 @@ PLUGIN = textwrap.dedent(
 NAIVE = textwrap.dedent(
     """
     import torch
-    from fader_kit.hookspecs import hookimpl
-    from fader_kit.interfaces import Masker
+    from fader_kit.maskers.hookspecs import hookimpl
+    from fader_kit.maskers.interfaces import Masker
 
     class Bright(Masker):
         def __init__(self, level=0.5):
@@ -78,20 +78,20 @@ NAIVE = textwrap.dedent(
 
 BROKEN = {
     # a hook name with a typo: pluggy's check_pending finds it
-    "typo_hook": "from fader_kit.hookspecs import hookimpl\n@hookimpl\ndef register_masker(register):\n    pass\n",
+    "typo_hook": "from fader_kit.maskers.hookspecs import hookimpl\n@hookimpl\ndef register_masker(register):\n    pass\n",
     # the right name without @hookimpl: pluggy would skip it without a word
     "no_marker": "def register_maskers(register):\n    register('x', object)\n",
     # wrapper=True on a plain function
-    "bad_wrapper": "from fader_kit.hookspecs import hookimpl\n@hookimpl(wrapper=True)\ndef register_maskers(register):\n    pass\n",
+    "bad_wrapper": "from fader_kit.maskers.hookspecs import hookimpl\n@hookimpl(wrapper=True)\ndef register_maskers(register):\n    pass\n",
     # a hook that registers nothing
-    "registers_nothing": "from fader_kit.hookspecs import hookimpl\n@hookimpl\ndef register_maskers(register):\n    pass\n",
+    "registers_nothing": "from fader_kit.maskers.hookspecs import hookimpl\n@hookimpl\ndef register_maskers(register):\n    pass\n",
     # no hook at all, but a near miss without marker
     "no_hooks": "def register_maskerz(register):\n    pass\n",
     # a masker class that cannot be instantiated
     "abstract": textwrap.dedent(
         """
-        from fader_kit.hookspecs import hookimpl
-        from fader_kit.interfaces import Masker
+        from fader_kit.maskers.hookspecs import hookimpl
+        from fader_kit.maskers.interfaces import Masker
         class NoScore(Masker):
             pass
         @hookimpl
@@ -109,13 +109,13 @@ def plugin_dir(tmp_path, monkeypatch):
         (tmp_path / f"{name}.py").write_text(text)
     (tmp_path / "broken_import.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "broken_register.py").write_text(
-        "from fader_kit.hookspecs import hookimpl\n"
+        "from fader_kit.maskers.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def register_maskers(register):\n"
         "    raise RuntimeError('boom at register')\n"
     )
     (tmp_path / "good_wrapper.py").write_text(
-        "from fader_kit.hookspecs import hookimpl\n"
+        "from fader_kit.maskers.hookspecs import hookimpl\n"
         "from corner_plugin import Corner\n"
         "@hookimpl(wrapper=True)\n"
         "def register_maskers(register):\n"
@@ -211,7 +211,7 @@ def test_hooks_go_through_pluggy_so_a_generator_wrapper_works(plugin_dir):
 # -- duplicates: built-ins win, the loser is reported ------------------------------------------------
 def test_builtin_wins_a_duplicate_even_when_the_third_party_sorts_first(tmp_path, monkeypatch):
     (tmp_path / "fk_thief.py").write_text(
-        "from fader_kit.hookspecs import hookimpl\n"
+        "from fader_kit.maskers.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def register_maskers(register):\n"
         "    register('patch_stats', lambda **kw: None)\n"
@@ -267,7 +267,7 @@ def test_unknown_option_is_one_error_naming_it_and_the_accepted_ones(plugin_dir)
     with pytest.raises(MaskerOptionError, match="unexpected option.*weights; accepted: auto_ratio"):
         reg.create("patch_stats", weights="/some/file")  # a weight-free masker refuses weights
     with pytest.raises(MaskerOptionError, match="patch_size: Input should be greater than or equal to 2"):
-        from fader_kit.registry import masker_config
+        from fader_kit.maskers.registry import masker_config
         from fader_kit_plugins.patch_stats import PatchStatsConfig
 
         masker_config(PatchStatsConfig, "patch_stats", {"patch_size": 1})
@@ -288,7 +288,7 @@ def test_fit_with_required_extra_parameter_is_refused_at_class_creation():
 
 # -- commands hook ----------------------------------------------------------------------------------
 def test_register_commands_hook_adds_subcommands():
-    from fader_kit.hookspecs import hookimpl
+    from fader_kit.maskers.hookspecs import hookimpl
 
     class Hello:
         @hookimpl
@@ -307,7 +307,7 @@ def test_register_commands_hook_adds_subcommands():
 def test_every_builtin_masker_refuses_an_unknown_option_with_one_error_type(name):
     """Declared options: refused before the factory runs (no weights or fitting needed), naming
     the masker, the option and what it accepts; the host keywords pass silently."""
-    from fader_kit.registry import MaskerOptionError, default_registry
+    from fader_kit.maskers.registry import MaskerOptionError, default_registry
 
     reg = default_registry()
     with pytest.raises(MaskerOptionError, match=rf"masker '{name}'.*no_such_option.*accepted: "):
@@ -323,8 +323,8 @@ def test_an_unhashable_plugin_object_registers_its_hooks():
 
     import torch
 
-    from fader_kit.hookspecs import hookimpl
-    from fader_kit.interfaces import Masker
+    from fader_kit.maskers.hookspecs import hookimpl
+    from fader_kit.maskers.interfaces import Masker
 
     class Constant(Masker):
         def fit(self, images):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fader_kit.errors import UnsafeFileError, UserError
-from fader_kit.fader import FaderModel
-from fader_kit.registry import default_registry
-from fader_kit.weights import read_checkpoint
+from fader_kit.model.fader import FaderModel
+from fader_kit.maskers.registry import default_registry
+from fader_kit.maskers.weights import read_checkpoint
 
 
 class Payload:

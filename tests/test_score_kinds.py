@@ -11,17 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-import fader_kit.pipeline as pipeline
-from fader_kit.detector import Detector
+import fader_kit.model.pipeline as pipeline
+from fader_kit.deploy.detector import Detector
 from fader_kit.errors import ConfigError, ModelDirError
-from fader_kit.fit_parts import candidate_detectors, train_parts
-from fader_kit.fitting import fit_detector, fit_manifest, holdout_split, read_images
-from fader_kit.fusion import fuse_maps
-from fader_kit.imagefiles import normal_images
-from fader_kit.registry import default_registry
-from fader_kit.score_kinds import KINDS, SCORE_NAMES, score_kind
-from fader_kit.variants import DEFAULT_HEAD_VARIANT
-from fader_kit.variants import resolve as resolve_variant
+from fader_kit.deploy.fit_parts import candidate_detectors, train_parts
+from fader_kit.deploy.fit import fit_detector, fit_manifest, holdout_split, read_images
+from fader_kit.model.fusion import fuse_maps
+from fader_kit.deploy.imagefiles import normal_images
+from fader_kit.maskers.registry import default_registry
+from fader_kit.deploy.score_kinds import KINDS, SCORE_NAMES, score_kind
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT
+from fader_kit.model.variants import resolve as resolve_variant
 from deploy_cases import TINY, part, write_parts
 
 
@@ -36,7 +36,7 @@ def parts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def folders(parts_root: Path) -> dict[str, Path]:
     """One detector folder per kind, every kind calibrated from one training (candidate_detectors)."""
-    from fader_kit.detector import DetectorSettings, TrainingSummary
+    from fader_kit.deploy.detector import DetectorSettings, TrainingSummary
 
     paths = normal_images(parts_root / "normal")
     train_idx, hold_idx = holdout_split(len(paths), 0.15, 0)
@@ -178,7 +178,7 @@ def test_onnx_graph_of_each_kind_matches_the_detector(folders: dict[str, Path], 
                                                       tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from fader_kit.deploy_export import OnnxScorer, export_detector
+    from fader_kit.deploy.export import OnnxScorer, export_detector
 
     x = None
     for name, folder in folders.items():
@@ -195,9 +195,9 @@ def test_onnx_graph_of_each_kind_matches_the_detector(folders: dict[str, Path], 
 
 def test_cli_fit_and_predict_with_a_score_kind(parts_root: Path, folders: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from fader_kit.cli import main
+    from fader_kit.cli.main import main
 
-    monkeypatch.setattr("fader_kit.config.get_profile", lambda name: TINY)
+    monkeypatch.setattr("fader_kit.model.config.get_profile", lambda name: TINY)
     monkeypatch.setattr(pipeline, "ear_stage", lambda *a, **k: pytest.fail("a U-Net was trained"))
     out = tmp_path / "m"
     assert main(["fit", "--normal", str(parts_root / "normal"), "--out", str(out), "--quiet", "--score", "masker",

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from fader_kit.scoring import GMS_C, image_score, mean_smooth, msgms_map
+from fader_kit.model.scoring import GMS_C, image_score, mean_smooth, msgms_map
 
 
 def test_msgms_of_identical_images_is_zero():
@@ -44,7 +44,7 @@ def test_mean_smooth_and_image_score():
 def test_gradient_magnitude_equals_the_prewitt_convolution():
     import torch.nn.functional as F
 
-    from fader_kit.scoring import _prewitt, gradient_magnitude
+    from fader_kit.model.scoring import _prewitt, gradient_magnitude
 
     x = torch.rand(2, 3, 9, 12, generator=torch.Generator().manual_seed(2))
     g = F.conv2d(x.reshape(6, 1, 9, 12), _prewitt(x.device, x.dtype), padding=1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fader_kit.errors import ConfigError
-from fader_kit.selection import (
+from fader_kit.deploy.selection import (
     Candidate,
     budget_order,
     build_pseudo_sets,

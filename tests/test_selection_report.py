@@ -5,10 +5,10 @@ import pytest
 
 from fader_kit.engine.selection_report import selection_report, spearman
 from fader_kit.errors import ConfigError
-from fader_kit.fit_parts import trained_on
-from fader_kit.score_kinds import score_kind
-from fader_kit.config import get_profile
-from fader_kit.variants import resolve
+from fader_kit.deploy.fit_parts import trained_on
+from fader_kit.deploy.score_kinds import score_kind
+from fader_kit.model.config import get_profile
+from fader_kit.model.variants import resolve
 
 
 def test_chosen_best_regret_and_spearman_by_hand() -> None:

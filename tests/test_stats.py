@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from fader_kit.metrics import image_auroc, pixel_auroc
-from fader_kit.stats import ScoreDetail, SeedSummary, hist_auroc, paired_bootstrap, verdict
+from fader_kit.model.metrics import image_auroc, pixel_auroc
+from fader_kit.engine.stats import ScoreDetail, SeedSummary, hist_auroc, paired_bootstrap, verdict
 
 
 def _case(seed: int, boost: float = 0.0, n: int = 40):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fader_kit.registry import MaskerRegistry, UnknownMaskerError
+from fader_kit.maskers.registry import MaskerRegistry, UnknownMaskerError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "fader-kit-example-plugin"
@@ -47,7 +47,7 @@ def site(tmp_path: Path) -> Path:
     (site / "fk_broken_example.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
     install_as_metadata(site, "fk-broken-example", "0.0.1", {"broken_example": "fk_broken_example"})
     (site / "fk_shadow.py").write_text(
-        "from fader_kit.hookspecs import hookimpl\n"
+        "from fader_kit.maskers.hookspecs import hookimpl\n"
         "from fader_kit_example_plugin import MeanDiffMasker\n\n"
         "@hookimpl\n"
         "def register_maskers(register):\n"
@@ -121,13 +121,13 @@ def test_unknown_option_of_a_plugin_is_one_error_line(site, tmp_path):
 def test_failing_plugins_are_reported_by_name_and_the_others_load(tmp_path, monkeypatch):
     (tmp_path / "fk_raises_on_import.py").write_text("raise RuntimeError('import boom')\n")
     (tmp_path / "fk_raises_on_register.py").write_text(
-        "from fader_kit.hookspecs import hookimpl\n\n"
+        "from fader_kit.maskers.hookspecs import hookimpl\n\n"
         "@hookimpl\n"
         "def register_maskers(register):\n"
         "    raise RuntimeError('register boom')\n"
     )
     (tmp_path / "fk_steals_a_name.py").write_text(
-        "from fader_kit.hookspecs import hookimpl\n\n"
+        "from fader_kit.maskers.hookspecs import hookimpl\n\n"
         "@hookimpl\n"
         "def register_maskers(register):\n"
         "    register('plain_vit', lambda **kw: None)\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fader_kit import cli
+from fader_kit.cli import main as cli
 from fader_kit.errors import ConfigError
 from fader_kit.util import threads
 from fader_kit.util.threads import (

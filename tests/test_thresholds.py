@@ -10,11 +10,11 @@ import pytest
 import torch
 from deploy_cases import TINY, write_parts
 
-from fader_kit.calibration import (PixelQuantiles, Validation, calibration_from, conformal_rank,
+from fader_kit.deploy.thresholds import (PixelQuantiles, Validation, calibration_from, conformal_rank,
                                    expected_false_alarm_rate, false_alarm_interval, min_holdout, order_threshold)
-from fader_kit.detector import Detector, make_decision
+from fader_kit.deploy.detector import Detector, make_decision
 from fader_kit.errors import ConfigError
-from fader_kit.fitting import fit_detector, holdout_plan
+from fader_kit.deploy.fit import fit_detector, holdout_plan
 
 PIXELS = PixelQuantiles(rates=[0.5, 0.1, 0.01, 0.0], values=[0.2, 0.5, 0.6, 0.7])
 
@@ -107,7 +107,7 @@ def test_holdout_is_sized_from_the_rate_and_an_unresolvable_rate_is_said() -> No
 
 
 def test_fit_says_an_unresolvable_rate_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fader_kit.pipeline as pipeline
+    import fader_kit.model.pipeline as pipeline
 
     write_parts(tmp_path / "normal", 12)
     said: list[str] = []

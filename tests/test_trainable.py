@@ -1,9 +1,9 @@
-"""The training loop names its model by a protocol (fader_kit.trainable), not by importing fader.py:
+"""The training loop names its model by a protocol (fader_kit.model.trainable), not by importing fader.py:
 the model the package builds must keep every member the protocol lists."""
-from fader_kit.config import FaderConfig, UNetConfig
-from fader_kit.fader import FaderModel
-from fader_kit.trainable import TrainableFader
-from fader_kit.unet import EARUNet
+from fader_kit.model.config import FaderConfig, UNetConfig
+from fader_kit.model.fader import FaderModel
+from fader_kit.model.trainable import TrainableFader
+from fader_kit.model.unet import EARUNet
 
 
 def test_the_fader_model_is_what_the_training_loop_trains():

@@ -10,7 +10,7 @@ from fader_kit.data.split import CategorySplit
 from fader_kit.engine.sources import MaskerSource, parse_spec
 from fader_kit.engine.store import ResultStore
 from fader_kit.errors import ConfigError
-from fader_kit.stats import SeedSummary
+from fader_kit.engine.stats import SeedSummary
 from fader_kit_bench import trained_maskers as bench
 from fader_kit_bench.masker_rows import MaskerRow
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from fader_kit.config import FaderConfig, TrainConfig, UNetConfig
-from fader_kit.fader import wrap_with_fader
-from fader_kit.training import make_scheduler, random_blobs, seeded_init, ssim, train_fader, train_reconstructor
-from fader_kit.unet import EARUNet
+from fader_kit.model.config import FaderConfig, TrainConfig, UNetConfig
+from fader_kit.model.fader import wrap_with_fader
+from fader_kit.model.training import make_scheduler, random_blobs, seeded_init, ssim, train_fader, train_reconstructor
+from fader_kit.model.unet import EARUNet
 
 UNET = UNetConfig(widths=(4, 8, 8, 8, 8))
 HEAD = FaderConfig(patch_size=8, hidden=8)
@@ -136,7 +136,7 @@ def test_eval_mode_reconstruction_is_as_good_as_train_mode(trained_small_ear):
 
 
 def test_batchnorm_recalibration_is_the_exact_average_over_the_data():
-    from fader_kit.training import batchnorm_layers, recalibrate_batchnorm
+    from fader_kit.model.training import batchnorm_layers, recalibrate_batchnorm
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
     x = torch.rand(12, 3, 5, 5)
@@ -162,8 +162,8 @@ def test_cosine_schedule_warms_up_and_ends_at_the_floor():
 def test_oracle_masks_make_a_trained_ear_find_constructed_defects(trained_small_ear):
     """Defects the U-Net never saw (a fine checkerboard on a smooth field), masked by the ground
     truth dilated: EAR inpaints a smooth patch there, so MSGMS must separate them from normals."""
-    from fader_kit.fader import FaderModel
-    from fader_kit.metrics import image_auroc
+    from fader_kit.model.fader import FaderModel
+    from fader_kit.model.metrics import image_auroc
 
     normal = _smooth_images(16, 2)
     defective = _smooth_images(16, 3)
@@ -185,11 +185,11 @@ def test_oracle_masks_make_a_trained_ear_find_constructed_defects(trained_small_
 
 def _ssim_five_calls(a, b, window=11, sigma=1.5):
     """SSIM written with five separate depthwise convolutions: the reference the batched form in
-    fader_kit.training must match bit for bit (values and gradients), so that training numbers do not
+    fader_kit.model.training must match bit for bit (values and gradients), so that training numbers do not
     move with it."""
     import torch.nn.functional as F
 
-    from fader_kit.training import _gaussian_window
+    from fader_kit.model.training import _gaussian_window
 
     c = a.shape[1]
     w = _gaussian_window(window, sigma, c, a.device, a.dtype)

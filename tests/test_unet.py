@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fader_kit.config import UNetConfig
-from fader_kit.unet import EARUNet
+from fader_kit.model.config import UNetConfig
+from fader_kit.model.unet import EARUNet
 
 CFG = UNetConfig(widths=(4, 8, 8, 8, 8))
 

@@ -1,4 +1,4 @@
-"""The registry of named head variants (fader_kit.variants): every name that worked before the
+"""The registry of named head variants (fader_kit.model.variants): every name that worked before the
 registry resolves to the same configuration and trains to the same numbers; aliases; errors;
 checkpoints of experimental variants; the labels a results row prints."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fader_kit.config import PROFILES, FaderConfig, fader_config, get_profile
-from fader_kit.config_legacy import LEGACY_FIELDS, to_legacy
+from fader_kit.model.config import PROFILES, FaderConfig, fader_config, get_profile
+from fader_kit.model.config_legacy import LEGACY_FIELDS, to_legacy
 from fader_kit.errors import ConfigError
-from fader_kit.fader import FaderModel, wrap_with_fader
-from fader_kit.training import seeded_init
-from fader_kit.unet import EARUNet
-from fader_kit.variants import (
+from fader_kit.model.fader import FaderModel, wrap_with_fader
+from fader_kit.model.training import seeded_init
+from fader_kit.model.unet import EARUNet
+from fader_kit.model.variants import (
     DEFAULT_HEAD_VARIANT, HEAD_VARIANTS, canonical_name, get_variant, list_variants, resolve, variant_names,
 )
 
@@ -29,7 +29,7 @@ OLD_DEFAULTS: dict[str, object] = {
     "context": "token", "pseudo_anomalies": 0.0, "pseudo_area": 0.04, "pseudo_source": "image", "focus": "all",
     "gates": "head",
 }
-#: fader_kit.config.HEAD_VARIANTS as it was
+#: fader_kit.model.config.HEAD_VARIANTS as it was
 OLD_HEAD_VARIANTS: dict[str, dict[str, object]] = {
     "paper": {},
     "calibrated": {"normaliser": "calibrated"},
@@ -143,7 +143,7 @@ def test_one_configuration_model_with_strategy_names():
     assert not set(LEGACY_FIELDS) - {"head_input", "gates"} & set(FaderConfig.model_fields)
     assert FaderConfig().head_input == ("pixels",) and FaderConfig().gates == ("head",)
     assert FaderConfig(gates=["open"]).gates == ("open",)
-    import fader_kit.config as config_module
+    import fader_kit.model.config as config_module
 
     assert not hasattr(config_module, "HeadExperiment") and not hasattr(config_module, "ExperimentalFaderConfig")
 
@@ -252,7 +252,7 @@ def test_fader_key_payload_covers_every_field_and_ignores_the_spelling():
 
 
 def _lrs(config, steps_per_epoch: int = 3) -> list[float]:
-    from fader_kit.training import make_scheduler
+    from fader_kit.model.training import make_scheduler
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
     sched = make_scheduler(opt, config, steps_per_epoch)
@@ -269,7 +269,7 @@ SCHEDULE_FIELDS = {"warmup_epochs": 3, "sgdr_period": 2, "final_lr_factor": 0.3}
 
 @pytest.mark.parametrize("schedule", ["fixed", "warmup", "sgdr", "cosine"])
 def test_train_key_payload_holds_exactly_the_fields_its_schedule_reads(schedule):
-    from fader_kit.config import TrainConfig
+    from fader_kit.model.config import TrainConfig
 
     base = TrainConfig(epochs=6, schedule=schedule, warmup_epochs=1, sgdr_period=1)
     for field, value in SCHEDULE_FIELDS.items():
@@ -280,7 +280,7 @@ def test_train_key_payload_holds_exactly_the_fields_its_schedule_reads(schedule)
 
 
 def test_train_key_payload_by_role():
-    from fader_kit.config import TrainConfig
+    from fader_kit.model.config import TrainConfig
 
     base = TrainConfig()
     for field, value in (("ranking_pairs", 8), ("decoder_lr_factor", 0.5)):
@@ -299,14 +299,14 @@ def test_train_key_payload_by_role():
 
 def test_unet_key_payload_keeps_channels_last():
     """NHWC rounds differently: not bit-identical, so it is part of the U-Net's key."""
-    from fader_kit.config import UNetConfig
+    from fader_kit.model.config import UNetConfig
 
     assert UNetConfig(channels_last=False).key_payload() != UNetConfig().key_payload()
 
 
 # -- what a results row prints --------------------------------------------------------------------
 def test_labels_and_the_evaluate_argument():
-    from fader_kit.cli import build_parser
+    from fader_kit.cli.main import build_parser
 
     assert get_variant("paper").label == "FADeR (paper)"
     assert get_variant("fader").label == "FADeR (paper)"
@@ -317,7 +317,7 @@ def test_labels_and_the_evaluate_argument():
 
 
 def test_evaluate_table_names_the_head(capsys):
-    from fader_kit.cli import print_evaluation
+    from fader_kit.cli.main import print_evaluation
 
     cell = SimpleNamespace(text=lambda: "0.900 ± 0.010")
     spread = {k: {"image_auroc": cell, "pixel_auroc": cell} for k in ("ear", "fader", "fader_fused")}
@@ -341,7 +341,7 @@ def test_experimental_variants_export_to_onnx(tmp_path, name):
     """The experiment travels with the config into the export's copy of the model."""
     pytest.importorskip("onnxruntime", reason="needs the [export] extra")
     pytest.importorskip("onnx", reason="needs the [export] extra")
-    from fader_kit.export import export_model
+    from fader_kit.model.onnx_export import export_model
 
     prof = get_profile("smoke")
     model = seeded_init(lambda: wrap_with_fader(EARUNet(prof.unet), None, resolve(prof.fader_head, name)), 0).eval()
@@ -353,7 +353,7 @@ def test_profiles_keep_their_digests_when_later_head_fields_stay_at_default():
     """Rows store the profile's digest: fields added to the head configuration later (strategies,
     pseudo-anomaly area and source) enter it only when set, so every profile keeps the digest its
     earlier rows recorded; setting one changes it."""
-    from fader_kit.config import FaderConfig, get_profile
+    from fader_kit.model.config import FaderConfig, get_profile
 
     assert {n: get_profile(n).digest() for n in ("smoke", "cpu", "paper")} == {
         "smoke": "0e1e11d2b7ee7c22", "cpu": "909589b58f997470", "paper": "12df4dd868304b31"}

@@ -1,4 +1,4 @@
-"""fader_kit.weights: local files and folders, FADER_KIT_WEIGHTS, the hub cache, the offline error.
+"""fader_kit.maskers.weights: local files and folders, FADER_KIT_WEIGHTS, the hub cache, the offline error.
 
 Tiny models only (a registered timm ViT built at 32 px and depth 1; a tiny open_clip config
 registered for the test).  The hub cache is a temporary folder; nothing touches the network.
@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fader_kit import weights as W
-from fader_kit.weights import RANDOM_INIT, MissingWeightsError, load_open_clip_model, load_timm_model
+from fader_kit.maskers import weights as W
+from fader_kit.maskers.weights import RANDOM_INIT, MissingWeightsError, load_open_clip_model, load_timm_model
 
 TINY = "vit_tiny_patch16_224.augreg_in21k"
 TINY_KW = dict(img_size=32, depth=1, num_classes=0)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fader_kit.registry import MaskerOptionError, MaskerRegistry
-from fader_kit.weights import RANDOM_INIT
+from fader_kit.maskers.registry import MaskerOptionError, MaskerRegistry
+from fader_kit.maskers.weights import RANDOM_INIT
 from fader_kit_plugins.winclip import (
     ANOMALOUS_STATES,
     NORMAL_STATES,

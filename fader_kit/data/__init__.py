@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .imageio import IMAGE_EXTENSIONS
-from .layout import build_split, scan_layout
-from .mvtec import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES, load_mvtec, mvtec_categories
-from .spec import DataSpec, parse_data_spec
-from .split import CategorySplit, DataError
-from .synthetic import (
+from fader_kit.data.imageio import IMAGE_EXTENSIONS
+from fader_kit.data.layout import build_split, scan_layout
+from fader_kit.data.mvtec import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES, load_mvtec, mvtec_categories
+from fader_kit.data.spec import DataSpec, parse_data_spec
+from fader_kit.data.split import CategorySplit, DataError
+from fader_kit.data.synthetic import (
     DEFECT_KINDS,
     SYNTHETIC_CATEGORIES,
     SYNTHETIC_OBJECTS,
@@ -29,7 +29,7 @@ from .synthetic import (
     ensure_synthetic,
     generate_synthetic,
 )
-from .visa import VISA_CATEGORIES, detect_visa_layout, load_visa, visa_categories
+from fader_kit.data.visa import VISA_CATEGORIES, detect_visa_layout, load_visa, visa_categories
 
 __all__ = [
     "CategorySplit",

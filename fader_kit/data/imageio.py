@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from .split import DataError
+from fader_kit.data.split import DataError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 #: The most pixels (width x height, read from the header before decoding) an image may have: 40 megapixels,

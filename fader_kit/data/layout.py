@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import list_images, parallel_map, read_image, read_mask
-from .split import CategorySplit, DataError
+from fader_kit.data.imageio import list_images, parallel_map, read_image, read_mask
+from fader_kit.data.split import CategorySplit, DataError
 
 GOOD = "good"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .layout import build_split, looks_like_layout, scan_layout
-from .split import CategorySplit, DataError
+from fader_kit.data.layout import build_split, looks_like_layout, scan_layout
+from fader_kit.data.split import CategorySplit, DataError
 
 MVTEC_CATEGORIES: tuple[str, ...] = (
     "bottle",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .split import DataError
+from fader_kit.data.split import DataError
 
 DataKind = Literal["synthetic", "mvtec", "visa"]
 _KINDS: tuple[str, ...] = ("synthetic", "mvtec", "visa")

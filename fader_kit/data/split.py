@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..errors import UserError
+from fader_kit.errors import UserError
 
 
 class DataError(UserError, ValueError):

@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .split import DataError
-from .synthetic_drawing import BASE_SIZE, DEFECTS, RENDERERS, Grid
+from fader_kit.data.split import DataError
+from fader_kit.data.synthetic_drawing import BASE_SIZE, DEFECTS, RENDERERS, Grid
 
 SYNTHETIC_VERSION = 1
 SYNTHETIC_TEXTURES: tuple[str, ...] = ("weave", "cells")

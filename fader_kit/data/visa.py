@@ -20,9 +20,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .layout import GOOD, Sample, build_split, looks_like_layout, scan_layout
-from .mvtec import check_root, resolve_category_dir
-from .split import CategorySplit, DataError
+from fader_kit.data.layout import GOOD, Sample, build_split, looks_like_layout, scan_layout
+from fader_kit.data.mvtec import check_root, resolve_category_dir
+from fader_kit.data.split import CategorySplit, DataError
 
 VISA_CATEGORIES: tuple[str, ...] = (
     "candle",

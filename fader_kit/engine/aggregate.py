@@ -12,11 +12,11 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
-from ..pipeline import Metrics
-from ..stats import Comparison, ScoreDetail, SeedSummary, paired_bootstrap
-from .keys import alone_key, fused_key
-from .store import DetailStore, ResultRow
-from .unit_kinds import ModelFacts
+from fader_kit.model.pipeline import Metrics
+from fader_kit.engine.stats import Comparison, ScoreDetail, SeedSummary, paired_bootstrap
+from fader_kit.engine.keys import alone_key, fused_key
+from fader_kit.engine.store import DetailStore, ResultRow
+from fader_kit.engine.unit_kinds import ModelFacts
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 CONTROL = "open_gates"  # FADeR's training with every skip kept open: what the head adds is measured against it
@@ -88,7 +88,7 @@ class ComparisonLine(BaseModel):
 def comparisons(rows: list[ResultRow], details: DetailStore) -> list[ComparisonLine]:
     """Per (masker, category, FADeR variant): the masker alone, EAR and the variant as mean ± spread
     over the seeds both finished, and the paired bootstrap interval of variant - EAR.  Rows that
-    carry a fused score (:mod:`fader_kit.fusion`) add a line ``VARIANT+masker`` (``ear+masker`` for
+    carry a fused score (:mod:`fader_kit.model.fusion`) add a line ``VARIANT+masker`` (``ear+masker`` for
     EAR's): that model's map fused with the masker's score map, against plain EAR."""
     ok = {(r.unit.masker, r.unit.variant, r.unit.category, r.unit.seed): r for r in rows if r.status == "ok"}
     out: list[ComparisonLine] = []

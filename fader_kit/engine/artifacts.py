@@ -1,11 +1,11 @@
 """Cached artifacts under ``<out>/cache``: work done once, reused by every row that needs it.
 
-- ``ear/ear-<EAR key>.pt``: a trained EAR U-Net (a head-less :class:`~fader_kit.fader.FaderModel`).
+- ``ear/ear-<EAR key>.pt``: a trained EAR U-Net (a head-less :class:`~fader_kit.model.fader.FaderModel`).
 - ``maskers/<name>-<masks key>.pt``: a fitted masker (``Masker.save``).
 - ``masks/<name>-<masks key>.pt``: that masker's binary masks of the train and test images, its
-  :class:`~fader_kit.interfaces.MaskerInfo` (so a rerun needs neither the masker nor its weights),
+  :class:`~fader_kit.maskers.interfaces.MaskerInfo` (so a rerun needs neither the masker nor its weights),
   and its score maps of the test images (the masker alone as a detector) and of the training
-  images (the normal scale of the fused score, :mod:`fader_kit.fusion`).
+  images (the normal scale of the fused score, :mod:`fader_kit.model.fusion`).
 
 The cache is for speed only: deleting it recomputes, and a results folder's report never reads
 it (per-image score details live beside the rows, :class:`~fader_kit.engine.store.ResultStore`).
@@ -19,9 +19,9 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-from ..interfaces import MaskerInfo
-from ..util.files import torch_save_atomic
-from .keys import safe_name
+from fader_kit.maskers.interfaces import MaskerInfo
+from fader_kit.util.files import torch_save_atomic
+from fader_kit.engine.keys import safe_name
 
 
 class MaskSet(BaseModel):

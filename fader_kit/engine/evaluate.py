@@ -20,22 +20,22 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, Field
 
-from ..config import Profile
-from ..diagnostics import Diagnostics
-from ..errors import ConfigError
-from ..fusion_rules import Fused
-from ..interfaces import MaskerInfo
-from ..pipeline import Metrics, environment
-from ..registry import MaskerRegistry
-from ..stats import Comparison, SeedSummary
-from ..util.files import write_json_atomic
-from .aggregate import EAR, comparisons, mean_metrics
-from .runner import Grid, GridRunner, Head
-from .selection_report import SelectionReport
-from .sources import MaskerSource
-from .store import ResultRow, ResultStore
-from .unit_kinds import ModelFacts
-from .workbench import EarMasks
+from fader_kit.model.config import Profile
+from fader_kit.model.diagnostics import Diagnostics
+from fader_kit.errors import ConfigError
+from fader_kit.model.fusion_rules import Fused
+from fader_kit.maskers.interfaces import MaskerInfo
+from fader_kit.model.pipeline import Metrics, environment
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.engine.stats import Comparison, SeedSummary
+from fader_kit.util.files import write_json_atomic
+from fader_kit.engine.aggregate import EAR, comparisons, mean_metrics
+from fader_kit.engine.runner import Grid, GridRunner, Head
+from fader_kit.engine.selection_report import SelectionReport
+from fader_kit.engine.sources import MaskerSource
+from fader_kit.engine.store import ResultRow, ResultStore
+from fader_kit.engine.unit_kinds import ModelFacts
+from fader_kit.engine.workbench import EarMasks
 
 Log = Callable[[str], None]
 TABLE = "evaluate"
@@ -67,7 +67,7 @@ class EvaluationResult(BaseModel):
     device: str
     threads: int
     ear_masks: EarMasks
-    fader_variant: str = Field(description="the named head variant the FADeR rows trained (fader_kit.variants)")
+    fader_variant: str = Field(description="the named head variant the FADeR rows trained (fader_kit.model.variants)")
     fader_config: dict[str, Any] = Field(default_factory=dict)
     ear: Metrics
     fader: Metrics
@@ -129,8 +129,8 @@ def evaluate_category(
     per_seed = [_seed_result(out, seed, rows[(EAR, seed)], rows[(head.name, seed)], first=seed == seeds[0])
                 for seed in seeds]
     if select:
-        from ..registry import default_registry
-        from .selection_run import measure_selection
+        from fader_kit.maskers.registry import default_registry
+        from fader_kit.engine.selection_run import measure_selection
 
         for row in per_seed:
             row.selection = measure_selection(

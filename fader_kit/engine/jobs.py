@@ -30,13 +30,13 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import FaderConfig, Profile, TrainConfig
-from ..data import SyntheticConfig
-from ..errors import ConfigError
-from ..fusion_rules import Fused
-from .sources import MaskSource
-from .store import ResultRow, UnitId
-from .workbench import CategoryWorkbench, UnitKeys
+from fader_kit.model.config import FaderConfig, Profile, TrainConfig
+from fader_kit.data import SyntheticConfig
+from fader_kit.errors import ConfigError
+from fader_kit.model.fusion_rules import Fused
+from fader_kit.engine.sources import MaskSource
+from fader_kit.engine.store import ResultRow, UnitId
+from fader_kit.engine.workbench import CategoryWorkbench, UnitKeys
 
 F = TypeVar("F", bound="RowFacts")
 
@@ -75,7 +75,7 @@ class Grid(BaseModel):
     figures: int = Field(0, ge=0, description="anomalous test images per figure panel (0 = none)")
     fused: Fused = Field(
         False, description="also score each model's map fused with the masker's score map: True or a rule of "
-        "fader_kit.fusion.fit_fusion (True = the default, fader_kit.fusion.DEFAULT_FUSION_RULE)")
+        "fader_kit.model.fusion.fit_fusion (True = the default, fader_kit.model.fusion.DEFAULT_FUSION_RULE)")
     save_models: bool = Field(False, description="keep each FADeR model under <out>/models/<work key>.pt")
     progress: bool = False
 

@@ -20,9 +20,9 @@ import hashlib
 import json
 from typing import Any
 
-from ..config import FaderConfig, Profile, TrainConfig
-from ..data import SyntheticConfig
-from ..fusion_rules import Fused, fusion_rule
+from fader_kit.model.config import FaderConfig, Profile, TrainConfig
+from fader_kit.data import SyntheticConfig
+from fader_kit.model.fusion_rules import Fused, fusion_rule
 
 # Options that choose *where* a masker runs, not what it computes: left out of its key.
 NON_SEMANTIC_OPTIONS = frozenset({"device", "progress"})
@@ -74,7 +74,7 @@ def work_key(*, ear: str, masker: str, fader: FaderConfig | None, profile: Profi
 
 
 def fused_key(work_key: str) -> str:
-    """Key of the fused score's detail (:mod:`fader_kit.fusion`) of the row ``work_key``."""
+    """Key of the fused score's detail (:mod:`fader_kit.model.fusion`) of the row ``work_key``."""
     return f"{work_key}.fused"
 
 

@@ -44,13 +44,13 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, UserError
-from ..registry import MaskerRegistry
-from ..util.threads import worker_environment
-from ..util.timing import minutes
-from .jobs import JobKind, RowFacts
-from .runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, Recorder, RunSummary, failure_reason
-from .store import ResultRow
+from fader_kit.errors import ConfigError, UserError
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.util.threads import worker_environment
+from fader_kit.util.timing import minutes
+from fader_kit.engine.jobs import JobKind, RowFacts
+from fader_kit.engine.runner import FigureHook, Grid, GridRunner, MeasureHook, PlannedUnit, Recorder, RunSummary, failure_reason
+from fader_kit.engine.store import ResultRow
 
 Log = Callable[[str], None]
 INSTALL_HINT = "pip install 'fader-kit[ray]'"

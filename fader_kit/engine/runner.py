@@ -26,17 +26,17 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ..fader import FaderModel
-from ..interfaces import Masker
-from ..pace import JobWork
-from ..pipeline import environment
-from ..registry import MaskerRegistry
-from ..util.timing import minutes
-from . import unit_kinds  # noqa: F401  (registers the built-in job kinds)
-from .artifacts import WorkCache
-from .jobs import Grid, Head, JobKind, PlannedUnit, RowFacts, failed_facts, job_kind
-from .store import ResultRow, ResultStore, UnitId
-from .workbench import CategoryWorkbench, Evaluation, WorkbenchSettings
+from fader_kit.model.fader import FaderModel
+from fader_kit.maskers.interfaces import Masker
+from fader_kit.engine.pace import JobWork
+from fader_kit.model.pipeline import environment
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.util.timing import minutes
+from fader_kit.engine import unit_kinds  # noqa: F401  (registers the built-in job kinds)
+from fader_kit.engine.artifacts import WorkCache
+from fader_kit.engine.jobs import Grid, Head, JobKind, PlannedUnit, RowFacts, failed_facts, job_kind
+from fader_kit.engine.store import ResultRow, ResultStore, UnitId
+from fader_kit.engine.workbench import CategoryWorkbench, Evaluation, WorkbenchSettings
 
 Log = Callable[[str], None]
 
@@ -208,7 +208,7 @@ class GridRunner:
 
     # -- before the long work ----------------------------------------------------------------
     def pace_work(self, todo: list[PlannedUnit], n_train: int, n_test: int) -> JobWork:
-        """What ``todo`` still computes, as :mod:`fader_kit.pace` counts it: the EAR U-Nets not in the
+        """What ``todo`` still computes, as :mod:`fader_kit.engine.pace` counts it: the EAR U-Nets not in the
         cache, the FADeR heads and the models to score (rows copied from another table cost nothing)."""
         units = [pu for pu in todo if self.kinds[pu.head.kind].scores_model(pu)
                  and self.store.find_ok(pu.work_key) is None]
@@ -218,10 +218,10 @@ class GridRunner:
 
     def announce_pace(self, todo: list[PlannedUnit], benches: dict[tuple[str, int], CategoryWorkbench]) -> None:
         """Before a long job: time a few EAR training steps, log the expected duration, and a line
-        when this machine is far slower than the reference (:mod:`fader_kit.pace`).  Every category
+        when this machine is far slower than the reference (:mod:`fader_kit.engine.pace`).  Every category
         is taken to be the size of the first, whose images are loaded now (the run needs them next).
         The estimate never stops a job: a failure here (bad data, say) is the first unit's to report."""
-        from .. import pace
+        from fader_kit.engine import pace
 
         g = self.grid
         try:

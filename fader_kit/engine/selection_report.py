@@ -1,5 +1,5 @@
 """What a run reports about choosing among its candidates: each candidate's selection score (from
-normal images and pseudo-defects alone, :mod:`fader_kit.selection`) beside its test AUROC, the one
+normal images and pseudo-defects alone, :mod:`fader_kit.deploy.selection`) beside its test AUROC, the one
 the selector chose, the one the test set would have chosen, and the regret between them.
 
 The selection scores never see a test label; the test AUROCs are only read afterwards, to say how
@@ -18,8 +18,8 @@ from typing import Mapping
 
 from pydantic import BaseModel, Field
 
-from ..errors import ConfigError
-from ..selection import choose, regret
+from fader_kit.errors import ConfigError
+from fader_kit.deploy.selection import choose, regret
 
 
 class CandidateOutcome(BaseModel):
@@ -35,7 +35,7 @@ class CandidateOutcome(BaseModel):
 class SelectionReport(BaseModel):
     """The ``selection`` section of ``metrics.json``."""
 
-    criterion: str = Field("pseudo-defects", description="what the selection scores are (see fader_kit.selection)")
+    criterion: str = Field("pseudo-defects", description="what the selection scores are (see fader_kit.deploy.selection)")
     candidates: list[CandidateOutcome]
     chosen: str = Field(description="the candidate with the highest selection score (ties: the first listed)")
     margin: float | None = Field(description="the chosen one's selection score minus the runner-up's")

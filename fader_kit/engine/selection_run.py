@@ -3,8 +3,8 @@ normal images (the selection score, no test label read) and its test AUROC (read
 judge the choice).
 
 The held-out images are a seeded share of the *normal training* images
-(:func:`fader_kit.selection.holdout_split`); the masker and every kind's parts
-(:func:`fader_kit.fit_parts.train_parts`) fit on the rest, so no candidate is judged on an image it
+(:func:`fader_kit.deploy.selection.holdout_split`); the masker and every kind's parts
+(:func:`fader_kit.deploy.fit_parts.train_parts`) fit on the rest, so no candidate is judged on an image it
 trained on.  ``fader-kit evaluate --select`` reports the result per seed in ``metrics.json``
 (:class:`~fader_kit.engine.selection_report.SelectionReport`); the selection study
 (``python -m fader_kit_bench.selection_study``) measures the same per masker, over maskers.
@@ -18,15 +18,15 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ..config import FaderConfig, Profile
-from ..fit_parts import FitParts, kinds_of, train_parts, trained_on
-from ..metrics import image_auroc, pixel_auroc
-from ..pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
-from ..score_kinds import SCORE_NAMES, ScoreKind, batched_maps
-from ..selection import build_pseudo_sets, holdout_split, pseudo_aurocs
-from .selection_report import SelectionReport, selection_report
+from fader_kit.model.config import FaderConfig, Profile
+from fader_kit.deploy.fit_parts import FitParts, kinds_of, train_parts, trained_on
+from fader_kit.model.metrics import image_auroc, pixel_auroc
+from fader_kit.data.pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
+from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps
+from fader_kit.deploy.selection import build_pseudo_sets, holdout_split, pseudo_aurocs
+from fader_kit.engine.selection_report import SelectionReport, selection_report
 
-KERNEL = 21  # the detectors' default MSGMS kernel (fader_kit.detector.DetectorSettings.kernel_size)
+KERNEL = 21  # the detectors' default MSGMS kernel (fader_kit.deploy.detector.DetectorSettings.kernel_size)
 Log = Callable[[str], None]
 
 
@@ -47,7 +47,7 @@ class CandidateMeasure:
 
 def selection_kinds(names: Iterable[str], head: FaderConfig, kinds: Sequence[str] = DEFAULT_KINDS) -> list[str]:
     """The pseudo-defect ``kinds`` every candidate of the score kinds ``names`` can be judged on: none
-    that one of them trained on (:func:`fader_kit.fit_parts.trained_on`)."""
+    that one of them trained on (:func:`fader_kit.deploy.fit_parts.trained_on`)."""
     trained = {k for kind in kinds_of(names) for k in trained_on(kind, head)}
     return [k for k in kinds if k not in trained]
 
@@ -86,8 +86,8 @@ def measure_selection(
 ) -> SelectionReport:
     """Hold a share of ``category``'s normal training images out, fit ``masker`` and every score
     kind's parts on the rest, measure each kind (:func:`score_candidates`) and report the choice."""
-    from ..data import load_category
-    from ..fitting import fitted_masker
+    from fader_kit.data import load_category
+    from fader_kit.deploy.fit import fitted_masker
 
     split = load_category(data, category, profile.image_size, seed=seed)
     fit_idx, held_idx = holdout_split(split.train.shape[0], holdout, seed)

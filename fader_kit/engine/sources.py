@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from ..errors import ConfigError
+from fader_kit.errors import ConfigError
 
 GT_PREFIX = "gt@"
 
@@ -87,7 +87,7 @@ def mask_source(name: str, options: dict[str, Any] | None = None, label: str = "
 def parse_spec(spec: str) -> MaskerSource:
     """``NAME[:KEY=VALUE]...`` (``ami_net:centres=kmeans:k_sigma=1.5``) -> a masker labelled by the spec;
     values are read as JSON when they parse."""
-    from ..util.options import parse_options
+    from fader_kit.util.options import parse_options
 
     name, *items = spec.split(":")
     if not name:

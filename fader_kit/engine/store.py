@@ -5,7 +5,7 @@ A unit is (table, data, profile, masker, variant, category, seed).  Each row car
 when it finished *with the same settings*; a changed setting recomputes and replaces it.  SQLite
 commits are atomic, so a run killed mid-way keeps every row that had finished.
 
-Per-image score details (:class:`~fader_kit.stats.ScoreDetail`: what the paired bootstrap needs)
+Per-image score details (:class:`~fader_kit.engine.stats.ScoreDetail`: what the paired bootstrap needs)
 are written to ``details/<key>.pt`` before their row, named by the row's work key (``<work
 key>.fused`` for the fused score, ``<masks key>.alone`` for the masker alone).  A results folder
 is therefore self-contained: the report needs nothing from the compute cache.
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
-from ..errors import MissingFileError, UserError
-from ..util.files import torch_save_atomic
+from fader_kit.errors import MissingFileError, UserError
+from fader_kit.util.files import torch_save_atomic
 
 if TYPE_CHECKING:
-    from ..stats import ScoreDetail
+    from fader_kit.engine.stats import ScoreDetail
 
 DB_NAME = "results.sqlite"
 Status = Literal["ok", "failed"]
@@ -194,7 +194,7 @@ class DetailStore:
         return torch_save_atomic(detail.to_dict(), self.path(key))
 
     def load(self, key: str) -> "ScoreDetail | None":
-        from ..stats import ScoreDetail
+        from fader_kit.engine.stats import ScoreDetail
 
         path = self.path(key)
         if not path.is_file():

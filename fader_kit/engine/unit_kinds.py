@@ -12,16 +12,16 @@ import os
 import time
 from typing import Any
 
-from ..diagnostics import Diagnostics
-from ..fusion import FusionScales
-from ..interfaces import MaskerInfo
-from ..pipeline import Metrics, compute_masks, masker_score_maps, metrics_from_maps
-from ..stats import ScoreDetail
-from . import keys
-from .jobs import Head, JobKind, PlannedUnit, RowFacts, UnitContext, register_job_kind
-from .sources import MaskSource
-from .store import ResultRow
-from .workbench import CategoryWorkbench, UnitKeys
+from fader_kit.model.diagnostics import Diagnostics
+from fader_kit.model.fusion import FusionScales
+from fader_kit.maskers.interfaces import MaskerInfo
+from fader_kit.model.pipeline import Metrics, compute_masks, masker_score_maps, metrics_from_maps
+from fader_kit.engine.stats import ScoreDetail
+from fader_kit.engine import keys
+from fader_kit.engine.jobs import Head, JobKind, PlannedUnit, RowFacts, UnitContext, register_job_kind
+from fader_kit.engine.sources import MaskSource
+from fader_kit.engine.store import ResultRow
+from fader_kit.engine.workbench import CategoryWorkbench, UnitKeys
 
 
 class ModelFacts(RowFacts):

@@ -16,24 +16,24 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import BaseModel, Field
 
-from ..config import FaderConfig, Profile, TrainConfig
-from ..data import CategorySplit, DataError, SyntheticConfig, load_category
-from ..diagnostics import Diagnostics
-from ..errors import ConfigError
-from ..fader import FaderModel
-from ..fusion import FusionScales, fit_fusion, fuse_maps
-from ..fusion_rules import Fused, fusion_rule
-from ..interfaces import Masker, MaskerInfo
-from ..pipeline import (
+from fader_kit.model.config import FaderConfig, Profile, TrainConfig
+from fader_kit.data import CategorySplit, DataError, SyntheticConfig, load_category
+from fader_kit.model.diagnostics import Diagnostics
+from fader_kit.errors import ConfigError
+from fader_kit.model.fader import FaderModel
+from fader_kit.model.fusion import FusionScales, fit_fusion, fuse_maps
+from fader_kit.model.fusion_rules import Fused, fusion_rule
+from fader_kit.maskers.interfaces import Masker, MaskerInfo
+from fader_kit.model.pipeline import (
     Metrics, anomaly_maps, compute_masks, diagnose, ear_stage, fader_stage, fit_masker, masker_score_maps,
     metrics_from_maps, pseudo_anomaly_maps,
 )
-from ..registry import MaskerRegistry
-from ..stats import ScoreDetail
-from ..unet import EARUNet
-from . import keys
-from .artifacts import MaskSet, WorkCache
-from .sources import MaskSource, OracleSource, degrade_masks
+from fader_kit.maskers.registry import MaskerRegistry
+from fader_kit.engine.stats import ScoreDetail
+from fader_kit.model.unet import EARUNet
+from fader_kit.engine import keys
+from fader_kit.engine.artifacts import MaskSet, WorkCache
+from fader_kit.engine.sources import MaskSource, OracleSource, degrade_masks
 
 EarMasks = Literal["masker", "blobs"]
 Log = Callable[[str], None]
@@ -82,7 +82,7 @@ class Evaluation(BaseModel):
     model: FaderModel
     masks: MaskSet
     diagnostics: Diagnostics | None = None
-    fused: Metrics | None = Field(None, description="the fused score (fader_kit.fusion): this model's map + the "
+    fused: Metrics | None = Field(None, description="the fused score (fader_kit.model.fusion): this model's map + the "
                                   "masker's score map, each on its normal-image scale")
     fusion: FusionScales | None = Field(None, description="how the fused score combined the two maps (rule, scales, "
                                         "weight)")
@@ -210,7 +210,7 @@ class CategoryWorkbench:
         """The masker with its options; ``category`` reaches the factories that take it (WinCLIP's
         prompts name the object: ``metal_nut`` -> "metal nut")."""
         if self.registry is None:
-            from ..registry import default_registry
+            from fader_kit.maskers.registry import default_registry
 
             self.registry = default_registry()
         options = dict(source.options)
@@ -244,7 +244,7 @@ class CategoryWorkbench:
     def evaluate(self, source: MaskSource, head: FaderConfig | None, *, train: TrainConfig | None = None,
                  fused: Fused = False, diagnostics: bool = True) -> Evaluation:
         """Train (for a FADeR head) and score one model on the test set.  ``fused`` (True or a rule of
-        :func:`fader_kit.fusion.fit_fusion`) also scores its map fused with the masker's score map: one
+        :func:`fader_kit.model.fusion.fit_fusion`) also scores its map fused with the masker's score map: one
         more pass over the training images, and for ``pseudo`` one over them with pseudo-anomalies."""
         s, split = self.settings, self.split()
         unit_keys = self.keys(source, head, train=train, fused=fused)

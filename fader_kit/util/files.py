@@ -121,7 +121,7 @@ def remove_stale_temps(folder: str | Path) -> int:
 def writable_folder(out: str | Path, argument: str = "--out") -> Path:
     """``out`` as a folder to write into: an existing file there (or on the way there) is a UserError
     naming the argument, raised before any work."""
-    from ..errors import ConfigError
+    from fader_kit.errors import ConfigError
 
     out = Path(out)
     for p in (out, *out.parents):

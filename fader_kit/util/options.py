@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ..errors import ConfigError
+from fader_kit.errors import ConfigError
 
 
 def parse_value(text: str) -> Any:

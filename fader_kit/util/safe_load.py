@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsafeFileError
+from fader_kit.errors import UnsafeFileError
 
 
 def torch_load_safe(path: str | Path, what: str = "file", map_location: Any = "cpu") -> Any:

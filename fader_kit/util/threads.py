@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, MutableMapping
 
-from ..errors import ConfigError
+from fader_kit.errors import ConfigError
 
 #: What the environment gets when the user has not set it (see the module's docstring).
 QUIET_OPENMP: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}

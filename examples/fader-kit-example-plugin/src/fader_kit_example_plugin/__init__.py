@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fader_kit.hookspecs import hookimpl
-from fader_kit.interfaces import Masker, check_images
+from fader_kit.maskers.hookspecs import hookimpl
+from fader_kit.maskers.interfaces import Masker, check_images
 
 
 class MeanDiffMasker(Masker):

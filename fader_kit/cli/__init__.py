@@ -1,0 +1,1 @@
+"""The ``fader-kit`` command line: the top layer, it imports every other and none imports it."""

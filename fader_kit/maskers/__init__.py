@@ -1,0 +1,2 @@
+"""Maskers as plugins: the protocols (``interfaces``), the registry and its hooks, pretrained
+weights and backbones.  Imports util only."""
