@@ -206,17 +206,9 @@ def error_target(model: TrainableFader, clean: Tensor, out: GatedRun, reference:
 
 
 def train_fader(
-    model: TrainableFader,
-    images: Tensor,
-    masks: Tensor | None,
-    config: TrainConfig,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    on_epoch: EpochCallback | None = None,
-    scores: Tensor | None = None,
-    score_threshold: float | None = None,
+    model: TrainableFader, images: Tensor, masks: Tensor | None, config: TrainConfig, *, seed: int = 0,
+    device: str | torch.device = "cpu", progress: bool = False, on_epoch: EpochCallback | None = None,
+    scores: Tensor | None = None, score_threshold: float | None = None,
 ) -> list[dict[str, float]]:
     """FADeR training with the active-learning loop of Fig. 4.
 
