@@ -168,3 +168,32 @@ def test_a_detector_folder_head_validates_strictly_either_way(name):
         assert DetectorSettings._head(dump) == dump
     with pytest.raises(ValueError, match="patch_size"):
         DetectorSettings._head({**_old_dump(cfg), "patch_size": 8.0})
+
+
+def test_the_core_model_file_names_no_experiment():
+    """The FADeR model composes strategies: its file names no experiment variant and reads none of the
+    old experiment switches (they are strategy names now, resolved by the registry)."""
+    import re
+    from pathlib import Path
+
+    import fader_kit.model.fader as core
+    from fader_kit.model.config_legacy import LEGACY_FIELDS
+    from fader_kit_experiments.variants import VARIANTS
+
+    text = Path(core.__file__).read_text()
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    from typing import get_args
+
+    from fader_kit.model.config import FaderConfig
+    from fader_kit.model.gates import CORE_GATES
+    from fader_kit.model.head_inputs import CORE_INPUTS
+
+    # a core strategy's name or a core setting's value may equal an experiment's name ("encoder", "calibrated")
+    core_words = {s.name for s in (*CORE_INPUTS, *CORE_GATES)} | {
+        v for f in FaderConfig.model_fields.values() for v in get_args(f.annotation) if isinstance(v, str)}
+    experiment_names = {v.name for v in VARIANTS} | {a for v in VARIANTS for a in v.aliases}
+    experiment_names -= core_words
+    assert "score_gates" in experiment_names and "stats_ear" in experiment_names
+    switches = set(LEGACY_FIELDS) - {"head_input", "gates"}  # the two strategy lists are core fields
+    assert words & experiment_names == set()
+    assert {w for w in words if w in switches} == set()
