@@ -19,6 +19,7 @@ MEAN_REGRET_TARGET = 0.02  # the chosen detector within this of the best, in the
 MAX_REGRET_TARGET = 0.05  # ... and never further below it in any category-seed cell
 BASELINE_SLACK = 0.01  # ... and at least the better of EAR and the masker alone less this, per category
 BASELINE_KINDS = ("ear", "masker")
+BEST_TOLERANCE = 0.001  # a choice within this of the best counts as picking the best (100 x 100 test images: 10 pairs)
 
 Row = dict[str, Any]
 Cell = tuple[str, int]
@@ -66,7 +67,7 @@ def category_stats(done: dict[Cell, list[Row]]) -> dict[str, dict[str, float]]:
     out = {}
     for cat, reps in by_cat.items():
         rho = [r.spearman for r, _ in reps if r.spearman is not None]
-        out[cat] = {"seeds": len(reps), "picks_best": float(np.mean([r.regret == 0 for r, _ in reps])),
+        out[cat] = {"seeds": len(reps), "picks_best": float(np.mean([r.regret < BEST_TOLERANCE for r, _ in reps])),
                     "regret_mean": float(np.mean([r.regret for r, _ in reps])),
                     "regret_max": float(np.max([r.regret for r, _ in reps])),
                     "spearman": float(np.mean(rho)) if rho else float("nan"),
@@ -76,7 +77,7 @@ def category_stats(done: dict[Cell, list[Row]]) -> dict[str, dict[str, float]]:
 
 
 def category_table(stats: dict[str, dict[str, float]]) -> str:
-    head = ["category", "seeds", "picks the best", "regret mean", "regret max", "Spearman (mean)",
+    head = ["category", "seeds", f"picks the best (regret < {BEST_TOLERANCE})", "regret mean", "regret max", "Spearman (mean)",
             "chosen test AUROC", "better of EAR / masker alone", f"chosen >= that - {BASELINE_SLACK}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cat, s in stats.items():
