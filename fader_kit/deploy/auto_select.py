@@ -30,7 +30,7 @@ from torch import Tensor
 from fader_kit.model.config import FaderConfig, Profile
 from fader_kit.deploy.detector import Detector, DetectorSettings
 from fader_kit.errors import ConfigError
-from fader_kit.deploy.fit_parts import trained_on
+from fader_kit.deploy.fit_parts import candidate_detectors, train_parts, trained_on
 from fader_kit.deploy.fit import (FitData, check_fit_out, fit_manifest, fit_settings, fitted_masker, load_fit_data, save_fit,
                       with_seconds)
 from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps, score_kind
@@ -143,8 +143,6 @@ class Search:
 
     def fit(self, name: str) -> Detector | None:
         """The calibrated detector of the candidate ``masker/kind`` (None: its masker failed)."""
-        from fader_kit.deploy.fit_parts import candidate_detectors, train_parts
-
         masker_name, kind_name = name.rsplit("/", 1)
         kind = score_kind(kind_name)
         masker = self.masker(masker_name)

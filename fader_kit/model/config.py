@@ -24,13 +24,13 @@ class _Frozen(BaseModel):
 
     def digest_payload(self) -> dict[str, object]:
         """The fields :meth:`digest` hashes, nested configurations by their own payload."""
+        dumped = self.model_dump(mode="json")
         out: dict[str, object] = {}
         for name, field in type(self).model_fields.items():
             value = getattr(self, name)
             if name in self._DIGEST_LATER and value == field.default:
                 continue
-            out[name] = value.digest_payload() if isinstance(value, _Frozen) else \
-                self.__pydantic_serializer__.to_python(self, mode="json", include={name})[name]
+            out[name] = value.digest_payload() if isinstance(value, _Frozen) else dumped[name]
         return out
 
     def digest(self) -> str:
