@@ -96,7 +96,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
 
     tables = ", ".join(TABLES)
     p = sub.add_parser(
-        "bench", help="reproduce a table of the paper (table2..table5) or measure speed",
+        "bench", help="reproduce a table of the paper (table2..table5), run a study table (fader_head, coverage, selection) or measure speed",
         description=f"Run a benchmark table ({tables}) into a results folder (SQLite; a rerun skips finished "
                     "rows), then print its report; or 'speed' for latency, throughput, parameters and FLOPs. "
                     "--masker-option NAME.KEY=VALUE reaches masker NAME only; a plain KEY=VALUE reaches every masker.",

@@ -22,6 +22,7 @@ from fader_kit.engine.stats import Comparison
 
 from .report_cells import DASH, GroupKey, GroupReport, category_label, group_rows
 from .report_group import group_table
+from .selection_job import report_section
 from .tables import CONTROL, EAR, TABLES
 
 
@@ -200,6 +201,9 @@ def build_report(folder: str | Path, *, figures: bool = True) -> tuple[str, list
     written: list[Path] = []
     for key, grows in groups.items():
         if key[0] not in TABLES:
+            continue
+        if TABLES[key[0]].layout == "selection":
+            out += [""] + report_section(key, grows)
             continue
         g = render_group(key, grows, store.details)
         out += [""] + g.markdown + diagnostics_lines(grows)

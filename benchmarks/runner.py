@@ -23,6 +23,7 @@ from fader_kit.errors import ConfigError
 from fader_kit.model.fusion_rules import Fused
 from fader_kit.maskers.registry import MaskerRegistry, UnknownMaskerError, default_registry
 
+from . import selection_job  # noqa: F401  (registers the selection table's job kind)
 from .tables import TableSpec, get_table
 
 Log = Callable[[str], None]
@@ -102,7 +103,8 @@ def table_grid(config: BenchConfig, registry: MaskerRegistry | None = None) -> G
     sources = tuple(mask_source(n, masker_options_for(config.masker_options, n, scope)) for n in names)
     variant_names = config.variants or spec.default_variants
     variants = list(spec.variants) if variant_names is None else [spec.variant(v) for v in variant_names]
-    heads = tuple(Head(name=v.name, title=v.title, config=v.fader_config(profile.fader_head)) for v in variants)
+    heads = tuple(Head(name=v.name, kind=spec.kind, title=v.title, config=v.fader_config(profile.fader_head))
+                  for v in variants)
     return Grid(table=spec.name, out=config.out, data=config.data, categories=_categories(config), sources=sources,
                 heads=heads, seeds=config.seeds, profile=profile, device=str(resolve_device(config.device)),
                 ear_masks=config.ear_masks, synthetic=config.synthetic, data_seed=config.data_seed,

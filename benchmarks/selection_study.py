@@ -41,14 +41,11 @@ import torch
 from fader_kit.model.config import get_profile
 from fader_kit.data import load_category
 from fader_kit.util.devices import resolve_device
-from fader_kit.engine.selection_run import score_candidates, selection_kinds
-from fader_kit.deploy.fit_parts import FitParts, train_parts
+from fader_kit.engine.selection_run import measure_masker
 from fader_kit.engine.pace import cpu_model
-from fader_kit.model.pipeline import fit_masker
 from fader_kit.data.pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
-from fader_kit.maskers.registry import create_masker
-from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, score_kind
-from fader_kit.deploy.selection import holdout_split
+from fader_kit.maskers.registry import default_registry
+from fader_kit.deploy.score_kinds import SCORE_NAMES
 from fader_kit.model.variants import DEFAULT_HEAD_VARIANT, resolve
 
 DEFAULT_MASKERS = ("patch_stats", "msflow", "ami_net")
@@ -67,55 +64,24 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fit(masker_name: str, train: torch.Tensor, seed: int, args: argparse.Namespace, ear_cache: Path
-         ) -> tuple[FitParts, float]:
-    """The fitted masker and every kind's parts; the masker's fit seconds.  The EAR U-Net's training
-    seconds are kept beside its cache file, so a masker that loads it is charged the same time."""
-    device = resolve_device(args.device)
-    profile = get_profile(args.profile)
-    masker = create_masker(masker_name, device=str(device))
-    t0 = time.perf_counter()
-    fit_masker(masker, train, seed=seed, device=device)
-    masker_s = time.perf_counter() - t0
-    parts = train_parts(SCORE_NAMES, train, masker, masker_name, profile=profile,
-                        head=resolve(profile.fader_head, args.head), ear_masks=args.ear_masks, seed=seed,
-                        device=device, log=lambda _: None,
-                        ear_cache=ear_cache if args.ear_masks == "blobs" else None)
-    seconds_file = ear_cache.with_suffix(".json")
-    if "ear" in parts.seconds:
-        seconds_file.write_text(json.dumps({"seconds": parts.seconds["ear"]}))
-    else:
-        parts.seconds["ear"] = float(json.loads(seconds_file.read_text())["seconds"])
-    return parts, masker_s
-
-
-def fit_seconds(kind: ScoreKind, masker_s: float, parts: FitParts) -> float:
-    """What fitting ``kind`` alone costs: the masker, plus the U-Net, plus the head or the fusion."""
-    s = parts.seconds
-    extra = (s["ear"] + (s.get("fader", 0.0) if kind.head else 0.0) + (s.get("fusion", 0.0) if kind.fused else 0.0)
-             if kind.unet else 0.0)
-    return masker_s + extra
-
-
 def measure(masker_name: str, split: Any, seed: int, args: argparse.Namespace, ear_cache: Path) -> list[dict[str, Any]]:
     """Fit one masker and every kind's parts on the fit part of the normal images; one row per kind."""
     device = resolve_device(args.device)
-    head = resolve(get_profile(args.profile).fader_head, args.head)
-    fit_idx, held_idx = holdout_split(split.train.shape[0], args.holdout, seed)
-    parts, masker_s = _fit(masker_name, split.train[fit_idx], seed, args, ear_cache)
-    found = score_candidates(parts, SCORE_NAMES, split.train[held_idx], (split.test, split.labels, split.masks),
-                             head=head, seed=seed, kinds=selection_kinds(SCORE_NAMES, head, args.kinds),
-                             size=args.size, copies=args.copies, batch_size=args.batch, device=device)
+    profile = get_profile(args.profile)
+    m = measure_masker(split, masker_name, profile, resolve(profile.fader_head, args.head), registry=default_registry(),
+                       seed=seed, device=device, ear_masks=args.ear_masks, holdout=args.holdout, kinds=args.kinds,
+                       size=args.size, copies=args.copies, batch_size=args.batch, ear_cache=ear_cache,
+                       log=lambda _: None)
     return [{
         "data": args.data, "category": split.category, "seed": seed, "masker": masker_name, "kind": c.name,
         "candidate": f"{masker_name}:{c.name}", "trained_on": list(c.trained_on), "head": args.head,
         "ear_masks": args.ear_masks, "profile": args.profile, "size": args.size, "copies": args.copies,
-        "n_fit": len(fit_idx), "n_held_out": len(held_idx), "n_test": split.test.shape[0], "pseudo": c.pseudo,
+        "n_fit": m.n_fit, "n_held_out": m.n_held, "n_test": split.test.shape[0], "pseudo": c.pseudo,
         "pseudo_pixel": c.pseudo_pixel, "selection_score": c.selection_score, "test_auroc": c.test_image_auroc,
-        "test_pixel_auroc": c.test_pixel_auroc, "fit_s": fit_seconds(score_kind(c.name), masker_s, parts),
+        "test_pixel_auroc": c.test_pixel_auroc, "fit_s": m.fit_s[c.name],
         "images_per_s": c.images_per_s, "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
         "device": str(device), "cpu": cpu_model(),
-    } for c in found]
+    } for c in m.measures]
 
 
 def run(args: argparse.Namespace) -> None:

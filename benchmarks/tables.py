@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fader_kit.model.config import FaderConfig
 from fader_kit.errors import ConfigError
-from fader_kit.model.variants import get_variant, is_core
+from fader_kit.deploy.score_kinds import SCORE_NAMES
+from fader_kit.model.variants import DEFAULT_HEAD_VARIANT, get_variant, is_core
 
 EAR = "ear"  # the variant name of plain EAR (no head): the "before" of every "before -> after"
 FADER = "fader"  # FADeR as the paper configures it (an alias of the registry's "paper")
@@ -74,9 +75,11 @@ class TableSpec(BaseModel):
     maskers: tuple[str, ...]
     variants: tuple[Variant, ...]
     paper_data: str = Field(description="data set of the paper's numbers: mvtec or visa")
-    layout: str = Field(description="report layout: 'pairs' (EAR -> FADeR per masker) or 'columns' (one per variant)")
+    layout: str = Field(description="report layout: 'pairs' (EAR -> FADeR per masker), 'columns' (one per variant) "
+                        "or 'selection' (fader_kit_bench.selection_job)")
     default_variants: tuple[str, ...] | None = Field(
         None, description="the variants run when --variants is not given (None = every variant of the table)")
+    kind: str = Field("model", description="the engine's job kind of every unit (fader_kit.engine.jobs)")
 
     def variant(self, name: str) -> Variant:
         """The column called ``name``, or the column whose head is the registry variant ``name``
@@ -128,6 +131,14 @@ TABLES: dict[str, TableSpec] = {
             Variant(name=EAR, title="EAR"), Variant(name=FADER, title=get_variant("paper").label, head="paper"), *_HEAD_VARIANTS,
         ),
         paper_data="mvtec", layout="columns",
+    ),
+    "selection": TableSpec(
+        name="selection", title="Detector selection: every score kind of every masker as a candidate of "
+        "`fit --score auto` (test image / pixel AUROC)",
+        maskers=("patch_stats", "msflow", "ami_net"),
+        variants=tuple(Variant(name=k, title=f"{k} ({DEFAULT_HEAD_VARIANT} head)" if k == "fader" else k,
+                               head=DEFAULT_HEAD_VARIANT) for k in SCORE_NAMES),
+        paper_data="mvtec", layout="selection", kind="selection",
     ),
     "coverage": TableSpec(
         name="coverage", title="Coverage: EAR and FADeR on masks covering a controlled fraction of each defect "

@@ -167,6 +167,26 @@ def test_every_kind_of_one_masker_with_one_unet(root: Path, tmp_path: Path, monk
     assert Detector.load(tmp_path / "m").settings.score == det.settings.score
 
 
+def test_masker_masks_give_one_unet_and_one_masking_per_masker(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--ear-masks masker`` each masker's three U-Net candidates share its U-Net, and its binary
+    masks of the training images are computed once, not once per candidate."""
+    import fader_kit.model.pipeline as pipeline
+
+    unets: list[str] = []
+    maskings: list[tuple[str, float]] = []
+    real_ear, real_masks = pipeline.ear_stage, pipeline.compute_masks
+    monkeypatch.setattr(pipeline, "ear_stage", lambda *a, **k: unets.append(k["ear_masks"]) or real_ear(*a, **k))
+    monkeypatch.setattr(pipeline, "compute_masks",
+                        lambda m, x, **k: maskings.append((type(m).__name__, float(x.double().sum())))
+                        or real_masks(m, x, **k))
+    _, report = fit_auto(root / "normal", profile=TINY, head_variant=DEFAULT_HEAD_VARIANT, ear_masks="masker",
+                         candidates=["seer", "patch_stats"], false_alarm_rate=0.2, log=lambda _: None)
+    assert unets == ["masker", "masker"] and not report.shared_unet
+    assert len(set(maskings)) == len(maskings)  # no masker masks the same images twice
+    assert {name for name, _ in maskings} == {"Seer", "PatchStatsMasker"}
+    assert len(report.selection.candidates) == 2 * len(SCORE_NAMES)
+
+
 def test_a_fixed_masker_and_score_run_no_search(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fader_kit.deploy.auto_select.fit_auto", lambda *a, **k: pytest.fail("a search ran"))
     out = tmp_path / "m"

@@ -30,7 +30,7 @@ from torch import Tensor
 from fader_kit.model.config import FaderConfig, Profile
 from fader_kit.deploy.detector import Detector, DetectorSettings
 from fader_kit.errors import ConfigError
-from fader_kit.deploy.fit_parts import candidate_detectors, train_parts, trained_on
+from fader_kit.deploy.fit_parts import candidate_detectors, shared_ear_unet, train_parts, trained_on
 from fader_kit.deploy.fit import (FitData, check_fit_out, fit_manifest, fit_settings, fitted_masker, load_fit_data, save_fit,
                       with_seconds)
 from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps, score_kind
@@ -112,7 +112,8 @@ class Search:
     log: Log = print
     maskers: dict[str, tuple[Any, float]] = field(default_factory=dict)  # name -> (fitted masker, seconds)
     failed: dict[str, str] = field(default_factory=dict)  # masker -> why it could not be fitted
-    unet: tuple[Any, float] | None = None  # the shared U-Net and its training seconds
+    unets: dict[str, tuple[Any, float]] = field(default_factory=dict)  # "" (shared) or masker -> U-Net, seconds
+    masks: dict[str, Tensor] = field(default_factory=dict)  # masker -> its binary masks of the training images
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate -> its fit steps
 
     def masker(self, name: str) -> Any:
@@ -131,15 +132,33 @@ class Search:
                 self.log(f"  masker {name} (weights: {m.info.weights}) fitted in {self.maskers[name][1]:.1f}s")
         return self.maskers[name][0] if name in self.maskers else None
 
-    def shared_unet(self) -> tuple[Any, float]:
-        if self.unet is None:
-            from fader_kit.model.pipeline import ear_stage
+    def unet_for(self, name: str, masker: Any) -> tuple[Any, float]:
+        """The EAR U-Net of the masker's candidates and its training seconds: trained once for every
+        masker on random blobs (``--ear-masks blobs``), else once per masker on its masks."""
+        key = "" if self.settings.ear_masks == "blobs" else name
+        if key not in self.unets:
+            if not key:
+                self.unets[key] = shared_ear_unet(self.data.train, self.profile, seed=self.settings.seed,
+                                                  device=self.device, progress=self.progress)
+            else:
+                from fader_kit.model.pipeline import ear_stage
 
-            unet, info = ear_stage(self.data.train, lambda: torch.empty(0), self.profile, ear_masks="blobs",
-                                   seed=self.settings.seed, device=self.device, progress=self.progress)
-            self.unet = (unet, float(info["seconds"]))
-            self.log(f"  EAR U-Net (serves every masker) trained in {self.unet[1]:.1f}s")
-        return self.unet
+                unet, info = ear_stage(self.data.train, lambda: self.masks_of(name, masker), self.profile,
+                                       ear_masks="masker", seed=self.settings.seed, device=self.device,
+                                       progress=self.progress)
+                self.unets[key] = (unet, float(info["seconds"]))
+            self.log(f"  EAR U-Net ({'serves every masker' if not key else 'on ' + name + ' masks'}) trained in "
+                     f"{self.unets[key][1]:.1f}s")
+        return self.unets[key]
+
+    def masks_of(self, name: str, masker: Any) -> Tensor:
+        """The masker's binary masks of the training images, computed once for all its candidates."""
+        if name not in self.masks:
+            from fader_kit.model.pipeline import compute_masks
+
+            self.masks[name] = compute_masks(masker, self.data.train, batch_size=self.profile.eval_batch_size,
+                                             device=self.device, progress=self.progress)
+        return self.masks[name]
 
     def fit(self, name: str) -> Detector | None:
         """The calibrated detector of the candidate ``masker/kind`` (None: its masker failed)."""
@@ -149,12 +168,12 @@ class Search:
         if masker is None:
             return None
         steps = {"masker": self.maskers[masker_name][1]}
-        shared = kind.unet and self.settings.ear_masks == "blobs"
-        unet = self.shared_unet() if shared else None
+        unet = self.unet_for(masker_name, masker) if kind.unet else None
         parts = train_parts([kind.name], self.data.train, masker, masker_name, profile=self.profile, head=self.head,
                             ear_masks=self.settings.ear_masks, seed=self.settings.seed, device=self.device,
                             progress=self.progress, log=lambda m: self.log(f"  {m}"),
-                            unet=None if unet is None else unet[0])
+                            unet=None if unet is None else unet[0],
+                            masks=self.masks_of(masker_name, masker) if kind.unet else None)
         steps.update({"ear": unet[1]} if unet is not None else {}, **parts.seconds)
         self.seconds[name] = steps
         settings = self.settings.model_copy(update={"masker": masker_name})

@@ -15,6 +15,7 @@ same false-alarm rate.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +78,36 @@ def trained_on(kind: ScoreKind, head: FaderConfig) -> tuple[str, ...]:
     return HEAD_SOURCE_KINDS["image"] if kind.fused else ()
 
 
+def shared_ear_unet(images: Tensor, profile: Profile, *, seed: int, device: torch.device,
+                    progress: bool = False, cache: Path | None = None) -> tuple[EARUNet, float]:
+    """The EAR U-Net trained on random blobs alone, which serves every masker of the same ``images``
+    (pass it to :func:`train_parts` as ``unet``), and its training seconds.  ``cache``: a file it is
+    loaded from when it exists, else saved to, with its training seconds beside it (``.json``), so
+    maskers compared in separate runs share one training and are each charged its time."""
+    from fader_kit.model.pipeline import ear_stage
+
+    unet, info = ear_stage(images, lambda: torch.empty(0), profile, ear_masks="blobs", seed=seed, device=device,
+                           progress=progress, cache=cache)
+    if cache is None:
+        return unet, float(info["seconds"])
+    seconds_file = cache.with_suffix(".json")
+    if info["reused"]:
+        return unet, float(json.loads(seconds_file.read_text())["seconds"])
+    seconds_file.write_text(json.dumps({"seconds": float(info["seconds"])}))
+    return unet, float(info["seconds"])
+
+
 def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_name: str, *, profile: Profile,
                 head: FaderConfig, ear_masks: str, seed: int, device: torch.device, progress: bool = False,
-                log: Log = print, unet: EARUNet | None = None, ear_cache: Path | None = None) -> FitParts:
+                log: Log = print, unet: EARUNet | None = None, masks: Tensor | None = None) -> FitParts:
     """Train, on the normal ``images`` with the *fitted* ``masker``, what the score kinds ``names``
     need: nothing for the masker alone; the EAR U-Net (:func:`~fader_kit.model.pipeline.ear_stage`, as
     ``evaluate`` trains it) for every other kind; the FADeR head on a copy of it
     (:func:`~fader_kit.model.pipeline.fader_stage`) for ``fader``; the fusion (:func:`fit_fusion_for`) for
-    ``fused``.  ``unet``: an EAR U-Net already trained on these images by
-    :func:`~fader_kit.model.pipeline.ear_stage` (with ``ear_masks="blobs"`` one serves every masker), used
-    instead of training one; it is not changed (the head trains on a copy).  ``ear_cache``: a file the
-    EAR U-Net is loaded from when it exists (else trained and saved there), for maskers compared on
-    the same images in separate runs (``seconds`` then has no ``"ear"``)."""
+    ``fused``.  ``unet``: an EAR U-Net already trained on these images (with ``ear_masks="blobs"`` one
+    serves every masker: :func:`shared_ear_unet`), used instead of training one; it is not changed (the
+    head trains on a copy), and ``seconds`` then has no ``"ear"``.  ``masks``: the masker's binary masks
+    of ``images``, when the caller has them already (a search that trains the kinds one at a time)."""
     from fader_kit.model import pipeline
 
     kinds = kinds_of(names)
@@ -97,21 +116,19 @@ def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_nam
         log("score: the masker alone: no U-Net trained")
         return parts
     bs = profile.eval_batch_size
-    masks = pipeline.compute_masks(masker, images, batch_size=bs, device=device, progress=progress)
+    binary = masks if masks is not None else pipeline.compute_masks(masker, images, batch_size=bs, device=device,
+                                                                     progress=progress)
     if unet is None:
-        unet, info = pipeline.ear_stage(images, lambda: masks, profile, ear_masks=ear_masks, seed=seed, device=device,
-                                        progress=progress, cache=ear_cache)
-        if info["reused"]:
-            log(f"EAR U-Net loaded from {ear_cache}")
-        else:
-            parts.seconds["ear"] = float(info["seconds"])
-            log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
+        unet, info = pipeline.ear_stage(images, lambda: binary, profile, ear_masks=ear_masks, seed=seed, device=device,
+                                        progress=progress)
+        parts.seconds["ear"] = float(info["seconds"])
+        log(f"EAR U-Net trained in {parts.seconds['ear']:.1f}s")
     if any(k.head for k in kinds):
         # the score maps pass through float16 as the benchmark's mask cache keeps them, so fit trains the head
         # on what evaluate trains it on; only a head that reads them needs them
         scores = (pipeline.masker_score_maps(masker, images, batch_size=bs, device=device).half()
                   if head_strategies(head).reads_scores else None)
-        parts.fader, info = pipeline.fader_stage(unet, images, masks, head, profile.fader, seed=seed, device=device,
+        parts.fader, info = pipeline.fader_stage(unet, images, binary, head, profile.fader, seed=seed, device=device,
                                                  progress=progress, scores=scores, masker=lambda: masker,
                                                  masker_name=masker_name)
         parts.fader.masker = masker  # from here on the model computes the masker's scores where its head reads them
@@ -121,7 +138,7 @@ def train_parts(names: Iterable[str], images: Tensor, masker: Masker, masker_nam
         parts.ear = ear = FaderModel(unet, None, head, head=None)
         if any(k.fused for k in kinds):
             t0 = time.perf_counter()
-            parts.fusion = f = fit_fusion_for(ear, masker, images, masks, seed=seed, batch_size=bs, device=device)
+            parts.fusion = f = fit_fusion_for(ear, masker, images, binary, seed=seed, batch_size=bs, device=device)
             parts.seconds["fusion"] = time.perf_counter() - t0
             log(f"fused score: EAR weight {f.weight:g}, masker weight {1 - f.weight:g} (chosen on pseudo-anomalies)")
     return parts

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
 from fader_kit.errors import ConfigError
+from fader_kit.util.files import file_lock
 
 CSV_NAME = "predictions.csv"
 RUN_NAME = "predict.json"
@@ -38,38 +41,26 @@ class RunLock:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK_NAME
-        self._fd: int | None = None
+        self._held: Any = None  # the ExitStack holding the lock
 
     def __enter__(self) -> "RunLock":
-        import os
-
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        stack = ExitStack()
         try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            raise ConfigError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
-        try:
-            import fcntl
-        except ImportError:  # no POSIX locks (Windows): one run per folder is then up to the user
-            self._fd = fd
-            return self
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            fd = stack.enter_context(file_lock(self.path, wait=False))
+        except BlockingIOError:
             raise ConfigError(f"another fader-kit predict is writing into {self.path.parent} (it holds the lock "
                               f"{self.path}): wait for it to end, or pass another --out") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._held = stack
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import os
-
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock; the file stays (removing it would race a new run)
-            self._fd = None
+        if self._held is not None:
+            self._held.close()  # closing releases the lock; the file stays (removing it would race a new run)
+            self._held = None
 
 
 def detector_identity(folder: Path, files: Sequence[str]) -> dict[str, str]:

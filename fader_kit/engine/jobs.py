@@ -152,6 +152,7 @@ class JobKind(ABC):
     name: ClassVar[str]
     facts: ClassVar[type[RowFacts]] = RowFacts
     needs_unet: ClassVar[bool] = True  # the Ray executor schedules the EAR task before the unit
+    needs_masks: ClassVar[bool] = True  # ... and the masker's fit and masks (False: the unit fits what it needs)
 
     @abstractmethod
     def keys(self, bench: CategoryWorkbench, source: MaskSource, head: Head, context: UnitContext) -> UnitKeys:

@@ -299,10 +299,15 @@ class RayExecutor:
         stages: dict[str, Any] = {}
         pending: dict[Any, PlannedUnit] = {}
         for pu in to_compute:
+            kind = p.kinds[pu.head.kind]
+            if not kind.needs_masks:  # the unit fits its masker (and U-Net) itself
+                pending[unit_remote.remote(ctx, pu, StageResult("masker", "", True),
+                                           StageResult("ear_train", "", True))] = pu
+                continue
             if pu.keys.masks not in stages:
                 stages[pu.keys.masks] = masks_remote.remote(ctx, pu)
             masks_ref = stages[pu.keys.masks]
-            if not p.kinds[pu.head.kind].needs_unet:  # the masker alone: no U-Net to wait for
+            if not kind.needs_unet:  # the masker alone: no U-Net to wait for
                 pending[unit_remote.remote(ctx, pu, masks_ref, StageResult("ear_train", "", True))] = pu
                 continue
             if pu.keys.ear not in stages:

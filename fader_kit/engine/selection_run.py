@@ -12,6 +12,7 @@ trained on.  ``fader-kit evaluate --select`` reports the result per seed in ``me
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fader_kit.model.config import FaderConfig, Profile
-from fader_kit.deploy.fit_parts import FitParts, kinds_of, train_parts, trained_on
+from fader_kit.deploy.fit_parts import FitParts, kinds_of, shared_ear_unet, train_parts, trained_on
 from fader_kit.model.metrics import image_auroc, pixel_auroc
 from fader_kit.data.pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
 from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps
@@ -79,29 +80,72 @@ def score_candidates(parts: FitParts, names: Iterable[str], held: Tensor, test: 
     return out
 
 
+@dataclass
+class MaskerCandidates:
+    """Every score kind of one masker measured as a selection candidate: the measures, what fitting
+    each kind alone costs (the masker's fit plus the U-Net, head or fusion on top; seconds), and how
+    many normal images were fitted on and held out."""
+
+    measures: list[CandidateMeasure]
+    fit_s: dict[str, float]
+    n_fit: int
+    n_held: int
+
+
+def fit_seconds(kind: ScoreKind, masker_s: float, parts: FitParts, ear_s: float) -> float:
+    """What fitting ``kind`` alone costs: the masker, plus the U-Net, plus the head or the fusion."""
+    s = parts.seconds
+    if not kind.unet:
+        return masker_s
+    return masker_s + s.get("ear", ear_s) + (s.get("fader", 0.0) if kind.head else 0.0) + (
+        s.get("fusion", 0.0) if kind.fused else 0.0)
+
+
+def measure_masker(
+    split: Any, masker: str, profile: Profile, head: FaderConfig, *, registry: Any, seed: int, device: torch.device,
+    masker_options: dict[str, Any] | None = None, ear_masks: str = "blobs", holdout: float = 0.2,
+    kinds: Sequence[str] = DEFAULT_KINDS, size: float = DEFAULT_SIZE, copies: int = 3, batch_size: int | None = None,
+    ear_cache: Path | None = None, log: Log = print,
+) -> MaskerCandidates:
+    """Hold a seeded share of ``split``'s normal training images out, fit ``masker`` and every score
+    kind's parts on the rest and measure each kind (:func:`score_candidates`).  With ``ear_masks="blobs"``
+    the EAR U-Net does not depend on the masker: ``ear_cache`` (a file) lets the maskers of one
+    category and seed, measured one after another, share one training
+    (:func:`fader_kit.deploy.fit_parts.shared_ear_unet`)."""
+    from fader_kit.deploy.fit import fitted_masker
+
+    fit_idx, held_idx = holdout_split(split.train.shape[0], holdout, seed)
+    train = split.train[fit_idx]
+    t0 = time.perf_counter()
+    m = fitted_masker(registry, masker, dict(masker_options or {}), train, seed=seed, device=device, progress=False)
+    masker_s = time.perf_counter() - t0
+    unet, ear_s = (shared_ear_unet(train, profile, seed=seed, device=device, cache=ear_cache)
+                   if ear_masks == "blobs" else (None, 0.0))
+    parts = train_parts(SCORE_NAMES, train, m, masker, profile=profile, head=head, ear_masks=ear_masks, seed=seed,
+                        device=device, log=log, unet=unet)
+    found = score_candidates(parts, SCORE_NAMES, split.train[held_idx], (split.test, split.labels, split.masks),
+                             head=head, seed=seed, kinds=selection_kinds(SCORE_NAMES, head, kinds), size=size,
+                             copies=copies, batch_size=batch_size or profile.eval_batch_size, device=device)
+    fit_s = {c.name: fit_seconds(kinds_of([c.name])[0], masker_s, parts, ear_s) for c in found}
+    return MaskerCandidates(found, fit_s, len(fit_idx), len(held_idx))
+
+
 def measure_selection(
     data: str, category: str, masker: str, profile: Profile, head: FaderConfig, *, registry: Any, seed: int,
     device: torch.device, masker_options: dict[str, Any] | None = None, ear_masks: str = "blobs",
     holdout: float = 0.2, copies: int = 3, log: Log = print,
 ) -> SelectionReport:
-    """Hold a share of ``category``'s normal training images out, fit ``masker`` and every score
-    kind's parts on the rest, measure each kind (:func:`score_candidates`) and report the choice."""
+    """Measure every score kind of ``masker`` on ``category`` (:func:`measure_masker`) and report the choice."""
     from fader_kit.data import load_category
-    from fader_kit.deploy.fit import fitted_masker
 
     split = load_category(data, category, profile.image_size, seed=seed)
-    fit_idx, held_idx = holdout_split(split.train.shape[0], holdout, seed)
-    train = split.train[fit_idx]
-    m = fitted_masker(registry, masker, dict(masker_options or {}), train, seed=seed, device=device, progress=False)
-    parts = train_parts(SCORE_NAMES, train, m, masker, profile=profile, head=head, ear_masks=ear_masks, seed=seed,
-                        device=device, log=log)
-    kinds = selection_kinds(SCORE_NAMES, head)
-    found = score_candidates(parts, SCORE_NAMES, split.train[held_idx], (split.test, split.labels, split.masks),
-                             head=head, seed=seed, kinds=kinds, copies=copies,
-                             batch_size=profile.eval_batch_size, device=device)
+    found = measure_masker(split, masker, profile, head, registry=registry, seed=seed, device=device,
+                           masker_options=masker_options, ear_masks=ear_masks, holdout=holdout, copies=copies,
+                           log=log).measures
     return selection_report({c.name: c.selection_score for c in found},
                             {c.name: (c.test_image_auroc, c.test_pixel_auroc) for c in found},
                             pseudo={c.name: c.pseudo for c in found})
 
 
-__all__ = ["CandidateMeasure", "measure_selection", "score_candidates", "selection_kinds"]
+__all__ = ["CandidateMeasure", "MaskerCandidates", "fit_seconds", "measure_masker", "measure_selection", "score_candidates",
+           "selection_kinds"]

@@ -103,6 +103,26 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+@contextmanager
+def file_lock(path: str | Path, *, wait: bool = True) -> Iterator[int]:
+    """Hold an exclusive OS lock on ``path`` (created when missing, never followed through a symlink)
+    for the block; yields its file descriptor.  ``wait``: wait for another holder to let go, else raise
+    :class:`BlockingIOError` at once.  Closing the file releases the lock, also when the process dies;
+    the file stays (removing it would race the next holder).  Where the OS has no POSIX locks
+    (Windows) the block runs unlocked."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield fd
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temps(folder: str | Path) -> int:
     """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was killed
     (hidden, ending in ``.tmp``; regular files only).  Call it only while holding the folder's lock.
