@@ -198,3 +198,24 @@ def test_a_fixed_masker_and_score_run_no_search(root: Path, tmp_path: Path, monk
     assert fit_cli(root, tmp_path / "x", "--score", "masker", "--masker", "seer", "--budget", "5") == 2
     with pytest.raises(ConfigError, match="--candidates"):
         plan("seer", AUTO, ["patch_stats"])
+
+
+def test_a_fusion_with_all_weight_on_one_map_is_that_map_and_leaves_the_race() -> None:
+    """Weight 0 on EAR is the masker alone rescaled (the same ranking), weight 1 is plain EAR: such a
+    fused candidate would only tie with its twin and hide the real margin."""
+    from types import SimpleNamespace
+
+    from fader_kit.deploy.auto_select import same_detectors
+    from fader_kit.model.fusion import FusionScales, MapScale
+
+    def det(weight: float | None) -> Detector:
+        scale = MapScale(centre=0.0, scale=1.0)
+        fusion = None if weight is None else FusionScales(reconstruction=scale, masker=scale, rule="weighted",
+                                                          weight=weight)
+        return SimpleNamespace(calibration=SimpleNamespace(fusion=fusion))  # type: ignore[return-value]
+
+    fitted = {"a/masker": det(None), "a/ear": det(None), "a/fused": det(0.0),
+              "b/masker": det(None), "b/fused": det(0.5), "c/ear": det(None), "c/fused": det(1.0), "d/fused": det(0.0)}
+    twins = same_detectors(fitted)
+    assert set(twins) == {"a/fused", "c/fused"}  # d has no masker candidate to be the twin of
+    assert "a/masker" in twins["a/fused"] and "c/ear" in twins["c/fused"]

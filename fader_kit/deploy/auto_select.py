@@ -200,6 +200,21 @@ def score_fn(detector: Detector, batch_size: int) -> tuple[Callable[[Tensor], tu
     return fn, tally
 
 
+def same_detectors(fitted: dict[str, Detector]) -> dict[str, str]:
+    """The fused candidates that are another candidate under a second name, and why: a fusion whose
+    mix puts all its weight on one map scores as that map alone (a monotone rescaling of it, the
+    same ranking), so it would only tie with it and hide the real margin."""
+    out = {}
+    for name, detector in fitted.items():
+        fusion = detector.calibration.fusion
+        if fusion is None or fusion.rule != "weighted" or fusion.weight not in (0.0, 1.0):
+            continue
+        alone = candidate_name(name.rsplit("/", 1)[0], "ear" if fusion.weight == 1.0 else "masker")
+        if alone in fitted:
+            out[name] = f"the same detector as {alone}: the fusion's weight on that map is 1"
+    return out
+
+
 def compare(search: Search, fitted: dict[str, Detector]) -> Selection:
     """The selection over the fitted candidates (pseudo-defects on the held-out images, or the
     validation images when given), with each one's fit time and images/s in the table."""
@@ -277,11 +292,12 @@ def fit_auto(
     fitted, skipped = run_search(search, names, budget_s)
     if not fitted:
         raise ConfigError("no candidate could be fitted: " + "; ".join(f"{m}: {w}" for m, w in search.failed.items()))
-    selection = compare(search, fitted)
+    twins = same_detectors(fitted)
+    selection = compare(search, {n: d for n, d in fitted.items() if n not in twins})
     report = SearchReport(
         selection=selection, maskers=maskers, scores=[k.name for k in kinds], budget_s=budget_s,
         skipped={**{n: search.failed[n.rsplit("/", 1)[0]] for n in names if n not in fitted and n not in skipped},
-                 **{n: f"not fitted within the budget of {budget_s:g}s" for n in skipped}},
+                 **{n: f"not fitted within the budget of {budget_s:g}s" for n in skipped}, **twins},
         search_s=time.perf_counter() - wall, search_cpu_s=time.process_time() - cpu,
         shared_unet=ear_masks == "blobs" and any(k.unet for k in kinds))
     log(report.text("plain"))
