@@ -63,6 +63,7 @@ class SelectionFacts(RowFacts):
     head: str = Field("", description="the FADeR head variant of the 'fader' candidate")
     cpu: str = ""
     load: float = float("nan")
+    same_as: str | None = Field(None, description="the score kind this candidate is in all but name (not in the race)")
 
 
 def masker_candidates(context: UnitContext, pu: PlannedUnit, bench: CategoryWorkbench
@@ -95,7 +96,7 @@ def masker_candidates(context: UnitContext, pu: PlannedUnit, bench: CategoryWork
 def _measure_json(c: CandidateMeasure) -> dict[str, Any]:
     return {"pseudo": c.pseudo, "pseudo_pixel": c.pseudo_pixel, "selection_score": c.selection_score,
             "test_image_auroc": c.test_image_auroc, "test_pixel_auroc": c.test_pixel_auroc,
-            "images_per_s": c.images_per_s, "trained_on": list(c.trained_on)}
+            "images_per_s": c.images_per_s, "trained_on": list(c.trained_on), "same_as": c.same_as}
 
 
 class SelectionJob(JobKind):
@@ -124,7 +125,8 @@ class SelectionJob(JobKind):
             pseudo=c["pseudo"], pseudo_pixel=c["pseudo_pixel"], selection_score=c["selection_score"],
             trained_on=c["trained_on"], fit_s=c["fit_s"], images_per_s=c["images_per_s"], n_fit=payload["n_fit"],
             n_held_out=payload["n_held_out"], n_test=int(bench.split().test.shape[0]), size=DEFAULT_SIZE,
-            copies=COPIES, head=pu.head.title, cpu=cpu_model(), load=payload["load"], trained=trained)
+            copies=COPIES, head=pu.head.title, cpu=cpu_model(), load=payload["load"], trained=trained,
+            same_as=c.get("same_as"))
         row = ResultRow(**context.row_base(pu), status="ok", timings={"fit": c["fit_s"]}, config=facts.stored(),
                         image_auroc=c["test_image_auroc"], pixel_auroc=c["test_pixel_auroc"])
         return row, {}
@@ -146,7 +148,8 @@ def summary_rows(rows: list[ResultRow]) -> list[dict[str, Any]]:
             "kind": r.unit.variant, "candidate": f"{r.unit.masker}:{r.unit.variant}", "pseudo": f.pseudo,
             "selection_score": f.selection_score, "test_auroc": r.image_auroc, "test_pixel_auroc": r.pixel_auroc,
             "fit_s": f.fit_s, "images_per_s": f.images_per_s, "threads": int(r.environment.get("threads", "0") or 0),
-            "load": f.load, "cpu": f.cpu, "size": f.size, "copies": f.copies})
+            "load": f.load, "cpu": f.cpu, "size": f.size, "copies": f.copies,
+            "same_as": f.same_as and f"{r.unit.masker}:{f.same_as}"})
     return out
 
 

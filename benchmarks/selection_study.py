@@ -79,7 +79,8 @@ def measure(masker_name: str, split: Any, seed: int, args: argparse.Namespace, e
         "n_fit": m.n_fit, "n_held_out": m.n_held, "n_test": split.test.shape[0], "pseudo": c.pseudo,
         "pseudo_pixel": c.pseudo_pixel, "selection_score": c.selection_score, "test_auroc": c.test_image_auroc,
         "test_pixel_auroc": c.test_pixel_auroc, "fit_s": m.fit_s[c.name],
-        "images_per_s": c.images_per_s, "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
+        "images_per_s": c.images_per_s, "same_as": c.same_as and f"{masker_name}:{c.same_as}",
+        "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
         "device": str(device), "cpu": cpu_model(),
     } for c in m.measures]
 

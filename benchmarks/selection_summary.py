@@ -37,9 +37,12 @@ def cells(rows: Sequence[Row], expected: Sequence[str] | None = None) -> tuple[d
 
 
 def cell_report(rs: Sequence[Row]) -> tuple[SelectionReport, float]:
-    """The cell's selection report and the better test AUROC of EAR and the masker alone (best over maskers)."""
+    """The cell's selection report and the better test AUROC of EAR and the masker alone (best over
+    maskers).  A row's ``same_as`` (absent in rows measured before it was recorded) names the
+    candidate it is in all but name; such a twin is left out of the race as ``fit`` leaves it out."""
     report = selection_report({r["candidate"]: r["selection_score"] for r in rs},
-                              {r["candidate"]: (r["test_auroc"], r["test_pixel_auroc"]) for r in rs})
+                              {r["candidate"]: (r["test_auroc"], r["test_pixel_auroc"]) for r in rs},
+                              twins={r["candidate"]: r["same_as"] for r in rs if r.get("same_as")})
     return report, max(r["test_auroc"] for r in rs if r["kind"] in BASELINE_KINDS)
 
 

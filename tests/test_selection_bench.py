@@ -40,6 +40,7 @@ def test_every_masker_and_kind_is_a_row_with_its_selection_facts(selection_run):
         assert f.selection_score == pytest.approx(sum(f.pseudo.values()) / 3)
         assert 0.0 <= r.image_auroc <= 1.0 and 0.0 <= r.pixel_auroc <= 1.0
         assert f.n_fit + f.n_held_out == SMALL.n_train and f.n_held_out >= 2
+        assert f.same_as is None or (r.unit.variant == "fused" and f.same_as in ("masker", "ear"))
     fit = {(r.unit.masker, r.unit.variant): SelectionFacts.of(r).fit_s for r in rows}
     for m in ("diff_a", "diff_b"):  # the head and the fusion are trained on top of the EAR U-Net
         assert fit[(m, "masker")] < fit[(m, "ear")] <= fit[(m, "fader")]

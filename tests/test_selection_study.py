@@ -37,6 +37,16 @@ def test_cells_regret_and_targets() -> None:
     assert cells(ROWS, ["m:masker", "m:ear", "m:fused", "n:masker"])[0] == {}  # no cell has n's row yet
 
 
+def test_a_row_marked_as_a_twin_leaves_the_race() -> None:
+    """b's fused row scores as b's masker alone: with it marked, b's masker wins by its lead over ear
+    (0.20), not by a tie with its copy; rows without the mark are judged as before."""
+    twin = [_row("b", 0, "m", "masker", 0.90, 0.95), _row("b", 0, "m", "ear", 0.70, 0.85),
+            {**_row("b", 0, "m", "fused", 0.90, 0.95), "same_as": "m:masker"}]
+    text = summary(twin)
+    assert "| b | 0 | m:masker | 0.950 | m:masker | 0.950 | 0.000 | 0.200 |" in text
+    assert "| b | 0 | m:masker | 0.950 | m:masker | 0.950 | 0.000 | 0.000 |" in summary([{**r, "same_as": None} for r in twin])
+
+
 def test_rows_survive_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + '{"category": "a", "se')

@@ -33,7 +33,7 @@ from fader_kit.errors import ConfigError
 from fader_kit.deploy.fit_parts import candidate_detectors, shared_ear_unet, train_parts, trained_on
 from fader_kit.deploy.fit import (FitData, check_fit_out, fit_manifest, fit_settings, fitted_masker, load_fit_data, save_fit,
                       with_seconds)
-from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps, score_kind
+from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps, fused_twin, score_kind
 from fader_kit.deploy.selection import BUDGET_ORDER, Candidate, Selection, fit_within_budget, select
 
 AUTO = "auto"
@@ -201,15 +201,15 @@ def score_fn(detector: Detector, batch_size: int) -> tuple[Callable[[Tensor], tu
 
 
 def same_detectors(fitted: dict[str, Detector]) -> dict[str, str]:
-    """The fused candidates that are another candidate under a second name, and why: a fusion whose
-    mix puts all its weight on one map scores as that map alone (a monotone rescaling of it, the
-    same ranking), so it would only tie with it and hide the real margin."""
+    """The fused candidates that are another candidate under a second name, and why
+    (:func:`fader_kit.deploy.score_kinds.fused_twin`): such a one would only tie with its twin and
+    hide the real margin."""
     out = {}
     for name, detector in fitted.items():
-        fusion = detector.calibration.fusion
-        if fusion is None or fusion.rule != "weighted" or fusion.weight not in (0.0, 1.0):
+        twin = fused_twin(detector.calibration.fusion)
+        if twin is None:
             continue
-        alone = candidate_name(name.rsplit("/", 1)[0], "ear" if fusion.weight == 1.0 else "masker")
+        alone = candidate_name(name.rsplit("/", 1)[0], twin)
         if alone in fitted:
             out[name] = f"the same detector as {alone}: the fusion's weight on that map is 1"
     return out

@@ -104,6 +104,16 @@ KINDS: dict[str, ScoreKind] = {k.name: k for k in (
 )}
 
 
+def fused_twin(fusion: "FusionScales | None") -> ScoreName | None:
+    """The kind a fused score is in all but name: ``ear`` when its mix puts all the weight on the
+    reconstruction's map, ``masker`` when on the masker's (a monotone rescaling of that one map:
+    the same image ranking), else None.  A selection leaves such a twin out of the race, so its
+    margin is taken against a different detector rather than a copy."""
+    if fusion is None or fusion.rule != "weighted" or fusion.weight not in (0.0, 1.0):
+        return None
+    return "ear" if fusion.weight == 1.0 else "masker"
+
+
 def score_kind(name: Any, argument: str = "--score") -> ScoreKind:
     """The kind called ``name``, or a ConfigError naming ``argument`` and every kind."""
     if not isinstance(name, str) or name not in KINDS:

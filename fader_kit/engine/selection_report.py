@@ -30,6 +30,7 @@ class CandidateOutcome(BaseModel):
     pseudo_auroc: dict[str, float] = Field(default_factory=dict, description="per pseudo-defect kind")
     test_image_auroc: float
     test_pixel_auroc: float | None = None
+    same_as: str | None = Field(None, description="the candidate this one is in all but name; it was not in the race")
 
 
 class SelectionReport(BaseModel):
@@ -38,15 +39,16 @@ class SelectionReport(BaseModel):
     criterion: str = Field("pseudo-defects", description="what the selection scores are (see fader_kit.deploy.selection)")
     candidates: list[CandidateOutcome]
     chosen: str = Field(description="the candidate with the highest selection score (ties: the first listed)")
-    margin: float | None = Field(description="the chosen one's selection score minus the runner-up's")
+    margin: float | None = Field(description="the chosen one's selection score minus the runner-up's "
+                                             "(a twin, see CandidateOutcome.same_as, is not a runner-up)")
     best: str = Field(description="the candidate with the highest test image AUROC (ties: the first listed)")
     chosen_image_auroc: float
     chosen_pixel_auroc: float | None
     best_image_auroc: float
     regret: float = Field(description="best_image_auroc - chosen_image_auroc (0: the selector chose the best)")
     spearman: float | None = Field(
-        description="rank correlation of selection score and test image AUROC over the candidates "
-                    "(None: fewer than three candidates or equal scores)")
+        description="rank correlation of selection score and test image AUROC over the candidates in the "
+                    "race (None: fewer than three candidates or equal scores)")
 
     def line(self) -> str:
         """One line for a terminal: the choice, the best, the regret."""
@@ -71,14 +73,21 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 def selection_report(scores: Mapping[str, float | None], test: Mapping[str, tuple[float, float | None]],
                      criterion: str = "pseudo-defects",
-                     pseudo: Mapping[str, dict[str, float]] | None = None) -> SelectionReport:
+                     pseudo: Mapping[str, dict[str, float]] | None = None,
+                     twins: Mapping[str, str] | None = None) -> SelectionReport:
     """The report of choosing by ``scores`` (candidate -> selection score, in the candidates' order:
     ties go to the earlier) among candidates whose test ``(image AUROC, pixel AUROC or None)`` are
     ``test``; ``pseudo``: each candidate's pseudo AUROC per kind, recorded beside.  A candidate
-    without a selection score (None) is reported but cannot be chosen."""
+    without a selection score (None) is reported but cannot be chosen, and so is one of ``twins``
+    (candidate -> the candidate it is in all but name), as ``fader-kit fit`` leaves it out: the
+    choice, its margin and the rank correlation are over the rest."""
     if set(scores) != set(test):
         raise ConfigError(f"selection_report: scored candidates {sorted(scores)} differ from tested ones {sorted(test)}")
-    scored = {k: float(v) for k, v in scores.items() if v is not None}
+    twins = dict(twins or {})
+    unknown = sorted(n for pair in twins.items() for n in pair if n not in scores)
+    if unknown:
+        raise ConfigError(f"selection_report: twins name candidates that are not scored: {unknown}")
+    scored = {k: float(v) for k, v in scores.items() if v is not None and k not in twins}
     if not scored:
         raise ConfigError("selection_report: no candidate has a selection score")
     chosen, margin = choose(scored)
@@ -89,7 +98,7 @@ def selection_report(scores: Mapping[str, float | None], test: Mapping[str, tupl
         criterion=criterion,
         candidates=[CandidateOutcome(name=k, selection_score=scores[k], pseudo_auroc=dict((pseudo or {}).get(k, {})),
                                      test_image_auroc=image[k],
-                                     test_pixel_auroc=test[k][1]) for k in scores],
+                                     test_pixel_auroc=test[k][1], same_as=twins.get(k)) for k in scores],
         chosen=chosen, margin=margin, best=best, chosen_image_auroc=image[chosen],
         chosen_pixel_auroc=test[chosen][1], best_image_auroc=image[best], regret=regret(image, chosen),
         spearman=spearman([scored[k] for k in names], [image[k] for k in names]))

@@ -23,7 +23,7 @@ from fader_kit.model.config import FaderConfig, Profile
 from fader_kit.deploy.fit_parts import FitParts, kinds_of, shared_ear_unet, train_parts, trained_on
 from fader_kit.model.metrics import image_auroc, pixel_auroc
 from fader_kit.data.pseudo_defects import DEFAULT_KINDS, DEFAULT_SIZE
-from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps
+from fader_kit.deploy.score_kinds import SCORE_NAMES, ScoreKind, batched_maps, fused_twin
 from fader_kit.deploy.selection import build_pseudo_sets, holdout_split, pseudo_aurocs
 from fader_kit.engine.selection_report import SelectionReport, selection_report
 
@@ -34,7 +34,9 @@ Log = Callable[[str], None]
 @dataclass
 class CandidateMeasure:
     """One candidate's numbers: pseudo AUROC per defect kind (image, pixel), their mean (the
-    selection score), test image / pixel AUROC and test images per second."""
+    selection score), test image / pixel AUROC and test images per second; ``same_as``: the kind
+    this one is in all but name (a fused score with all its weight on one map,
+    :func:`~fader_kit.deploy.score_kinds.fused_twin`), which a selection leaves out of the race."""
 
     name: str
     pseudo: dict[str, float]
@@ -44,6 +46,7 @@ class CandidateMeasure:
     test_pixel_auroc: float
     images_per_s: float
     trained_on: tuple[str, ...] = field(default_factory=tuple)
+    same_as: str | None = None
 
 
 def selection_kinds(names: Iterable[str], head: FaderConfig, kinds: Sequence[str] = DEFAULT_KINDS) -> list[str]:
@@ -62,6 +65,7 @@ def score_candidates(parts: FitParts, names: Iterable[str], held: Tensor, test: 
     images, labels, masks = test
     sets = build_pseudo_sets(held, seed, kinds, size, copies)
     out = []
+    measured: set[str] = {k.name for k in kinds_of(names)}
     for kind in kinds_of(names):
         model, fusion = parts.model_for(kind), parts.fusion if kind.fused else None
 
@@ -76,8 +80,14 @@ def score_candidates(parts: FitParts, names: Iterable[str], held: Tensor, test: 
         out.append(CandidateMeasure(
             name=kind.name, pseudo=image, pseudo_pixel=pixel, selection_score=sum(image.values()) / len(image),
             test_image_auroc=image_auroc(scores, labels), test_pixel_auroc=pixel_auroc(maps, masks),
-            images_per_s=ips, trained_on=trained_on(kind, head)))
+            images_per_s=ips, trained_on=trained_on(kind, head), same_as=twin_of(kind, parts, measured)))
     return out
+
+
+def twin_of(kind: ScoreKind, parts: FitParts, measured: set[str]) -> str | None:
+    """The measured kind that ``kind`` is in all but name (only a fused kind can be one), or None."""
+    twin = fused_twin(parts.fusion) if kind.fused else None
+    return twin if twin in measured else None
 
 
 @dataclass
@@ -144,8 +154,9 @@ def measure_selection(
                            log=log).measures
     return selection_report({c.name: c.selection_score for c in found},
                             {c.name: (c.test_image_auroc, c.test_pixel_auroc) for c in found},
-                            pseudo={c.name: c.pseudo for c in found})
+                            pseudo={c.name: c.pseudo for c in found},
+                            twins={c.name: c.same_as for c in found if c.same_as is not None})
 
 
 __all__ = ["CandidateMeasure", "MaskerCandidates", "fit_seconds", "measure_masker", "measure_selection", "score_candidates",
-           "selection_kinds"]
+           "selection_kinds", "twin_of"]
